@@ -1,0 +1,231 @@
+"""Model loading, GPT-NeoX presets built from scratch, and layer/hidden-state helpers.
+
+Any Hugging Face causal LM loads by hub id or local folder. ``trust_remote_code`` is off unless
+the caller asks. Presets build GPT-NeoX configs (the Pythia / Deep Ignorance architecture).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float64": torch.float64, "fp64": torch.float64,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+# name -> GPTNeoXConfig kwargs (vocab_size is set from the tokenizer)
+PRESETS: dict[str, dict[str, Any]] = {
+    # CPU testbed: ~0.5M params besides embeddings
+    "neox-tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=512, max_position_embeddings=256),
+    "neox-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=1024, max_position_embeddings=512),
+    "neox-medium": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+                        intermediate_size=2048, max_position_embeddings=1024),
+    # Pythia-160m shape
+    "pythia-160m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                        intermediate_size=3072, max_position_embeddings=2048),
+    # ~1B GPT-NeoX (Pythia-1b shape)
+    "pythia-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=8,
+                      intermediate_size=8192, max_position_embeddings=2048),
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def build_model(
+    preset: str | dict[str, Any],
+    vocab_size: int,
+    seed: int = 0,
+    dtype: str | torch.dtype | None = "float32",
+    attn_implementation: str = "eager",
+    **overrides: Any,
+) -> nn.Module:
+    """Build a randomly initialised GPT-NeoX causal LM from a preset name or kwargs dict.
+
+    Dropout is off so trajectories are deterministic (MAGIC replays them exactly).
+    """
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
+        kw = dict(PRESETS[preset])
+    else:
+        kw = dict(preset)
+    kw.update(overrides)
+    kw.setdefault("rotary_pct", 0.25)
+    kw.setdefault("use_parallel_residual", True)
+    kw.update(vocab_size=vocab_size, attention_dropout=0.0, hidden_dropout=0.0,
+              tie_word_embeddings=False)
+    cfg = GPTNeoXConfig(**kw)
+    cfg._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(cfg)
+    dt = resolve_dtype(dtype)
+    if dt is not None:
+        model = model.to(dt)
+    return model
+
+
+def load_model(
+    name_or_path: str | Path,
+    dtype: str | torch.dtype | None = "float32",
+    device: str | torch.device | None = "cpu",
+    attn_implementation: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Load a Hugging Face causal LM by hub id or local folder (safetensors preferred)."""
+    from transformers import AutoModelForCausalLM
+
+    p = Path(str(name_or_path))
+    if str(name_or_path).startswith((".", "/")) and not p.exists():
+        raise FileNotFoundError(f"model folder {p} does not exist")
+    if p.exists() and p.is_dir() and not (p / "config.json").exists():
+        raise FileNotFoundError(
+            f"{p} has no config.json: not a Hugging Face model folder "
+            f"(produce one with `magic-unlearn pretrain` or `save_pretrained`)"
+        )
+    kw: dict[str, Any] = dict(revision=revision, trust_remote_code=trust_remote_code, **kwargs)
+    dt = resolve_dtype(dtype)
+    if dt is not None:
+        kw["dtype"] = dt
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
+    except TypeError:
+        if "dtype" in kw:  # transformers < 4.56 spells it torch_dtype
+            kw["torch_dtype"] = kw.pop("dtype")
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
+    return model.to(resolve_device(device)).eval()
+
+
+def load_tokenizer(name_or_path: str | Path, revision: str | None = None,
+                   trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer; guarantees a pad token (falls back to eos) and right padding."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision,
+                                        trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    tok.padding_side = "right"
+    return tok
+
+
+def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks for GPT-NeoX, Llama/Mistral/Qwen and GPT-2 style models.
+
+    Works through peft wrappers.
+    """
+    m = model
+    if hasattr(m, "get_base_model"):
+        m = m.get_base_model()
+    for path in ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers",
+                 "transformer.layers"):
+        obj: Any = m
+        ok = True
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                ok = False
+                break
+            obj = getattr(obj, part)
+        if ok and isinstance(obj, nn.ModuleList):
+            return obj
+    raise ValueError(
+        f"cannot find decoder layers in {type(m).__name__}; supported: GPT-NeoX (gpt_neox.layers), "
+        f"Llama-style (model.layers), GPT-2 (transformer.h)"
+    )
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(get_decoder_layers(model))
+
+
+def get_unembedding(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(final norm, output head) used for logit-lens decoding of hidden states."""
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = m.get_output_embeddings()
+    for path in ("gpt_neox.final_layer_norm", "model.norm", "transformer.ln_f"):
+        obj: Any = m
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if obj is not None:
+            return obj, head
+    raise ValueError(f"cannot find the final norm of {type(m).__name__}")
+
+
+@dataclass
+class LayerCapture:
+    """Captures the output hidden states of chosen decoder layers via forward hooks.
+
+    ``outputs[i]`` is (B, T, D) for layer index i after each forward. Use as a context manager;
+    set ``detach=False`` to keep the graph (for representation losses).
+    """
+
+    model: nn.Module
+    layers: list[int]
+    detach: bool = False
+
+    def __post_init__(self) -> None:
+        self.outputs: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        blocks = get_decoder_layers(self.model)
+        n = len(blocks)
+        for i in self.layers:
+            if not -n <= i < n:
+                raise ValueError(f"layer {i} out of range: model has {n} decoder layers")
+
+    def __enter__(self) -> LayerCapture:
+        blocks = get_decoder_layers(self.model)
+        for i in self.layers:
+            def hook(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
+                h = out[0] if isinstance(out, tuple) else out
+                self.outputs[i] = h.detach() if self.detach else h
+            self._handles.append(blocks[i].register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
