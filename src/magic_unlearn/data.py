@@ -140,7 +140,7 @@ def tokenize_corpus(docs: list[dict[str, Any]], tokenizer: Any, max_length: int 
     lab = torch.full((n, max_length), -1, dtype=torch.long)
     fid = torch.full((n, max_length), -1, dtype=torch.long)
     enc = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
-    for i, (d, toks) in enumerate(zip(docs, enc)):
+    for i, (d, toks) in enumerate(zip(docs, enc, strict=True)):
         lbl = d.get("labels")
         fids = d.get("fact_ids")
         if lbl is not None and len(lbl) != len(toks):
