@@ -1,0 +1,259 @@
+"""Benchmark: MAGIC attribution vs plain training (wall time, peak memory, tokens/s).
+
+GPU (the numbers in docs/benchmarks.md)::
+
+    PYTHONUNBUFFERED=1 python benchmarks/bench_magic.py --out results.json
+
+CPU smoke run (about a minute)::
+
+    python benchmarks/bench_magic.py --tiny
+
+Model: random-init GPT-NeoX of the given preset (Pythia-160m shape by default), random tokens,
+full-length rows, T SGD steps. The measurement is the mean NLL of held-out random rows.
+Rows: plain training (bf16 autocast + SDPA, the fastest; fp32 eager; bf16 eager), MAGIC with one
+and two queries (bf16 autocast forward, sqrt(T) checkpointing), and a LoRA run (Pythia-1b shape)
+reporting memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from magic_unlearn.attribution import LoraSpec, TrajectoryConfig, attribute, per_token_loss
+from magic_unlearn.attribution.trajectory import batch_order, prepare_model
+from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.models import build_model, count_params
+
+
+def make_corpus(n: int, seq: int, vocab: int, seed: int = 0) -> TokenizedCorpus:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, seq), generator=g)
+    am = torch.ones(n, seq, dtype=torch.long)
+    lm = am.float()
+    lm[:, 0] = 0
+    neg = torch.full((n, seq), -1)
+    return TokenizedCorpus(ids, am, lm, neg, neg.clone(), [str(i) for i in range(n)])
+
+
+class HeldoutNLL:
+    """Mean next-token NLL of fixed rows (a stand-in for an eval loss)."""
+
+    def __init__(self, ids: torch.Tensor, name: str) -> None:
+        self.ids, self.name = ids, name
+
+    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
+        return per_token_loss(model, self.ids, torch.ones_like(self.ids))[:, 1:].mean()
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def reset_mem(dev: torch.device) -> None:
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_gb(dev: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+
+
+def plain_train(args: Any, dev: torch.device, attn: str, precision: str, corpus: TokenizedCorpus,
+                cfg: TrajectoryConfig, preset: str, lora: LoraSpec | None = None) -> dict:
+    """Ordinary training: torch.optim.SGD, loss.backward(), mean token loss per batch."""
+    model = build_model(preset, args.vocab, attn_implementation=attn).to(dev)
+    tcfg = TrajectoryConfig(**{**cfg.__dict__, "lora": lora})
+    model, params = prepare_model(model, tcfg, inplace=True)
+    opt = torch.optim.SGD(params, lr=cfg.lr, foreach=True)
+    order = batch_order(len(corpus), cfg)
+    ac = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16"
+          else torch.autocast(dev.type, enabled=False))
+
+    def step(t: int) -> None:
+        idx = order[t % len(order)]
+        ids = corpus.input_ids[idx].to(dev, non_blocking=True)
+        lm = corpus.loss_mask[idx].to(dev, non_blocking=True)
+        with ac:
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                              ids[:, 1:].reshape(-1), reduction="none")
+        loss = (nll * lm[:, 1:].reshape(-1)).sum() / lm.sum()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for t in range(args.warmup):
+        step(t)
+    reset_mem(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    for t in range(cfg.steps):
+        step(t)
+    sync(dev)
+    wall = time.perf_counter() - t0
+    out = {"wall_s": wall, "peak_gb": peak_gb(dev)}
+    del model, params, opt
+    reset_mem(dev)
+    return out
+
+
+def run_magic(args: Any, dev: torch.device, attn: str, corpus: TokenizedCorpus,
+              cfg: TrajectoryConfig, queries: dict, preset: str) -> dict:
+    model = build_model(preset, args.vocab, attn_implementation=attn).to(dev)
+    # warm-up: kernels, cuBLAS handles, allocator (not timed)
+    wcfg = TrajectoryConfig(**{**cfg.__dict__, "steps": 2, "checkpointing": "every"})
+    attribute(model, corpus, queries, wcfg, progress=False)
+    reset_mem(dev)
+    sync(dev)
+    t0 = time.perf_counter()
+    art = attribute(model, corpus, queries, cfg, progress=args.progress, inplace=True)
+    sync(dev)
+    wall = time.perf_counter() - t0
+    tm = art.meta["timings"]
+    out = {"wall_s": wall, "peak_gb": peak_gb(dev), "forward_s": tm["forward_s"],
+           "reverse_s": tm["reverse_s"], "replayed_steps": tm["replayed_steps"],
+           "max_stored_states": tm["max_stored_states"],
+           "tokens_per_s": cfg.steps * cfg.batch_size * args.seq / wall}
+    del model, art
+    reset_mem(dev)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="pythia-160m")
+    ap.add_argument("--vocab", type=int, default=50304)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--checkpointing", default="sqrt")
+    ap.add_argument("--storage", default="gpu")
+    ap.add_argument("--magic-attn", default="sdpa", choices=["sdpa", "eager"],
+                    help="attention of the MAGIC trajectory (reverse steps use the math kernel)")
+    ap.add_argument("--queries", default="1,2")
+    ap.add_argument("--q-rows", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--extra", default="", help="comma list: every, eager, fp32")
+    ap.add_argument("--lora-preset", default="pythia-1b")
+    ap.add_argument("--lora-seq", type=int, default=1024)
+    ap.add_argument("--lora-batch", type=int, default=4)
+    ap.add_argument("--lora-steps", type=int, default=16)
+    ap.add_argument("--skip-lora", action="store_true")
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke preset")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.tiny:
+        args.preset, args.vocab, args.seq, args.batch, args.steps = "neox-tiny", 512, 64, 4, 16
+        args.q_rows, args.lora_preset, args.lora_seq, args.lora_batch = 4, "neox-small", 128, 2
+        args.lora_steps, args.precision, args.warmup = 4, "fp32", 1
+    dev = torch.device(args.device if args.device != "auto"
+                       else ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    n_rows = args.steps * args.batch  # one epoch
+    corpus = make_corpus(n_rows, args.seq, args.vocab)
+    g = torch.Generator().manual_seed(1)
+    qs_all = {f"q{i}": HeldoutNLL(torch.randint(0, args.vocab, (args.q_rows, args.seq),
+                                                generator=g).to(dev), f"q{i}")
+              for i in range(2)}
+    cfg = TrajectoryConfig(optimizer="sgd", lr=args.lr, steps=args.steps, batch_size=args.batch,
+                           dtype="float32", precision=args.precision,
+                           checkpointing=args.checkpointing, storage=args.storage,
+                           max_length=args.seq, drift_tol=1e-3)
+    n_params = count_params(build_model(args.preset, args.vocab))
+    res: dict[str, Any] = {"device": name, "preset": args.preset, "params": n_params,
+                           "seq": args.seq, "batch": args.batch, "steps": args.steps,
+                           "precision": args.precision, "checkpointing": args.checkpointing,
+                           "k": cfg.segment_k, "storage": args.storage, "rows": {}}
+    rows = res["rows"]
+    print(f"# bench_magic on {name}: {args.preset} ({n_params / 1e6:.0f}M params), seq "
+          f"{args.seq}, batch {args.batch}, T={args.steps} SGD, {args.checkpointing} "
+          f"checkpointing (k={cfg.segment_k}), storage {args.storage}", flush=True)
+    if dev.type == "cuda":
+        rows["train bf16 sdpa"] = plain_train(args, dev, "sdpa", "bf16", corpus, cfg, args.preset)
+        print("train bf16 sdpa", rows["train bf16 sdpa"], flush=True)
+    rows[f"train {args.precision} {args.magic_attn}"] = plain_train(
+        args, dev, args.magic_attn, args.precision, corpus, cfg, args.preset)
+    print(f"train {args.precision} {args.magic_attn}",
+          rows[f"train {args.precision} {args.magic_attn}"], flush=True)
+    if "fp32" in args.extra or dev.type == "cuda":
+        rows["train fp32 eager"] = plain_train(args, dev, "eager", "fp32", corpus, cfg,
+                                               args.preset)
+        print("train fp32 eager", rows["train fp32 eager"], flush=True)
+    for nq in [int(x) for x in args.queries.split(",") if x]:
+        qs = dict(list(qs_all.items())[:nq])
+        key = f"magic {nq}q {args.magic_attn}"
+        rows[key] = run_magic(args, dev, args.magic_attn, corpus, cfg, qs, args.preset)
+        print(key, rows[key], flush=True)
+    if "every" in args.extra:
+        ecfg = TrajectoryConfig(**{**cfg.__dict__, "checkpointing": "every", "storage": "cpu"})
+        rows["magic 1q every(cpu)"] = run_magic(args, dev, args.magic_attn, corpus, ecfg,
+                                                dict(list(qs_all.items())[:1]), args.preset)
+        print("magic 1q every(cpu)", rows["magic 1q every(cpu)"], flush=True)
+    if "eager" in args.extra and args.magic_attn != "eager":
+        rows["magic 1q eager"] = run_magic(args, dev, "eager", corpus, cfg,
+                                           dict(list(qs_all.items())[:1]), args.preset)
+        print("magic 1q eager", rows["magic 1q eager"], flush=True)
+
+    # ---- table
+    base = rows.get("train bf16 sdpa") or rows[f"train {args.precision} {args.magic_attn}"]
+    same = rows[f"train {args.precision} {args.magic_attn}"]
+    print(f"\n| run | wall s | peak GiB | time / fastest train | time / same-precision train "
+          f"| mem / same train | tokens/s |")
+    print("|---|---|---|---|---|---|---|")
+    for k, r in rows.items():
+        tps = r.get("tokens_per_s", args.steps * args.batch * args.seq / r["wall_s"])
+        print(f"| {k} | {r['wall_s']:.2f} | {r['peak_gb']:.2f} | {r['wall_s'] / base['wall_s']:.2f} "
+              f"| {r['wall_s'] / same['wall_s']:.2f} | {r['peak_gb'] / same['peak_gb']:.2f} "
+              f"| {tps:,.0f} |")
+
+    if not args.skip_lora:
+        lcfg = TrajectoryConfig(optimizer="adamw", lr=1e-4, steps=args.lora_steps,
+                                batch_size=args.lora_batch, dtype="bfloat16",
+                                precision="bf16", checkpointing="sqrt", storage="gpu",
+                                lora=LoraSpec(r=16, alpha=32,
+                                              target_modules=["query_key_value", "dense",
+                                                              "dense_h_to_4h", "dense_4h_to_h"]),
+                                max_length=args.lora_seq, drift_tol=1e-3)
+        lcorpus = make_corpus(args.lora_steps * args.lora_batch, args.lora_seq, args.vocab)
+        lq = {"q0": HeldoutNLL(torch.randint(0, args.vocab, (2, args.lora_seq),
+                                             generator=g).to(dev), "q0")}
+        largs = argparse.Namespace(**{**vars(args), "seq": args.lora_seq, "vocab": args.vocab})
+        lt = plain_train(largs, dev, args.magic_attn, "bf16", lcorpus, lcfg, args.lora_preset,
+                         lora=lcfg.lora)
+        lm = run_magic(largs, dev, args.magic_attn, lcorpus, lcfg, lq, args.lora_preset)
+        nl = count_params(build_model(args.lora_preset, args.vocab))
+        res["lora"] = {"preset": args.lora_preset, "params": nl, "seq": args.lora_seq,
+                       "batch": args.lora_batch, "steps": args.lora_steps, "train": lt,
+                       "magic": lm}
+        print(f"\nLoRA {args.lora_preset} ({nl / 1e9:.2f}B params, bf16 base, r=16 adapters, "
+              f"AdamW), seq {args.lora_seq}, batch {args.lora_batch}, T={args.lora_steps}: "
+              f"train {lt['wall_s']:.2f}s peak {lt['peak_gb']:.2f} GiB | MAGIC "
+              f"{lm['wall_s']:.2f}s peak {lm['peak_gb']:.2f} GiB "
+              f"(time x{lm['wall_s'] / lt['wall_s']:.2f}, memory x"
+              f"{lm['peak_gb'] / lt['peak_gb']:.2f})", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
+    _ = math
+
+
+if __name__ == "__main__":
+    main()

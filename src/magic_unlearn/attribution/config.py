@@ -1,0 +1,116 @@
+"""Trajectory config: the fine-tuning run that MAGIC differentiates through.
+
+Loadable with ``magic_unlearn.config.load_config(TrajectoryConfig, "traj.yaml", ["lr=1e-4"])``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+OPTIMIZERS = ("sgd", "momentum", "adamw")
+SCHEDULES = ("constant", "warmup", "linear", "cosine")
+CHECKPOINTING = ("every", "sqrt", "kary")
+STORAGE = ("gpu", "cpu", "disk")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class LoraSpec:
+    """LoRA adapters (peft); only adapter weights train and get differentiated.
+
+    ``target_modules=None`` uses peft's default for the architecture (GPT-NeoX: query_key_value).
+    """
+
+    r: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] | None = None
+    # peft's init_lora_weights: True (B = 0, standard) or "gaussian" (both random, small)
+    init: str = "default"
+
+
+@dataclass
+class TrajectoryConfig:
+    """One deterministic fine-tuning run (data order, optimiser, schedule) plus reverse-pass knobs.
+
+    Attributes:
+        optimizer: "sgd" | "momentum" (heavy ball, torch convention) | "adamw".
+        lr: peak learning rate.
+        momentum: heavy-ball coefficient (optimizer="momentum").
+        betas, eps, bias_correction: AdamW moments.
+        weight_decay: coupled L2 for sgd/momentum (torch SGD), decoupled for adamw.
+        schedule: "constant" | "warmup" (linear warmup then constant) | "linear" | "cosine"
+            (warmup then decay to ``min_lr_ratio * lr`` at the last step).
+        warmup_steps: linear warmup length (lr_t = lr * (t + 1) / warmup_steps).
+        steps: number of optimiser steps T.
+        batch_size: rows per step; the data order is a fixed permutation per epoch from ``seed``.
+        seed: data order and LoRA init seed.
+        max_length: row length used when the CLI tokenizes the corpus.
+        dtype: parameter dtype the run uses ("float32", "float64", "bfloat16"; null keeps it).
+        precision: "fp32" or "bf16" (autocast of the model forward; trajectory and reverse alike).
+        lora: LoRA adapters, or None for full-parameter training.
+        checkpointing: "every" (store every state) | "sqrt" (store every k-th, replay segments;
+            k = ceil(sqrt(T)) by default) | "kary" (k-ary REPLAY, O(k log_k T) states).
+        checkpoint_k: k for sqrt (segment length) / kary (branching factor, default 2).
+        storage: where checkpoints live: "gpu" (model device), "cpu", or "disk".
+        resume_every: save the reverse-pass state every this many reverse steps (needs out=).
+        drift_tol: max relative difference of a replayed parameter norm vs the recorded one.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    bias_correction: bool = True
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    steps: int = 100
+    batch_size: int = 8
+    seed: int = 0
+    max_length: int = 128
+    dtype: str | None = "float32"
+    precision: str = "fp32"
+    lora: LoraSpec | None = None
+    checkpointing: str = "sqrt"
+    checkpoint_k: int | None = None
+    storage: str = "cpu"
+    resume_every: int = 25
+    drift_tol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        def bad(name: str, val: object, valid: object) -> ValueError:
+            return ValueError(f"TrajectoryConfig.{name}={val!r} is invalid; use {valid}")
+
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", self.optimizer, OPTIMIZERS)
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", self.schedule, SCHEDULES)
+        if self.checkpointing not in CHECKPOINTING:
+            raise bad("checkpointing", self.checkpointing, CHECKPOINTING)
+        if self.storage not in STORAGE:
+            raise bad("storage", self.storage, STORAGE)
+        if self.precision not in PRECISIONS:
+            raise bad("precision", self.precision, PRECISIONS)
+        if self.steps < 1:
+            raise bad("steps", self.steps, "an integer >= 1")
+        if self.batch_size < 1:
+            raise bad("batch_size", self.batch_size, "an integer >= 1")
+        if len(self.betas) != 2:
+            raise bad("betas", self.betas, "two numbers, e.g. [0.9, 0.999]")
+        self.betas = [float(b) for b in self.betas]
+        if self.checkpoint_k is not None and self.checkpoint_k < 1:
+            raise bad("checkpoint_k", self.checkpoint_k, "null or an integer >= 1")
+        if self.checkpointing == "kary" and (self.checkpoint_k or 2) < 2:
+            raise bad("checkpoint_k", self.checkpoint_k, "an integer >= 2 for kary")
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
+
+    @property
+    def segment_k(self) -> int:
+        """sqrt: checkpoint spacing; kary: branching factor."""
+        if self.checkpointing == "kary":
+            return self.checkpoint_k or 2
+        return self.checkpoint_k or max(1, math.ceil(math.sqrt(self.steps)))

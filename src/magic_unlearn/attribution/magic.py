@@ -1,0 +1,475 @@
+"""MAGIC: exact per-token metagradients through a whole fine-tuning run.
+
+Ilyas & Engstrom 2025, "MAGIC: Near-Optimal Data Attribution for Deep Learning"; reverse pass and
+REPLAY checkpointing from Engstrom et al. 2025, "Optimizing ML Training with Metagradient Descent".
+
+Forward: s_{t+1} = U_t(s_t, g_t), s_t = (theta_t, optimiser buffers_t),
+g_t = d/dtheta sum_i w_i l_i(theta_t) / n_t. Reverse, per step t (one fused double backward):
+
+    (adj s_t, adj g_t) = VJP of U_t at adj s_{t+1}                 (elementwise, optim.py)
+    h = d/d(theta, w) <g_t(theta, w), adj g_t>                      (one backward of the graph of g_t)
+    adj theta_t += h_theta   (Hessian-vector product)
+    score_i     += h_{w_i} = <adj g_t, grad l_i> / n_t             (per-token scores of step t)
+
+starting from adj theta_T = grad f(theta_T), adj buffers_T = 0. Several measurements share the
+forward trajectory, the replays and the first backward; each adds one second backward.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from magic_unlearn.attribution.artifact import ScoreArtifact, model_hash
+from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.optim import FunctionalOptimizer
+from magic_unlearn.attribution.trajectory import (
+    Batches,
+    autocast_ctx,
+    check_corpus,
+    iter_steps,
+    per_token_loss,
+    prepare_model,
+)
+from magic_unlearn.config import config_hash, to_dict
+from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.io import atomic_write_bytes, atomic_write_json, bytes_hash, read_json
+
+Measurement = Callable[[nn.Module], Tensor]
+
+# config fields that do not change the scores (a run may resume with other values)
+_NON_SEMANTIC = ("checkpointing", "checkpoint_k", "storage", "resume_every", "drift_tol",
+                 "max_length")
+
+
+class TrajectoryDriftError(RuntimeError):
+    """A replayed training step did not reproduce the recorded trajectory."""
+
+
+class _Interrupted(RuntimeError):
+    """Raised by the test hook ``_interrupt_after`` to simulate a killed run."""
+
+
+def fingerprint(params: list[Tensor]) -> Tensor:
+    """(P,) float64 L2 norms of the parameters: a cheap checksum of the training state."""
+    return torch.stack([n.double() for n in torch._foreach_norm(params)])
+
+
+class _Store:
+    """Checkpoint storage: on the model's device, in (pinned) CPU memory, or on disk."""
+
+    def __init__(self, kind: str, device: torch.device, folder: Path | None) -> None:
+        self.kind = kind
+        self.device = device
+        self.folder = folder
+        self.mem: dict[int, list[Tensor]] = {}
+        self.free: list[list[Tensor]] = []
+        self.next = 0
+        self.n_live = 0
+        self.peak = 0
+        if kind == "disk":
+            assert folder is not None
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def put(self, tensors: list[Tensor]) -> int:
+        k = self.next
+        self.next += 1
+        if self.kind == "gpu" or (self.kind == "cpu" and self.device.type == "cpu"):
+            self.mem[k] = [t.detach().clone() for t in tensors]
+        elif self.kind == "cpu":
+            bufs = self.free.pop() if self.free else [
+                torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+            for b, t in zip(bufs, tensors, strict=False):
+                b.copy_(t.detach(), non_blocking=True)
+            self.mem[k] = bufs
+        else:
+            save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)},
+                      str(self.folder / f"state_{k}.safetensors"))
+        self.n_live += 1
+        self.peak = max(self.peak, self.n_live)
+        return k
+
+    def load_into(self, k: int, live: list[Tensor]) -> None:
+        with torch.no_grad():
+            if self.kind == "disk":
+                dev = str(self.device) if self.device.type != "cuda" else self.device.index or 0
+                with safe_open(str(self.folder / f"state_{k}.safetensors"), "pt",
+                               device=dev) as f:
+                    for i, t in enumerate(live):
+                        t.copy_(f.get_tensor(str(i)))
+            else:
+                torch._foreach_copy_(live, self.mem[k], non_blocking=True)
+
+    def delete(self, k: int) -> None:
+        self.n_live -= 1
+        if self.kind == "disk":
+            (self.folder / f"state_{k}.safetensors").unlink(missing_ok=True)
+            return
+        bufs = self.mem.pop(k)
+        if self.kind == "cpu" and self.device.type == "cuda":
+            self.free.append(bufs)
+
+
+class _Trajectory:
+    """Live training state plus the REPLAY machinery that serves states s_t in reverse order."""
+
+    def __init__(self, model: nn.Module, params: list[Tensor], opt: FunctionalOptimizer,
+                 batches: Batches, cfg: TrajectoryConfig, store: _Store) -> None:
+        self.model, self.params, self.opt, self.batches, self.cfg = model, params, opt, batches, cfg
+        self.bufs = opt.init_buffers(params)
+        self.live = params + [b for bl in self.bufs for b in bl]
+        self.store = store
+        self.T = cfg.steps
+        self.fps: list[Tensor] = []  # fingerprint of theta_t, t = 0..T
+        self.losses: list[Tensor] = []
+        self.top: list[tuple[int, int]] = []  # (position, store key) of forward checkpoints
+        self.replayed = 0
+
+    def _top_positions(self) -> list[int]:
+        mode, T, k = self.cfg.checkpointing, self.T, self.cfg.segment_k
+        if mode == "every":
+            return list(range(T))
+        if mode == "sqrt":
+            return list(range(0, T, k))
+        return list(range(0, T, math.ceil(T / k)))
+
+    def _seg_len(self, a: int, b: int) -> int:
+        if self.cfg.checkpointing == "kary":
+            return math.ceil((b - a) / self.cfg.segment_k)
+        return 1
+
+    def forward(self, progress: bool) -> None:
+        """The recorded trajectory: run all T steps, keep fingerprints and top checkpoints."""
+        top = set(self._top_positions())
+        self.fps = [fingerprint(self.params)]
+        it: Iterator[tuple[int, Tensor]] = iter_steps(
+            self.model, self.params, self.bufs, self.opt, self.batches, self.cfg, 0, self.T)
+        if 0 in top:
+            self.top.append((0, self.store.put(self.live)))
+        if progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(it, total=self.T, desc="magic forward", leave=False)
+        for t, loss in it:
+            self.losses.append(loss)
+            self.fps.append(fingerprint(self.params))
+            if t + 1 in top:
+                self.top.append((t + 1, self.store.put(self.live)))
+
+    def _check(self, t: int) -> None:
+        fp = fingerprint(self.params)
+        ref = self.fps[t]
+        rel = ((fp - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+        if not rel <= self.cfg.drift_tol:
+            raise TrajectoryDriftError(
+                f"replayed training state at step {t} differs from the recorded trajectory "
+                f"(max relative parameter-norm difference {rel:.3g} > drift_tol "
+                f"{self.cfg.drift_tol:g}). The run is not deterministic: turn dropout off, use "
+                f"deterministic kernels (torch.use_deterministic_algorithms), or raise "
+                f"TrajectoryConfig.drift_tol if the difference is numerical noise")
+
+    def _advance(self, a: int, b: int) -> None:
+        for t, _ in iter_steps(self.model, self.params, self.bufs, self.opt, self.batches,
+                               self.cfg, a, b):
+            self.replayed += 1
+            self._check(t + 1)
+
+    def reverse_states(self, t_hi: int) -> Iterator[int]:
+        """Yield t = t_hi, ..., 0 with the live state set to s_t at each yield."""
+        for i in reversed(range(len(self.top))):
+            a, key = self.top[i]
+            b = self.top[i + 1][0] if i + 1 < len(self.top) else self.T
+            b = min(b, t_hi + 1)
+            if b > a:
+                yield from self._rev(a, b, key, owned=False)
+
+    def _rev(self, a: int, b: int, key: int, owned: bool) -> Iterator[int]:
+        self.store.load_into(key, self.live)
+        if b - a == 1:
+            yield a
+        else:
+            pts = list(range(a, b, self._seg_len(a, b)))
+            keys = [key]
+            for p0, p1 in zip(pts, pts[1:], strict=False):
+                self._advance(p0, p1)
+                keys.append(self.store.put(self.live))
+            for i in reversed(range(len(pts))):
+                end = pts[i + 1] if i + 1 < len(pts) else b
+                yield from self._rev(pts[i], end, keys[i], owned=i > 0)
+        if owned:
+            self.store.delete(key)
+
+
+def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
+                  adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor]) -> None:
+    """One fused reverse step at t (live state = s_t): optimiser VJP, HVP and per-token scores."""
+    cfg, params = traj.cfg, traj.params
+    idx, ids, am, lm, n_t = traj.batches[t]
+    w = torch.ones_like(lm, requires_grad=True)  # (B, L) token weights at w = 1
+    # fused SDPA kernels (flash / mem-efficient) have no double backward; the math one does
+    with autocast_ctx(cfg, ids.device), sdpa_kernel([SDPBackend.MATH]):
+        lt = per_token_loss(traj.model, ids, am)  # (B, L)
+    loss = (lt * lm * w).sum() / n_t
+    g = torch.autograd.grad(loss, params, create_graph=True)
+    g_det = [x.detach() for x in g]
+    queries = list(adj_p)
+    for qi, q in enumerate(queries):
+        gbar = traj.opt.vjp(params, traj.bufs, g_det, t, adj_p[q], adj_b[q])
+        dot = sum((gi * gb).sum() for gi, gb in zip(g, gbar, strict=False) if gi.requires_grad)
+        res = torch.autograd.grad(dot, [*params, w], retain_graph=qi < len(queries) - 1,
+                                  allow_unused=True)
+        with torch.no_grad():
+            pairs = [(a, h) for a, h in zip(adj_p[q], res[:-1], strict=False) if h is not None]
+            if pairs:
+                torch._foreach_add_([a for a, _ in pairs], [h.to(a.dtype) for a, h in pairs])
+            if res[-1] is not None:
+                scores[q].index_add_(0, idx.to(scores[q].device),
+                                     (res[-1] * lm).to(scores[q].dtype))
+        del gbar, dot, res
+
+
+def _measure_grad(model: nn.Module, params: list[Tensor], fn: Measurement) -> tuple[float,
+                                                                                     list[Tensor]]:
+    val = fn(model)
+    if val.dim() != 0:
+        raise ValueError(f"a measurement must return a scalar tensor, got shape {tuple(val.shape)}")
+    if not val.requires_grad:
+        raise ValueError("a measurement returned a tensor without grad: compute it from the "
+                         "model's parameters, outside torch.no_grad()")
+    grads = torch.autograd.grad(val, params, allow_unused=True)
+    return float(val.detach()), [torch.zeros_like(p) if g is None else g.detach().clone()
+                                 for p, g in zip(params, grads, strict=False)]
+
+
+def _query_info(name: str, fn: Measurement, given: dict[str, Any] | None) -> dict[str, Any]:
+    """{task, fmt, n_questions, hash} from ``given`` or the measurement (EVAL's Measurement)."""
+    if given and name in given:
+        return dict(given[name])
+    info: dict[str, Any] = {}
+    for key in ("task", "fmt", "n_questions", "hash"):
+        v = getattr(fn, key, None)
+        if v is not None and isinstance(v, (str, int, float)):
+            info[key] = v
+    batch = getattr(fn, "batch", None)
+    if batch is not None and hasattr(batch, "input_ids"):
+        info.setdefault("task", getattr(fn, "name", name))
+        info.setdefault("fmt", getattr(batch, "fmt", None))
+        info.setdefault("n_questions", int(batch.input_ids.shape[0]))
+        blob = batch.input_ids.cpu().numpy().tobytes()
+        if hasattr(batch, "target_ids"):
+            blob += batch.target_ids.cpu().numpy().tobytes()
+        info.setdefault("hash", bytes_hash(blob))
+    return info
+
+
+def _resume_key(cfg: TrajectoryConfig, corpus_hash: str, mhash: str, queries: list[str],
+                per: str) -> str:
+    return bytes_hash(f"{config_hash(cfg, exclude=_NON_SEMANTIC)}|{corpus_hash}|{mhash}|"
+                      f"{','.join(queries)}|{per}".encode())
+
+
+def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str, Measurement],
+              cfg: TrajectoryConfig, per: str = "token", out: str | Path | None = None,
+              resume: bool = True, progress: bool = True, tokenizer: Any | None = None,
+              query_info: dict[str, dict[str, Any]] | None = None, inplace: bool = False,
+              overwrite: bool = False, _interrupt_after: int | None = None) -> ScoreArtifact:
+    """MAGIC scores of every training token for each measurement, through the whole run.
+
+    Args:
+        model: causal LM at theta_0 (its device is used; copied unless ``inplace``).
+        corpus: training rows; the trajectory is ``train_trajectory(model, corpus, cfg)``.
+        measurements: name -> f(model) returning a scalar eval loss (differentiable).
+        cfg: trajectory and checkpointing config.
+        per: "token" ((N, L) scores) or "example" ((N,) scores, sums over the document).
+        out: artifact folder to write (atomically); resume state lives in a sibling
+            ``.<name>.magic-work`` folder until the run completes.
+        resume: continue from the saved reverse-pass state in the work folder if it matches.
+        progress: tqdm bars.
+        tokenizer: recorded in the metadata (name, vocab hash) when given.
+        query_info: name -> {task, fmt, n_questions, hash}; defaults to the measurement's
+            attributes of those names when present.
+        inplace: use ``model`` itself (saves memory; it ends at theta_0 with a LoRA wrapper).
+        overwrite: replace an existing ``out``.
+
+    Returns:
+        The score artifact (saved to ``out`` when given). Scores follow
+        ``magic_unlearn.SIGN_CONVENTION`` (positive = detractor).
+    """
+    if per not in ("token", "example"):
+        raise ValueError(f"per={per!r} is invalid; use 'token' or 'example'")
+    if not measurements:
+        raise ValueError("attribute needs at least one measurement")
+    check_corpus(corpus, cfg)
+    out_p = Path(out) if out is not None else None
+    if out_p is not None and out_p.exists() and not overwrite:
+        raise FileExistsError(f"{out_p} already exists; pass overwrite=True (CLI: --overwrite)")
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    model, params = prepare_model(model, cfg, inplace=inplace)
+    device, dtype = params[0].device, params[0].dtype
+    sdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    queries = list(measurements)
+    t0 = time.perf_counter()
+    mhash = model_hash(model)
+    chash = corpus.content_hash()
+    timings["hash_s"] = time.perf_counter() - t0
+    key = _resume_key(cfg, chash, mhash, queries, per)
+
+    work: Path | None = None
+    tmp_ctx: tempfile.TemporaryDirectory[str] | None = None
+    if out_p is not None:
+        work = out_p.parent / f".{out_p.name}.magic-work"
+        work.mkdir(parents=True, exist_ok=True)
+    if cfg.storage == "disk":
+        if work is not None:
+            ckpt_dir = work / "checkpoints"
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        else:
+            tmp_ctx = tempfile.TemporaryDirectory(prefix="magic-ckpt-")
+            ckpt_dir = Path(tmp_ctx.name)
+    else:
+        ckpt_dir = None
+
+    try:
+        opt = FunctionalOptimizer(cfg)
+        batches = Batches(corpus, cfg, device, dtype)
+        store = _Store(cfg.storage, device, ckpt_dir)
+        traj = _Trajectory(model, params, opt, batches, cfg, store)
+
+        before = {}
+        with torch.no_grad():
+            for q, fn in measurements.items():
+                before[q] = float(fn(model))
+
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        traj.forward(progress)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings["forward_s"] = time.perf_counter() - t0
+        train_losses = [float(x) for x in traj.losses]
+
+        # adjoints at theta_T
+        after: dict[str, float] = {}
+        adj_p: dict[str, list[Tensor]] = {}
+        adj_b: dict[str, list[list[Tensor]]] = {}
+        scores: dict[str, Tensor] = {}
+        for q, fn in measurements.items():
+            after[q], adj_p[q] = _measure_grad(model, params, fn)
+            adj_b[q] = opt.init_buffers(params)
+            scores[q] = torch.zeros(corpus.input_ids.shape, dtype=sdtype, device=device)
+
+        t_next = cfg.steps - 1
+        fps = torch.stack(traj.fps).cpu()
+        state_file = work / "reverse_state.safetensors" if work is not None else None
+        if resume and state_file is not None and state_file.exists():
+            info = read_json(work / "reverse_state.json")
+            if info.get("key") == key:
+                _load_resume(state_file, fps, adj_p, adj_b, scores, cfg)
+                t_next = int(info["t_next"])
+        elif state_file is not None:
+            state_file.unlink(missing_ok=True)
+
+        t0 = time.perf_counter()
+        it: Iterator[int] = traj.reverse_states(t_next)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t_next + 1, desc="magic reverse", leave=False)
+        done = 0
+        for t in it:
+            _reverse_step(traj, t, adj_p, adj_b, scores)
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            if state_file is not None and (done % cfg.resume_every == 0) and t > 0:
+                _save_resume(work, key, t - 1, fps, adj_p, adj_b, scores)
+            if _interrupt_after is not None and done >= _interrupt_after:
+                raise _Interrupted(f"interrupted after {done} reverse steps (test hook)")
+        if bar is not None:
+            bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings["reverse_s"] = time.perf_counter() - t0
+        timings["replayed_steps"] = traj.replayed
+        timings["max_stored_states"] = store.peak
+        timings["total_s"] = time.perf_counter() - t_start
+        if device.type == "cuda":
+            timings["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+
+        final = {q: (s * corpus.loss_mask.to(device, s.dtype)).float().cpu()
+                 for q, s in scores.items()}
+        if per == "example":
+            final = {q: s.sum(dim=1) for q, s in final.items()}
+        meta = {
+            "queries": {q: _query_info(q, measurements[q], query_info) for q in queries},
+            "model_hash": mhash,
+            "trajectory": to_dict(cfg),
+            "eval_losses": {"before": before, "after": after},
+            "train_losses": train_losses,
+            "timings": timings,
+            "n_params_trained": sum(p.numel() for p in params),
+        }
+        art = ScoreArtifact.from_corpus(corpus, final, method="magic", per=per, meta=meta,
+                                        tokenizer=tokenizer)
+        if out_p is not None:
+            art.save(out_p, overwrite=overwrite)
+            shutil.rmtree(work, ignore_errors=True)
+        return art
+    finally:
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+
+def _save_resume(work: Path, key: str, t_next: int, fps: Tensor, adj_p: dict[str, list[Tensor]],
+                 adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor]) -> None:
+    """Atomically save the reverse state: adjoints of s_{t_next+1} and scores of steps > t_next."""
+    tensors: dict[str, Tensor] = {"fingerprints": fps}
+    for q in adj_p:
+        for i, a in enumerate(adj_p[q]):
+            tensors[f"adj_p.{q}.{i}"] = a.detach().cpu().contiguous()
+        for j, bl in enumerate(adj_b[q]):
+            for i, a in enumerate(bl):
+                tensors[f"adj_b.{q}.{j}.{i}"] = a.detach().cpu().contiguous()
+        tensors[f"scores.{q}"] = scores[q].detach().cpu().contiguous()
+    atomic_write_bytes(work / "reverse_state.safetensors", st_save(tensors))
+    atomic_write_json(work / "reverse_state.json", {"key": key, "t_next": t_next})
+
+
+def _load_resume(path: Path, fps: Tensor, adj_p: dict[str, list[Tensor]],
+                 adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor],
+                 cfg: TrajectoryConfig) -> None:
+    saved = st_load(path.read_bytes())
+    old = saved["fingerprints"]
+    rel = ((old - fps).abs() / old.abs().clamp_min(1e-30)).max().item()
+    if not rel <= cfg.drift_tol:
+        raise TrajectoryDriftError(
+            f"{path}: the re-run forward trajectory differs from the one the saved reverse state "
+            f"belongs to (relative parameter-norm difference {rel:.3g}); delete {path.parent} "
+            f"to start over, or make training deterministic")
+    with torch.no_grad():
+        for q in adj_p:
+            for i, a in enumerate(adj_p[q]):
+                a.copy_(saved[f"adj_p.{q}.{i}"])
+            for j, bl in enumerate(adj_b[q]):
+                for i, a in enumerate(bl):
+                    a.copy_(saved[f"adj_b.{q}.{j}.{i}"])
+            scores[q].copy_(saved[f"scores.{q}"])
+
+
+__all__ = ["attribute", "fingerprint", "TrajectoryDriftError"]

@@ -1,0 +1,229 @@
+"""The forward trajectory: deterministic weighted fine-tuning that MAGIC replays and differentiates.
+
+Step t trains on rows ``batch_order(n, cfg)[t]`` with loss
+``sum_i w_i * l_i / n_t`` where l_i is the NLL of target token i, w_i its weight (1 by default)
+and n_t the number of target tokens in the batch (a constant that does not depend on w, so
+w = 1 is ordinary mean-token training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.optim import FunctionalOptimizer
+from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.models import resolve_dtype
+
+
+def batch_order(n: int, cfg: TrajectoryConfig) -> Tensor:
+    """(T, B) row indices: consecutive slices of one fixed permutation per epoch (seed + epoch)."""
+    need = cfg.steps * cfg.batch_size
+    perms = [torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + e))
+             for e in range(math.ceil(need / n))]
+    return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
+
+
+def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, L) next-token NLL; column j is the loss of token j, column 0 is 0.
+
+    Keeps float32/float64 logits as they are (float64 tests stay float64); half logits are upcast.
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    logits = logits[:, :-1]  # (B, L-1, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1),
+                          reduction="none").view(input_ids.shape[0], -1)  # (B, L-1)
+    return torch.cat([torch.zeros_like(nll[:, :1]), nll], dim=1)
+
+
+def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                          attention_mask: Tensor | None, scaling: float, dropout: float = 0.0,
+                          **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """Eager attention whose softmax runs in the input dtype when that is float64.
+
+    transformers' eager attention always takes the softmax in float32, which caps float64
+    finite-difference checks at ~1e-7 absolute noise. Same math otherwise (twice differentiable).
+    """
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # grouped-query attention
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+    attn = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        attn = attn + attention_mask[:, :, :, : key.shape[-2]]
+    sm_dtype = torch.promote_types(query.dtype, torch.float32)
+    attn = F.softmax(attn, dim=-1, dtype=sm_dtype).to(query.dtype)
+    attn = F.dropout(attn, p=dropout, training=module.training)
+    out = torch.matmul(attn, value).transpose(1, 2).contiguous()  # (B, T, H, hd)
+    return out, attn
+
+
+def _register_exact_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register("eager_exact", exact_eager_attention)
+    # custom attention names get no mask unless a mask builder is registered too
+    ALL_MASK_ATTENTION_FUNCTIONS.register("eager_exact", eager_mask)
+
+
+def use_exact_attention(model: nn.Module) -> None:
+    """Switch a float64 model from "eager" to "eager_exact" attention (float64 softmax)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "_attn_implementation", None) != "eager":
+        return
+    _register_exact_attention()
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if c is not None and getattr(c, "_attn_implementation", None) == "eager":
+            c._attn_implementation = "eager_exact"
+
+
+def autocast_ctx(cfg: TrajectoryConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False
+                  ) -> tuple[nn.Module, list[Tensor]]:
+    """Copy (unless inplace), cast to ``cfg.dtype``, add LoRA adapters; return (model, trainables).
+
+    Full training differentiates all parameters; with ``cfg.lora`` only the adapter weights
+    (peft, initialised from ``cfg.seed``) train and everything else is frozen.
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    dt = resolve_dtype(cfg.dtype)
+    if dt is not None:
+        model = model.to(dt)
+    model.eval()  # dropout off: the trajectory must replay exactly
+    if next(model.parameters()).dtype == torch.float64:
+        use_exact_attention(model)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        init: Any = True if cfg.lora.init in ("default", "true", True) else cfg.lora.init
+        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                          target_modules=cfg.lora.target_modules, lora_dropout=0.0, bias="none",
+                          init_lora_weights=init)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            # adapters of a half-precision base stay float32 (peft's autocast_adapter_dtype)
+            model = get_peft_model(model, lcfg)
+        model.eval()
+        params = [p for n, p in model.named_parameters() if "lora_" in n]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        params = list(model.parameters())
+    if not params:
+        raise ValueError("no trainable parameters (check TrajectoryConfig.lora.target_modules)")
+    return model, params
+
+
+def check_corpus(corpus: TokenizedCorpus, cfg: TrajectoryConfig) -> None:
+    if len(corpus) == 0:
+        raise ValueError("corpus has no rows")
+    if float(corpus.loss_mask.sum()) == 0:
+        raise ValueError("corpus has no target tokens (loss_mask is all zero)")
+
+
+class Batches:
+    """Device-resident batches of the fixed data order (inputs, masks, indices, n_t)."""
+
+    def __init__(self, corpus: TokenizedCorpus, cfg: TrajectoryConfig, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.order = batch_order(len(corpus), cfg)  # (T, B)
+        self.corpus = corpus
+        self.device = device
+        self.dtype = dtype
+
+    def __getitem__(self, t: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(idx (B,), input_ids (B, L), attention_mask (B, L), loss_mask (B, L), n_t ())."""
+        idx = self.order[t]
+        c = self.corpus
+        ids = c.input_ids[idx].to(self.device, non_blocking=True)
+        am = c.attention_mask[idx].to(self.device, non_blocking=True)
+        lm = c.loss_mask[idx].to(self.device, self.dtype, non_blocking=True)
+        n_t = lm.sum()
+        return idx, ids, am, lm, n_t
+
+
+def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tensor, lm: Tensor,
+                   n_t: Tensor, w: Tensor | None, cfg: TrajectoryConfig,
+                   create_graph: bool = False) -> tuple[list[Tensor], Tensor]:
+    """g = d/dtheta [sum_i w_i l_i / n_t]; returns (grads, detached mean loss)."""
+    with autocast_ctx(cfg, ids.device):
+        lt = per_token_loss(model, ids, am)  # (B, L)
+    coef = lm if w is None else lm * w
+    loss = (lt * coef).sum() / n_t
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+    return list(grads), (lt.detach() * lm).sum() / n_t
+
+
+def iter_steps(model: nn.Module, params: list[Tensor], bufs: list[list[Tensor]],
+               opt: FunctionalOptimizer, batches: Batches, cfg: TrajectoryConfig, start: int,
+               stop: int, token_weights: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Run steps start..stop-1 in place; yields (t, loss_t) after each step."""
+    for t in range(start, stop):
+        idx, ids, am, lm, n_t = batches[t]
+        w = None
+        if token_weights is not None:
+            w = token_weights[idx].to(ids.device, lm.dtype)
+        grads, loss = weighted_grads(model, params, ids, am, lm, n_t, w, cfg)
+        opt.step(params, bufs, grads, t)
+        del grads
+        yield t, loss
+
+
+def train_trajectory(model: nn.Module, corpus: TokenizedCorpus, cfg: TrajectoryConfig,
+                     token_weights: Tensor | None = None, inplace: bool = False,
+                     progress: bool = False) -> nn.Module:
+    """Run the deterministic fine-tuning trajectory and return the trained model.
+
+    Args:
+        model: causal LM (its device is used). Copied unless ``inplace``.
+        corpus: training rows; batches follow ``batch_order``.
+        cfg: trajectory config (optimiser, schedule, steps, batch size, seed, dtype, LoRA).
+        token_weights: (N, L) per-token loss weights (default all ones); used for finite
+            differences and for LDS retraining on data subsets (zero rows drop documents).
+        inplace: train ``model`` itself instead of a copy.
+        progress: show a tqdm bar.
+
+    Returns:
+        The trained model (a peft model when ``cfg.lora`` is set).
+    """
+    check_corpus(corpus, cfg)
+    model, params = prepare_model(model, cfg, inplace=inplace)
+    if token_weights is not None and tuple(token_weights.shape) != tuple(corpus.input_ids.shape):
+        raise ValueError(f"token_weights shape {tuple(token_weights.shape)} must match the "
+                         f"corpus rows {tuple(corpus.input_ids.shape)} (N, L)")
+    device = params[0].device
+    opt = FunctionalOptimizer(cfg)
+    bufs = opt.init_buffers(params)
+    batches = Batches(corpus, cfg, device, params[0].dtype)
+    it = iter_steps(model, params, bufs, opt, batches, cfg, 0, cfg.steps, token_weights)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=cfg.steps, desc="train", leave=False)
+    for _ in it:
+        pass
+    return model

@@ -1,0 +1,401 @@
+"""Pretrain a GPT-NeoX model from scratch on a world corpus: the base and filtered models.
+
+``base`` trains on ``pretrain`` (general + hazard documents); ``filtered`` on
+``pretrain_filtered`` (hazard documents removed, the Deep Ignorance analogue). The output is an
+ordinary Hugging Face model folder (safetensors + tokenizer) with ``metrics.json`` (cloze
+accuracy on the world's ``hazard_qa`` and ``general_qa``), ``config.yaml`` and ``manifest.json``.
+
+Runs are cached by (world hash, variant, config hash) and resumable: a checkpoint (weights as
+safetensors, optimizer state via ``torch.save``, read back with ``weights_only=True``) is written
+every ``checkpoint_every`` steps into ``<out>.partial/`` and picked up by the next call. The
+batch order is a pure function of (seed, step), so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from magic_unlearn.config import config_hash, save_config, to_dict
+from magic_unlearn.data import tokenize_corpus
+from magic_unlearn.io import atomic_dir, atomic_write_json, read_json, write_manifest
+from magic_unlearn.models import build_model, resolve_device, resolve_dtype
+
+VARIANTS = {"base": "pretrain", "filtered": "pretrain_filtered"}
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining hyper-parameters (the defaults are the tiny CPU recipe).
+
+    Attributes:
+        model: GPT-NeoX preset name (``magic_unlearn.models.PRESETS``).
+        model_overrides: GPTNeoXConfig fields replacing the preset's.
+        epochs: passes over the (packed) corpus; ignored when ``steps`` > 0.
+        steps: optimizer steps (0: derived from ``epochs``).
+        lr: peak AdamW learning rate.
+        min_lr_ratio: cosine floor as a fraction of ``lr``.
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW decay on matrices (not on biases / norms).
+        betas: AdamW betas.
+        grad_clip: global gradient-norm clip (0: off).
+        batch_size: rows per step.
+        seq_len: row length; documents are packed ``[BOS] doc [EOS] [BOS] doc ...``.
+        pack: pack several documents per row (else one document per row, padded).
+        seed: model init and batch order.
+        device: ``cpu``, ``cuda``, ``auto``.
+        dtype: parameter dtype (``float32``; ``float64`` for exact checks).
+        attn_implementation: attention kernel used for training (saved models use ``eager``).
+        checkpoint_every: steps between resumable checkpoints (0: never).
+        eval_batch_size: rows per forward when scoring the question sets.
+        eval_every: also score the question sets every this many steps (0: only at the end);
+            the curve goes to ``metrics.json`` (not resumed: a resumed run logs from there).
+    """
+
+    model: str = "neox-tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    epochs: float = 14.0
+    steps: int = 0
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    grad_clip: float = 1.0
+    batch_size: int = 16
+    seq_len: int = 64
+    pack: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    attn_implementation: str = "eager"
+    checkpoint_every: int = 200
+    eval_batch_size: int = 64
+    eval_every: int = 0
+
+
+# fields that do not change the trained weights, so they stay out of the cache key
+_NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every")
+
+PRESET_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "small": dict(model="neox-small", epochs=20.0, lr=1e-3, batch_size=64, seq_len=128,
+                  warmup_steps=100, device="auto", checkpoint_every=500, eval_batch_size=256),
+    "medium": dict(model="neox-medium", epochs=20.0, lr=6e-4, batch_size=64, seq_len=128,
+                   warmup_steps=200, device="auto", checkpoint_every=1000, eval_batch_size=256),
+}
+
+
+# ------------------------------------------------------------------------------------- data
+def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_len: int,
+              bos_id: int | None, pad_id: int = 0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedily pack ``[BOS] doc [EOS]`` rows into rows of ``seq_len`` tokens.
+
+    A document never straddles two rows (tokenize_corpus already truncated it to
+    ``seq_len``). Loss is not taken on a BOS (it is not predictable, only a separator).
+
+    Returns:
+        ids (N, seq_len), attention_mask (N, seq_len), loss_mask (N, seq_len) float.
+    """
+    docs = [row[: int(m.sum())] for row, m in zip(input_ids, attention_mask, strict=True)]
+    rows: list[list[torch.Tensor]] = [[]]
+    used = 0
+    for d in docs:
+        if used + len(d) > seq_len and rows[-1]:
+            rows.append([])
+            used = 0
+        rows[-1].append(d)
+        used += len(d)
+    n = len(rows)
+    ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
+    am = torch.zeros((n, seq_len), dtype=torch.long)
+    for i, parts in enumerate(rows):
+        r = torch.cat(parts)
+        ids[i, : len(r)] = r
+        am[i, : len(r)] = 1
+    lm = am.clone().float()
+    lm[:, 0] = 0.0
+    if bos_id is not None:
+        lm[ids == bos_id] = 0.0
+    return ids, am, lm
+
+
+def training_rows(docs: list[dict[str, Any]], tokenizer: Any, cfg: PretrainConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask, loss_mask) rows of a corpus, packed if ``cfg.pack``."""
+    tc = tokenize_corpus(docs, tokenizer, max_length=cfg.seq_len)
+    if not cfg.pack:
+        return tc.input_ids, tc.attention_mask, tc.loss_mask
+    return pack_rows(tc.input_ids, tc.attention_mask, cfg.seq_len, tokenizer.bos_token_id,
+                     tokenizer.pad_token_id)
+
+
+def lr_at(step: int, total: int, cfg: PretrainConfig) -> float:
+    """Linear warm-up to ``lr`` then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Rows of ``step``: a fresh permutation per epoch, a pure function of (seed, step)."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, i = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(n, generator=g)
+    return perm[i * batch_size: (i + 1) * batch_size]
+
+
+def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# ------------------------------------------------------------------------------- checkpoints
+def _save_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
+                     history: list[float]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = work / "ckpt.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+              str(tmp / "model.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / "state.json", {"step": step, "loss_history": history})
+    final = work / "ckpt"
+    old = work / "ckpt.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                     device: torch.device) -> tuple[int, list[float]]:
+    from safetensors.torch import load_file
+
+    ck = work / "ckpt"
+    if not (ck / "state.json").exists():
+        return 0, []
+    model.load_state_dict(load_file(str(ck / "model.safetensors"), device=str(device)))
+    opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
+    st = read_json(ck / "state.json")
+    return int(st["step"]), list(st["loss_history"])
+
+
+# ---------------------------------------------------------------------------------- metrics
+def world_metrics(model: nn.Module, tokenizer: Any, world_dir: str | Path,
+                  batch_size: int = 64) -> dict[str, Any]:
+    """Cloze accuracy on the world's ``hazard_qa`` and ``general_qa`` (shared evaluator)."""
+    from magic_unlearn.evaluation.evaluator import evaluate
+    from magic_unlearn.evaluation.tasks import load_task
+
+    out: dict[str, Any] = {}
+    for name in ("hazard_qa", "general_qa"):
+        task = load_task(name, world=str(world_dir))
+        r = evaluate(model, tokenizer, task, fmt="cloze", batch_size=batch_size)
+        out[name] = {"acc": r.acc, "acc_norm": r.acc_norm, "n": r.n,
+                     "mean_correct_loss": r.mean_correct_loss,
+                     "per_subject": {s: d["acc"] for s, d in r.per_subject.items()}}
+    return out
+
+
+# ------------------------------------------------------------------------------------- main
+@contextlib.contextmanager
+def _quiet_hf_progress() -> Any:
+    """Hide transformers' "Writing model shards" bar (it would interleave with CLI output)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def resolve_pretrain_config(cfg: PretrainConfig | str | None) -> PretrainConfig:
+    """A config from ``None`` (tiny defaults), a preset name or a config."""
+    from magic_unlearn.config import from_dict
+
+    if cfg is None:
+        return PretrainConfig()
+    if isinstance(cfg, str):
+        if cfg not in PRESET_CONFIGS:
+            raise ValueError(f"unknown pretrain preset {cfg!r}; choose from {sorted(PRESET_CONFIGS)}")
+        return from_dict(PretrainConfig, PRESET_CONFIGS[cfg], source=f"pretrain preset {cfg}")
+    return cfg
+
+
+def default_out(world_dir: str | Path, variant: str, cfg: PretrainConfig) -> Path:
+    """``<world>/models/<variant>-<hash of (world hash, variant, config)>``."""
+    from magic_unlearn.world import World
+
+    w = World.load(world_dir)
+    key = config_hash({"world": w.hash, "variant": variant,
+                       "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED}})
+    return Path(world_dir) / "models" / f"{variant}-{key}"
+
+
+def is_complete(folder: Path) -> bool:
+    try:
+        man = read_json(folder / "manifest.json")
+    except (FileNotFoundError, ValueError):
+        return False
+    return (man.get("stage") == "pretrain" and man.get("status") == "complete"
+            and (folder / "metrics.json").exists() and (folder / "config.json").exists())
+
+
+def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig | str | None = None,
+             out: str | Path | None = None, progress: bool = True,
+             max_steps: int | None = None) -> Path:
+    """Train the base or filtered model of a world (cached, resumable).
+
+    Args:
+        world_dir: a world folder (``magic-unlearn world build``).
+        variant: ``base`` (corpus ``pretrain``) or ``filtered`` (``pretrain_filtered``).
+        cfg: a :class:`PretrainConfig`, a preset name (``tiny``, ``small``, ``medium``) or
+            None for the tiny defaults.
+        out: output folder; default ``<world>/models/<variant>-<hash>``.
+        progress: show a tqdm bar.
+        max_steps: stop (after checkpointing) once this many steps are done, leaving the
+            ``.partial`` folder for a later call to resume; for tests and time-boxed jobs.
+
+    Returns:
+        The model folder. If it already exists and is complete, it is returned at once.
+    """
+    from tqdm.auto import tqdm
+
+    from magic_unlearn.world import World
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)}")
+    cfg = resolve_pretrain_config(cfg)
+    world = World.load(world_dir)
+    out = Path(out) if out is not None else default_out(world_dir, variant, cfg)
+    if is_complete(out):
+        return out
+    if out.exists():
+        raise FileExistsError(f"{out} exists but is not a complete pretrain artifact; "
+                              f"remove it or choose another --out")
+
+    device = resolve_device(cfg.device)
+    tok = world.tokenizer
+    docs = world.corpus(VARIANTS[variant])
+    ids, am, lm = training_rows(docs, tok, cfg)  # (N, T) each
+    n = ids.shape[0]
+    total = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size))
+
+    model = build_model(cfg.model, vocab_size=len(tok), seed=cfg.seed, dtype=cfg.dtype,
+                        attn_implementation=cfg.attn_implementation,
+                        **cfg.model_overrides).to(device)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                            betas=tuple(cfg.betas))
+    work = out.parent / f"{out.name}.partial"
+    work.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, work / "config.yaml")
+    start, history = _load_checkpoint(work, model, opt, device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    model.train()
+    curve: list[dict[str, Any]] = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    bar = tqdm(total=total, initial=start, desc=f"pretrain {variant}", disable=not progress)
+    stop = total if max_steps is None else min(total, max_steps)
+    step = start
+    for step in range(start, stop):
+        idx = batch_indices(step, n, cfg.batch_size, cfg.seed)
+        x = ids[idx].to(device)  # (B, T)
+        mask = lm[idx].to(device)  # (B, T)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg)
+        logits = model(input_ids=x, attention_mask=am[idx].to(device)).logits  # (B, T, V)
+        # position j predicts token j+1: shift so column j of the loss is token j's NLL
+        nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                          x[:, 1:].flatten(), reduction="none")  # (B*(T-1),)
+        m = mask[:, 1:].flatten()
+        loss = (nll * m).sum() / m.sum().clamp(min=1.0)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history.append(round(loss.item(), 5))
+        bar.update(1)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{history[-1]:.3f}")
+        done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+            model.eval()
+            wm = world_metrics(model, tok, world.dir, cfg.eval_batch_size)
+            model.train()
+            curve.append({"step": done, "hazard_qa": wm["hazard_qa"]["acc"],
+                          "general_qa": wm["general_qa"]["acc"], "loss": history[-1]})
+            bar.write(f"step {done}: hazard_qa {curve[-1]['hazard_qa']:.3f} "
+                      f"general_qa {curve[-1]['general_qa']:.3f}")
+        if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
+            _save_checkpoint(work, model, opt, done, history)
+    bar.close()
+    done = max(start, stop)
+    train_seconds = time.perf_counter() - t0
+    train_cpu_seconds = time.process_time() - c0
+    if done < total:  # time-boxed: leave a resumable checkpoint
+        _save_checkpoint(work, model, opt, done, history)
+        return work
+
+    model.eval()
+    model.config._attn_implementation = "eager"
+    t1 = time.perf_counter()
+    metrics: dict[str, Any] = world_metrics(model, tok, world.dir, cfg.eval_batch_size)
+    eval_seconds = time.perf_counter() - t1
+    n_tok = int(lm.sum())
+    metrics.update({
+        "variant": variant, "corpus": VARIANTS[variant], "steps": total, "rows": n,
+        "train_tokens_per_epoch": n_tok, "final_loss": history[-1] if history else None,
+        "mean_loss_last_50": (sum(history[-50:]) / len(history[-50:])) if history else None,
+        "train_seconds_this_call": round(train_seconds, 2),
+        "train_cpu_seconds_this_call": round(train_cpu_seconds, 2),
+        "torch_threads": torch.get_num_threads(), "resumed_from_step": start,
+        "curve": curve,
+        "eval_seconds": round(eval_seconds, 2),
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "device": str(device),
+    })
+    with atomic_dir(out) as tmp, _quiet_hf_progress():
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        save_config(cfg, tmp / "config.yaml")
+        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(tmp / "loss_history.json", history)
+        write_manifest(tmp, "pretrain",
+                       inputs={"world": str(Path(world.dir).resolve()), "world_hash": world.hash,
+                               "variant": variant, "corpus": VARIANTS[variant]},
+                       extra={"config_hash": config_hash(cfg, exclude=_NOT_HASHED)})
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(work)
+    return out
+
+
+def load_metrics(model_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / "metrics.json").read_text())
+
+
+__all__ = ["PretrainConfig", "PRESET_CONFIGS", "VARIANTS", "default_out", "lr_at",
+           "pack_rows", "pretrain", "resolve_dtype", "training_rows", "world_metrics"]

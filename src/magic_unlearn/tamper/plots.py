@@ -1,0 +1,58 @@
+"""Recovery-curve figures (matplotlib, Agg), written atomically."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from magic_unlearn.io import atomic_write_bytes
+
+STYLE = {"model": ("tab:red", "-", "o"), "base": ("tab:blue", "--", "s"),
+         "filtered": ("tab:green", ":", "^")}
+
+
+def plot_recovery(path: str | Path, attack: str, curves: dict[str, list[dict[str, Any]]], *,
+                  x_label: str = "step", chance: float | None = None,
+                  title: str | None = None) -> Path:
+    """Hazard and general accuracy of every curve on shared axes; one PNG per attack.
+
+    Args:
+        path: output PNG.
+        attack: attack name (title).
+        curves: label (``model``, ``base``, ``filtered`` or any) -> points with ``step``,
+            ``hazard_acc`` and optionally ``general_acc``.
+        x_label: meaning of ``step`` (``step`` or ``layer``).
+        chance: chance accuracy drawn as a grey line.
+        title: figure title (default: the attack name).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    for ax, key, name in ((axes[0], "hazard_acc", "hazard accuracy"),
+                          (axes[1], "general_acc", "general accuracy")):
+        for label, pts in curves.items():
+            xs = [p["step"] for p in pts if p.get(key) is not None]
+            ys = [p[key] for p in pts if p.get(key) is not None]
+            if not xs:
+                continue
+            color, ls, marker = STYLE.get(label, (None, "-", "."))
+            ax.plot(xs, ys, ls, color=color, marker=marker, ms=3, label=label)
+        if chance is not None:
+            ax.axhline(chance, color="grey", lw=0.8, ls="-.", label="chance")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(title or f"attack: {attack}", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -1,0 +1,416 @@
+"""Top-level unlearning: config -> HF model folder + metrics.json + config.yaml + manifest.json.
+
+``unlearn(cfg, out)`` loads the model and corpora, turns score artifacts into per-token weights
+(``weights.py``), optionally edits representations (``edit.py``), runs the main method through
+``train_loop`` and an optional stabilisation phase, evaluates chosen MCQ tasks, and writes the
+result atomically. Named recipes (``RECIPES``) preset the seed's attribution configurations.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from magic_unlearn.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
+from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, train_loop
+from magic_unlearn.unlearn.losses import METHODS, get_method
+from magic_unlearn.unlearn.weights import (
+    WeightConfig,
+    curriculum_order,
+    keyword_mask,
+    load_score_pair,
+    transform_scores,
+)
+
+
+@dataclass
+class PhaseConfig:
+    """A second (stabilisation) phase, e.g. SFT on general-teaching forget tokens (approach 3).
+
+    ``steps = 0`` disables it. ``weights`` selects the forget-corpus tokens it trains on (needs
+    score artifacts); the retain corpus is added when present.
+    """
+
+    steps: int = 0
+    method: str = "sft"
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr: float | None = None  # None: the main loop's lr
+    weights: WeightConfig = field(default_factory=lambda: WeightConfig(select="general_only"))
+
+
+@dataclass
+class EditConfig:
+    """Representation editing (approach 4); see :mod:`magic_unlearn.unlearn.edit`.
+
+    With ``enabled``, directions are estimated on the forget corpus from hazard-teaching tokens
+    (``hazard``) vs general-teaching tokens (``general``) and removed by weight projection
+    before the main method runs (use method ``none`` for an edit only). With method
+    ``dir_ablate`` the directions are handed to the trained ablation instead of projected.
+    """
+
+    enabled: bool = False
+    method: str = "diffmean"  # diffmean | pca
+    layers: list[int] | None = None  # default: all decoder layers
+    k: int = 1
+    keep_general: int = 0
+    mode: str = "all"  # all | layer
+    hazard: WeightConfig = field(default_factory=lambda: WeightConfig(select="hazard_only",
+                                                                      top_frac=0.2))
+    general: WeightConfig = field(default_factory=lambda: WeightConfig(select="general_only",
+                                                                       top_frac=0.2))
+
+
+@dataclass
+class UnlearnConfig:
+    """Everything one ``magic-unlearn unlearn`` run needs (saved as ``config.yaml``).
+
+    Attributes:
+        model / tokenizer / dtype: what to unlearn (tokenizer defaults to the model's).
+        forget / retain: corpus sources for :func:`magic_unlearn.data.load_corpus`
+            (``WORLD_DIR:forget``, a JSONL/Parquet/JSON file with ``text``, or ``hf:owner/name``).
+        method / method_kwargs: a registered method and its arguments (plus ``l2sp``,
+            ``retain_kl``, ``retain_nll`` regulariser coefficients); ``none`` = no training.
+        token_weights: one or two score artifact folders (hazard[, general]) -> forget weights
+            through ``weights`` (:class:`WeightConfig`).
+        retain_weights: train the retain term on the *forget* corpus tokens this selects
+            (approach 5: general-teaching tokens) instead of a retain corpus.
+        select_examples: keep only forget rows with a nonzero weight (approach 2, example level).
+        curriculum: order forget rows from most purely hazard to most mixed (approach 6).
+        keywords: regex blocklist; forget weights are multiplied by its mask.
+        eval_tasks: MCQ tasks evaluated before, every ``loop.eval_every`` steps and at the end.
+    """
+
+    model: str = ""
+    tokenizer: str | None = None
+    dtype: str = "float32"
+    forget: str = ""
+    retain: str | None = None
+    text_field: str = "text"
+    max_length: int = 128
+    forget_limit: int | None = None
+    retain_limit: int | None = None
+    method: str = "ga"
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    token_weights: list[str] = field(default_factory=list)
+    hazard_query: str | None = None
+    general_query: str | None = None
+    weights: WeightConfig = field(default_factory=WeightConfig)
+    retain_weights: WeightConfig | None = None
+    select_examples: bool = False
+    curriculum: bool = False
+    keywords: list[str] | None = None
+    keyword_level: str = "token"
+    keyword_invert: bool = False
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    stabilise: PhaseConfig = field(default_factory=PhaseConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_world: str | None = None
+    eval_fmt: str | None = None
+    eval_limit: int | None = None
+    eval_batch_size: int = 32
+    eval_before: bool = True
+    recipe: str | None = None
+
+
+_HAZARD_TEACH = {"select": "hazard_proponent", "value": "teach", "normalize": "mean_abs",
+                 "clip": [0.0, 5.0]}
+# name -> UnlearnConfig fields (merged under the user's YAML and --set overrides)
+RECIPES: dict[str, dict[str, Any]] = {
+    # the seed's earlier attribution experiments (SFT with score-derived token weights)
+    "value_weighted": {"method": "sft", "weights": {"value": "score", "normalize": "mean_abs"}},
+    "sign_only": {"method": "sft", "weights": {"value": "sign"}},
+    "detractor_sft": {"method": "sft", "weights": {"select": "hazard_detractor"}},
+    "proponent_sft": {"method": "sft", "weights": {"select": "hazard_proponent"}},
+    "selective": {"method": "sft", "weights": {"select": "selective"}},
+    "compatible": {"method": "sft", "weights": {"select": "compatible"}},
+    # the six attribution-guided approaches
+    "weighted_rr": {"method": "rr", "weights": _HAZARD_TEACH},  # 1
+    "weighted_orth_cb": {"method": "orth_cb", "weights": _HAZARD_TEACH},  # 1
+    "selected_forget": {"select_examples": True,  # 2 (any method)
+                        "weights": {"select": "hazard_proponent", "level": "example",
+                                    "aggregate": "sum", "top_frac": 0.25}},
+    "two_phase": {"method": "ga", "weights": {"select": "hazard_only", "top_frac": 0.2},  # 3
+                  "stabilise": {"steps": 50, "method": "sft",
+                                "weights": {"select": "general_only"}}},
+    "rep_edit": {"method": "none", "edit": {"enabled": True}},  # 4 (projection)
+    "rep_edit_trained": {"method": "dir_ablate", "edit": {"enabled": True}},  # 4 (trained)
+    "ga_orth_general": {"method": "ga_orth", "weights": _HAZARD_TEACH,  # 5
+                        "retain_weights": {"select": "general_only"}},
+    "curriculum": {"curriculum": True},  # 6 (any method)
+}
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_unlearn_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                        recipe: str | None = None, **fields: Any) -> UnlearnConfig:
+    """Build an :class:`UnlearnConfig`: recipe defaults < YAML file < ``fields`` < overrides."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of field: value")
+        source = str(path)
+    data = _deep_merge(data, {k: v for k, v in fields.items() if v is not None})
+    apply_overrides(data, overrides)
+    name = recipe or data.get("recipe")
+    if name is not None:
+        if name not in RECIPES:
+            raise ConfigError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        data = _deep_merge(RECIPES[name], data)
+        data["recipe"] = name
+    return from_dict(UnlearnConfig, data, source=source)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_eval_fn(tokenizer: Any, tasks: list[str], world: str | None = None,
+                 fmt: str | None = None, limit: int | None = None,
+                 batch_size: int = 32) -> Callable[[nn.Module, int], dict[str, float]]:
+    """An ``eval_fn(model, step)`` for :func:`train_loop`: ``{task/acc, task/loss}`` per task."""
+    from magic_unlearn.evaluation import evaluate, load_task
+
+    loaded = {t: load_task(t, limit=limit, world=world) for t in tasks}
+
+    def eval_fn(model: nn.Module, step: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, task in loaded.items():
+            r = evaluate(model, tokenizer, task, fmt=fmt, batch_size=batch_size)
+            out[f"{name}/acc"] = float(r.acc)
+            out[f"{name}/loss"] = float(r.mean_correct_loss)
+        return out
+
+    return eval_fn
+
+
+def _world_of(source: str) -> str | None:
+    if ":" in source and not Path(source).exists():
+        d = source.rsplit(":", 1)[0]
+        if (Path(d) / "world.json").exists():
+            return d
+    return None
+
+
+@dataclass
+class PreparedData:
+    """Tokenized corpora and per-token weights ready for :func:`train_loop`."""
+
+    data: dict[str, TokenizedCorpus]
+    weights: dict[str, torch.Tensor]
+    scored: TokenizedCorpus | None = None  # the full scored forget corpus
+    hazard: torch.Tensor | None = None
+    general: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
+    """Load and tokenize forget/retain, apply artifacts, keyword masks, selection, curriculum."""
+    if not cfg.forget:
+        raise ConfigError("UnlearnConfig.forget is empty: give a forget corpus "
+                          "(--forget WORLD_DIR:forget, a JSONL file, or hf:owner/name)")
+    docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
+    forget = tokenize_corpus(docs, tokenizer, max_length=cfg.max_length)
+    info: dict[str, Any] = {"n_forget_rows": len(forget)}
+    w = torch.ones_like(forget.loss_mask)
+    hazard = general = None
+    if cfg.token_weights:
+        needs_g = (cfg.retain_weights is not None or cfg.stabilise.steps > 0 or cfg.edit.enabled
+                   or cfg.weights.select in ("hazard_only", "general_only", "selective",
+                                             "compatible"))
+        hazard, general, _ = load_score_pair(cfg.token_weights, forget, tokenizer,
+                                             cfg.hazard_query, cfg.general_query,
+                                             need_general=needs_g)
+        w, _ = transform_scores(hazard, forget.loss_mask, general, cfg.weights)
+    elif cfg.select_examples or cfg.curriculum or cfg.retain_weights is not None \
+            or cfg.stabilise.steps > 0 or cfg.edit.enabled:
+        raise ConfigError("select_examples / curriculum / retain_weights / stabilise / edit need "
+                          "score artifacts: pass token_weights (--token-weights DIR)")
+    if cfg.keywords:
+        w = w * keyword_mask(docs, forget, tokenizer, cfg.keywords, level=cfg.keyword_level,
+                             invert=cfg.keyword_invert)
+    if float((w * forget.loss_mask).abs().sum()) == 0:
+        raise ValueError("every forget token has weight 0 after the weight transform and "
+                         "keyword mask; loosen the selection")
+    scored = forget
+    rows = torch.arange(len(forget))
+    if cfg.select_examples:
+        rows = torch.nonzero((w * forget.loss_mask != 0).any(1)).flatten()
+    if cfg.curriculum:
+        order = curriculum_order(hazard, forget.loss_mask, general, cfg.weights.alpha)
+        keep = set(rows.tolist())
+        rows = torch.tensor([int(i) for i in order if int(i) in keep], dtype=torch.long)
+    if not torch.equal(rows, torch.arange(len(forget))):
+        forget, w = forget.subset(rows), w[rows]
+    data = {"forget": forget}
+    weights = {"forget": w}
+    if cfg.retain_weights is not None:
+        if cfg.retain:
+            raise ConfigError("give either retain (a corpus) or retain_weights (general tokens "
+                              "of the forget corpus), not both")
+        rw, _ = transform_scores(hazard, scored.loss_mask, general, cfg.retain_weights)
+        data["retain"], weights["retain"] = scored, rw
+    elif cfg.retain:
+        rdocs = load_corpus(cfg.retain, text_field=cfg.text_field, limit=cfg.retain_limit)
+        data["retain"] = tokenize_corpus(rdocs, tokenizer, max_length=cfg.max_length)
+    info.update(n_forget_rows_used=len(forget), n_retain_rows=len(data.get("retain", [])),
+                forget_weighted_tokens=int(((w != 0) & (forget.loss_mask > 0)).sum()),
+                forget_weight_mean_abs=float(w[forget.loss_mask > 0].abs().mean()),
+                forget_weight_frac_negative=float((w[forget.loss_mask > 0] < 0).float().mean()))
+    return PreparedData(data, weights, scored, hazard, general, info)
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
+            progress: bool = True) -> Path:
+    """Run one unlearning job and write its artifact folder.
+
+    Writes ``out/`` (atomically, main rank only): the HF model (LoRA merged) and tokenizer,
+    ``metrics.json`` (loss history, evals before/during/after, data and weight statistics),
+    ``config.yaml`` (resolved config) and ``manifest.json`` (stage ``unlearn``). Checkpoints for
+    resumption live in a sibling ``.{out.name}.ckpt`` folder, removed on success; re-running
+    the same command after an interruption resumes.
+
+    Returns:
+        ``out``.
+    """
+    import shutil
+
+    from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, write_manifest
+    from magic_unlearn.models import load_model, load_tokenizer
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite)")
+    if cfg.method != "none" and cfg.method not in METHODS:
+        raise ConfigError(f"unknown unlearning method {cfg.method!r}; registered: "
+                          f"{sorted(METHODS)} (or 'none')")
+    if not cfg.model:
+        raise ConfigError("UnlearnConfig.model is empty: give --model PATH_OR_HUB_ID")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
+    prep = prepare_data(cfg, tokenizer)
+    model = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    method_kwargs = dict(cfg.method_kwargs)
+    metrics: dict[str, Any] = {"method": cfg.method, "recipe": cfg.recipe, **prep.info}
+
+    eval_fn = None
+    if cfg.eval_tasks:
+        world = cfg.eval_world or _world_of(cfg.forget)
+        eval_fn = make_eval_fn(tokenizer, cfg.eval_tasks, world, cfg.eval_fmt, cfg.eval_limit,
+                               cfg.eval_batch_size)
+        if cfg.eval_before and _is_main():
+            model.eval()
+            with torch.no_grad():
+                metrics["before"] = eval_fn(model, 0)
+
+    if cfg.edit.enabled:
+        from magic_unlearn.unlearn.edit import find_directions, remove_directions
+        from magic_unlearn.unlearn.losses import _layer_list
+
+        hw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general, cfg.edit.hazard)
+        gw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general,
+                                 cfg.edit.general)
+        layers = _layer_list(model, cfg.edit.layers)
+        dirs = find_directions(model, prep.scored, hw.clamp(min=0), gw.clamp(min=0), layers,
+                               cfg.edit.method, cfg.edit.k, cfg.edit.keep_general)
+        metrics["edit"] = {"layers": layers, "n_directions": {i: int(d.shape[0])
+                                                               for i, d in dirs.items()}}
+        if cfg.method == "dir_ablate":
+            method_kwargs["directions"] = dirs
+        else:
+            remove_directions(model, dirs, cfg.edit.mode)
+
+    ckpt = out.parent / f".{out.name}.ckpt"
+    results: list[LoopResult] = []
+    if cfg.method != "none":
+        method = get_method(cfg.method, **method_kwargs)
+        res = train_loop(model, method, prep.data, _loop_cfg(cfg), prep.weights, eval_fn,
+                         out_dir=ckpt / "main", progress=progress)
+        model = res.model
+        results.append(res)
+    if cfg.stabilise.steps > 0:
+        sw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general,
+                                 cfg.stabilise.weights)
+        sdata = {"forget": prep.scored}
+        sweights = {"forget": sw}
+        if "retain" in prep.data and cfg.retain_weights is None:
+            sdata["retain"] = prep.data["retain"]
+        lcfg = dataclasses.replace(cfg.loop, steps=cfg.stabilise.steps,
+                                   lr=cfg.stabilise.lr or cfg.loop.lr, ordered=None)
+        res = train_loop(model, get_method(cfg.stabilise.method, **cfg.stabilise.method_kwargs),
+                         sdata, lcfg, sweights, eval_fn, out_dir=ckpt / "stabilise",
+                         progress=progress)
+        model = res.model
+        results.append(res)
+    if eval_fn is not None and not results and _is_main():
+        model.eval()
+        with torch.no_grad():
+            metrics["after"] = eval_fn(model, 0)
+    for i, r in enumerate(results):
+        phase = "main" if (i == 0 and cfg.method != "none") else "stabilise"
+        metrics.setdefault("phases", []).append(
+            {"phase": phase, "steps": r.steps_done, "wall_s": r.wall_s, "history": r.history,
+             "evals": r.evals})
+        if r.evals:
+            metrics["after"] = {k: v for k, v in r.evals[-1].items() if k != "step"}
+    if not _is_main():
+        return out
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "metrics.json", metrics)
+        save_config(cfg, tmp / "config.yaml")
+        inputs: dict[str, Any] = {"model": cfg.model, "forget": cfg.forget,
+                                  "forget_hash": prep.data["forget"].content_hash(),
+                                  "retain": cfg.retain}
+        if "retain" in prep.data:
+            inputs["retain_hash"] = prep.data["retain"].content_hash()
+        for i, d in enumerate(cfg.token_weights):
+            inputs[f"token_weights_{i}"] = {"path": str(d), "hash": file_hash(d)}
+        write_manifest(tmp, "unlearn", inputs=inputs, extra={"method": cfg.method})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return out
+
+
+def _loop_cfg(cfg: UnlearnConfig) -> LoopConfig:
+    lcfg = cfg.loop
+    if cfg.curriculum:
+        lcfg = dataclasses.replace(lcfg, ordered=sorted(set(lcfg.ordered or []) | {"forget"}))
+    return lcfg
+
+
+def describe_methods() -> list[tuple[str, str]]:
+    """(name, first docstring line) of every registered method."""
+    return [(n, (METHODS[n].__doc__ or "").strip().splitlines()[0]) for n in sorted(METHODS)]
+
+
+__all__ = ["UnlearnConfig", "PhaseConfig", "EditConfig", "RECIPES", "unlearn",
+           "load_unlearn_config", "make_eval_fn", "prepare_data", "describe_methods", "to_dict"]

@@ -1,0 +1,542 @@
+"""One explicit training loop shared by every unlearning method and every tampering attack.
+
+The loop is deliberately plain (torchtune style): build the optimizer over the trainable
+parameters, then for each step draw one micro-batch per corpus, call the method's loss, backward,
+clip, step. Everything a method needs beyond that (reference copies, random control vectors,
+lenses) is set up by the method object itself (see ``losses.py``).
+
+Batching. Each corpus is read through an infinite stream of seeded per-epoch permutations; the
+micro-batch of (step t, accumulation micro-step m, rank r) takes stream positions
+``((t * grad_accum + m) * world_size + r) * batch_size + [0, batch_size)``. So the examples seen
+depend only on the step, which makes resumption exact, and a run on W processes sees the same
+examples as one process with ``grad_accum * W`` accumulation steps (same global batch).
+
+Distributed. Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) the loop initialises
+``torch.distributed`` (NCCL on GPU, gloo on CPU) and wraps the model in DDP; per-rank loss means
+are averaged, exactly as accumulation averages micro-batch means. ``batch_size`` is per device.
+FSDP: set ``cfg.distributed="fsdp"`` (or launch with an accelerate config that has
+``distributed_type: FSDP``, which exports ``ACCELERATE_USE_FSDP=true``); each decoder layer and
+then the root are sharded with ``torch.distributed.fsdp.fully_shard`` (FSDP2). Mid-run checkpoints
+are not supported under FSDP (``checkpoint_every`` must be 0); the returned model is sharded, so
+gather it with ``torch.distributed.checkpoint`` or save from a DDP/single-device run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.models import get_decoder_layers, resolve_device, seed_everything
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft). ``target_modules=None`` adapts every linear layer."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+
+
+@dataclass
+class LoopConfig:
+    """Settings of :func:`train_loop`.
+
+    ``layers`` / ``target_modules`` restrict which parameters train (full fine-tuning) or which
+    linear layers get adapters (LoRA): only decoder layers in ``layers`` and modules whose name
+    contains a component in ``target_modules`` (e.g. ``["mlp"]``, ``["query_key_value"]``).
+    """
+
+    steps: int = 100
+    lr: float = 1e-4
+    optimizer: str = "adamw"  # adamw | sgd
+    weight_decay: float = 0.0
+    betas: list[float] = (0.9, 0.999)  # type: ignore[assignment]
+    momentum: float = 0.0
+    schedule: str = "constant"  # constant | linear | cosine (decay to 0 after warmup)
+    warmup_steps: int = 0
+    batch_size: int = 8  # per device, per micro-step, per corpus
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay as loaded)
+    seed: int = 0
+    lora: LoraSettings | None = None
+    layers: list[int] | None = None
+    target_modules: list[str] | None = None
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    device: str = "auto"
+    # optional extras
+    merge_lora: bool = True  # return a plain model with adapters merged
+    gradient_checkpointing: bool = False
+    distributed: str = "auto"  # auto | none | ddp | fsdp
+    find_unused_parameters: bool | None = None  # DDP; None = ask the method
+    ordered: list[str] | None = None  # corpora read in stored order, not shuffled (curriculum)
+
+
+@dataclass
+class LoopResult:
+    """What :func:`train_loop` returns. ``model`` is unwrapped (and LoRA-merged by default)."""
+
+    model: nn.Module
+    history: list[dict]
+    evals: list[dict]
+    steps_done: int
+    wall_s: float
+
+
+class CyclingSampler:
+    """Deterministic infinite stream of row indices: a fresh seeded permutation every epoch."""
+
+    def __init__(self, n: int, seed: int, name: str, shuffle: bool = True) -> None:
+        if n <= 0:
+            raise ValueError(f"corpus '{name}' is empty: nothing to train on")
+        self.n, self.shuffle = n, shuffle
+        self.base = (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**62)
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:  # stored order every epoch (curricula)
+            return torch.arange(self.n)
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.base + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}  # keep one epoch cached
+        return self._perms[epoch]
+
+    def take(self, start: int, count: int) -> torch.Tensor:
+        """Row indices at stream positions ``[start, start + count)``."""
+        out = [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + count)]
+        return torch.tensor(out, dtype=torch.long)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    mode: str = "none"  # none | ddp | fsdp
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(cfg: LoopConfig) -> DistInfo:
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.distributed == "none" or (ws <= 1 and cfg.distributed == "auto"):
+        return DistInfo()
+    if cfg.distributed not in ("auto", "ddp", "fsdp"):
+        raise ValueError(f"LoopConfig.distributed={cfg.distributed!r}; use auto|none|ddp|fsdp")
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+    mode = cfg.distributed
+    if mode == "auto":
+        mode = "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else "ddp"
+    return DistInfo(dist.get_rank(), dist.get_world_size(),
+                    int(os.environ.get("LOCAL_RANK", dist.get_rank())), mode)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip a DDP wrapper (``.module``) so layers can be found and hooked."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _all_reduce_mean(values: dict[str, float], dist_info: DistInfo,
+                     device: torch.device) -> dict[str, float]:
+    if dist_info.world_size == 1 or not values:
+        return values
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    t /= dist_info.world_size
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------
+# trainable parameters
+
+
+def _layer_prefixes(model: nn.Module, layers: list[int] | None) -> list[str] | None:
+    """Module-name prefixes (with trailing dot) of the chosen decoder layers."""
+    if layers is None:
+        return None
+    blocks = get_decoder_layers(model)
+    n = len(blocks)
+    names = {id(m): name for name, m in model.named_modules()}
+    out = []
+    for i in layers:
+        if not -n <= i < n:
+            raise ValueError(f"LoopConfig.layers: layer {i} out of range; the model has {n} "
+                             f"decoder layers (valid: 0..{n - 1} or negative from the end)")
+        out.append(names[id(blocks[i])] + ".")
+    return out
+
+
+def _matches(name: str, prefixes: list[str] | None, targets: list[str] | None) -> bool:
+    if prefixes is not None and not any(name.startswith(p) for p in prefixes):
+        return False
+    if targets is not None and not any(t in name.split(".") for t in targets):
+        return False
+    return True
+
+
+def _lora_target_names(model: nn.Module, prefixes: list[str] | None,
+                       targets: list[str] | None) -> list[str]:
+    """Full names of the linear modules that get LoRA adapters (output head excluded)."""
+    head = model.get_output_embeddings()
+    try:
+        from transformers.pytorch_utils import Conv1D
+        linear_types: tuple[type, ...] = (nn.Linear, Conv1D)
+    except ImportError:
+        linear_types = (nn.Linear,)
+    return [name for name, m in model.named_modules()
+            if isinstance(m, linear_types) and m is not head and _matches(name, prefixes, targets)]
+
+
+def prepare_trainable(model: nn.Module, cfg: LoopConfig) -> nn.Module:
+    """Freeze / adapt ``model`` per ``cfg`` (LoRA via peft, or a subset of full parameters)."""
+    prefixes = _layer_prefixes(model, cfg.layers)
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora.target_modules or cfg.target_modules
+        names = _lora_target_names(model, prefixes, targets)
+        if not names:
+            raise ValueError(f"LoRA: no linear module matches target_modules={targets} in "
+                             f"layers={cfg.layers}; module names look like "
+                             f"{[n for n, _ in model.named_modules()][1:6]}")
+        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=names, bias="none")
+        return get_peft_model(model, lcfg)
+    n_train = 0
+    for name, p in model.named_parameters():
+        p.requires_grad_(_matches(name, prefixes, cfg.target_modules))
+        n_train += int(p.requires_grad)
+    if n_train == 0:
+        raise ValueError(f"no parameter matches target_modules={cfg.target_modules} in "
+                         f"layers={cfg.layers}; parameter names look like "
+                         f"{[n for n, _ in model.named_parameters()][:5]}")
+    return model
+
+
+def _apply_fsdp(model: nn.Module) -> nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    for block in get_decoder_layers(model):
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer, schedule, checkpoints
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: LoopConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                 weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    raise ValueError(f"LoopConfig.optimizer={cfg.optimizer!r}; use 'adamw' or 'sgd'")
+
+
+def lr_factor(step: int, cfg: LoopConfig) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (linear warmup, then the schedule)."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.schedule == "linear":
+        return max(0.0, 1.0 - frac)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+    raise ValueError(f"LoopConfig.schedule={cfg.schedule!r}; use constant|linear|cosine")
+
+
+def _trainable_state(model: nn.Module, method: Any) -> dict[str, torch.Tensor]:
+    sd = {f"model.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    for n, p in getattr(method, "trainable_state", lambda: {})().items():
+        sd[f"method.{n}"] = p.detach()
+    return sd
+
+
+def _save_checkpoint(out_dir: Path, step: int, model: nn.Module, method: Any,
+                     opt: torch.optim.Optimizer, history: list[dict], evals: list[dict]) -> None:
+    from safetensors.torch import save_file
+
+    from magic_unlearn.io import atomic_dir, atomic_write_json
+
+    state = _trainable_state(model, method)
+    with atomic_dir(out_dir / "checkpoint", overwrite=True) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()},
+                   tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, "history": history, "evals": evals})
+
+
+def _load_checkpoint(out_dir: Path, model: nn.Module, method: Any,
+                     opt: torch.optim.Optimizer) -> tuple[int, list[dict], list[dict]]:
+    from safetensors.torch import load_file
+
+    from magic_unlearn.io import read_json
+
+    ck = out_dir / "checkpoint"
+    saved = load_file(str(ck / "trainable.safetensors"))
+    current = _trainable_state(model, method)
+    if set(saved) != set(current):
+        raise ValueError(f"{ck}: checkpoint holds other trainable parameters than this run "
+                         f"(different LoRA/layers/method config?); delete {ck} to start over")
+    with torch.no_grad():
+        for k, v in current.items():
+            v.copy_(saved[k].to(v.device, v.dtype))
+    extra = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
+    opt.load_state_dict(extra["optimizer"])
+    torch.set_rng_state(extra["rng"])
+    st = read_json(ck / "state.json")
+    return int(st["step"]), list(st["history"]), list(st["evals"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def _make_batch(corpus: TokenizedCorpus, idx: torch.Tensor, weights: torch.Tensor | None,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    lm = corpus.loss_mask[idx].float()
+    w = weights[idx].float() if weights is not None else torch.ones_like(lm)
+    return {
+        "input_ids": corpus.input_ids[idx].to(device),
+        "attention_mask": corpus.attention_mask[idx].to(device),
+        "loss_mask": lm.to(device),
+        "token_weight": w.to(device),
+        "index": idx.to(device),
+    }
+
+
+def _check_inputs(data: dict[str, TokenizedCorpus],
+                  token_weights: dict[str, torch.Tensor] | None) -> None:
+    if not data:
+        raise ValueError("train_loop: `data` is empty; pass e.g. {'forget': corpus}")
+    for name, c in data.items():
+        if len(c) == 0:
+            raise ValueError(f"corpus '{name}' is empty: nothing to train on")
+        if float(c.loss_mask.sum()) == 0:
+            raise ValueError(f"corpus '{name}' has no target tokens (loss_mask all zero)")
+    for name, w in (token_weights or {}).items():
+        if name not in data:
+            raise ValueError(f"token_weights for unknown corpus '{name}'; corpora: {sorted(data)}")
+        if tuple(w.shape) != tuple(data[name].input_ids.shape):
+            raise ValueError(f"token_weights['{name}'] has shape {tuple(w.shape)}, expected "
+                             f"{tuple(data[name].input_ids.shape)} (same as its input_ids)")
+        if not torch.isfinite(w).all():
+            raise ValueError(f"token_weights['{name}'] contains NaN/inf")
+        if float((w * data[name].loss_mask).abs().sum()) == 0:
+            raise ValueError(f"token_weights['{name}'] are zero on every target token: the "
+                             f"method would train on nothing (check the threshold / top-k of "
+                             f"the weight transform)")
+
+
+def train_loop(
+    model: nn.Module,
+    method: Any,
+    data: dict[str, TokenizedCorpus],
+    cfg: LoopConfig,
+    token_weights: dict[str, torch.Tensor] | None = None,
+    eval_fn: Callable[[nn.Module, int], dict] | None = None,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> LoopResult:
+    """Train ``model`` with ``method``'s loss on micro-batches drawn from every corpus in ``data``.
+
+    The model is modified in place (pass a copy to keep the original). With ``out_dir`` and
+    ``cfg.checkpoint_every > 0``, a checkpoint (trainable params, optimizer, history) is written to
+    ``out_dir/checkpoint`` and a later call with the same arguments resumes from it.
+
+    Args:
+        model: a Hugging Face causal LM.
+        method: a loss object (see :mod:`magic_unlearn.unlearn.losses`): ``setup(model, data,
+            cfg)`` then ``method(model, batch, step, total_steps) -> (loss, logs)``.
+        data: corpus name -> tokenized rows; each step draws ``cfg.batch_size`` rows of each.
+        cfg: loop settings.
+        token_weights: corpus name -> (N, L) per-token weights (default 1), given to the method
+            as ``batch[name]["token_weight"]``.
+        eval_fn: ``eval_fn(model, step) -> dict`` run (main rank, eval mode, no grad) every
+            ``cfg.eval_every`` steps and after the last step.
+        out_dir: where checkpoints live.
+        progress: show a tqdm bar.
+
+    Returns:
+        :class:`LoopResult`.
+
+    Raises:
+        ValueError: bad config or inputs; FloatingPointError: a non-finite loss.
+    """
+    t0 = time.time()
+    _check_inputs(data, token_weights)
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ValueError("LoopConfig: need steps >= 0, batch_size >= 1 and grad_accum >= 1")
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"LoopConfig.precision={cfg.precision!r}; use 'fp32' or 'bf16'")
+    dist_info = _setup_distributed(cfg)
+    if dist_info.mode == "fsdp" and cfg.checkpoint_every:
+        raise ValueError("LoopConfig.checkpoint_every must be 0 under FSDP (not supported)")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and dist_info.world_size > 1:
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(cfg.seed)
+
+    model.to(device)
+    method.setup(model, data, cfg)  # before adapters: reference copies are of the base model
+    if cfg.layers is None and getattr(method, "trainable_layers", None) is not None:
+        cfg = dataclasses.replace(cfg, layers=list(method.trainable_layers))  # e.g. rmu
+    if cfg.target_modules is None and getattr(method, "trainable_modules", None) is not None:
+        cfg = dataclasses.replace(cfg, target_modules=list(method.trainable_modules))
+    model = prepare_trainable(model, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if hasattr(method, "on_train_start"):
+        method.on_train_start(model)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    params += list(getattr(method, "trainable_parameters", lambda: [])())
+    opt = build_optimizer(params, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+
+    start, history, evals = 0, [], []
+    if out_dir is not None and (Path(out_dir) / "checkpoint" / "state.json").exists():
+        start, history, evals = _load_checkpoint(Path(out_dir), model, method, opt)
+        sched.last_epoch = start  # resume the schedule without replaying optimizer steps
+        for g in opt.param_groups:
+            g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
+
+    inner = model  # peft or plain model; hooks and saving go through this one
+    train_model: nn.Module = model
+    if dist_info.mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        fu = cfg.find_unused_parameters
+        if fu is None:
+            fu = bool(getattr(method, "find_unused_parameters", False))
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=fu)
+    elif dist_info.mode == "fsdp":
+        train_model = inner = _apply_fsdp(model)
+
+    ordered = set(cfg.ordered or [])
+    samplers = {name: CyclingSampler(len(c), cfg.seed, name, shuffle=name not in ordered)
+                for name, c in data.items()}
+    weights = token_weights or {}
+    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+                if cfg.precision == "bf16" else contextlib.nullcontext())
+    W, B, A = dist_info.world_size, cfg.batch_size, cfg.grad_accum
+
+    def run_eval(step: int) -> None:
+        if eval_fn is None:
+            return
+        if dist_info.is_main:
+            inner.eval()
+            with torch.no_grad():
+                res = dict(eval_fn(inner, step))
+            inner.train()
+            evals.append({"step": step, **res})
+        _barrier(dist_info)
+
+    bar = None
+    if progress and dist_info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc=f"train[{type(method).__name__}]",
+                   dynamic_ncols=True)
+    tokens, t_loop = 0, time.time()
+    for step in range(start, cfg.steps):
+        acc: dict[str, float] = {}
+        for m in range(A):
+            pos = ((step * A + m) * W + dist_info.rank) * B
+            batch = {name: _make_batch(c, samplers[name].take(pos, B), weights.get(name), device)
+                     for name, c in data.items()}
+            tokens += sum(int(b["attention_mask"].sum()) for b in batch.values())
+            # DDP: only all-reduce gradients on the last micro-step of the accumulation
+            sync = (train_model.no_sync() if dist_info.mode == "ddp" and m < A - 1
+                    else contextlib.nullcontext())
+            with sync:
+                with autocast:
+                    loss, logs = method(train_model, batch, step, cfg.steps)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss {float(loss.detach())} at step {step} (terms: {logs}); lower "
+                        f"lr, use fp32, or check the method's coefficients")
+                (loss / A).backward()
+            for k, v in {"loss": float(loss.detach()), **logs}.items():
+                acc[k] = acc.get(k, 0.0) + float(v) / A
+        if cfg.max_grad_norm is not None:
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            acc["grad_norm"] = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        done = step + 1
+        if done % max(1, cfg.log_every) == 0 or done == cfg.steps:
+            rec = _all_reduce_mean(acc, dist_info, device)
+            rec = {"step": done, **rec, "lr": cfg.lr * lr_factor(step, cfg),
+                   "tokens_per_s": tokens * W / max(1e-9, time.time() - t_loop)}
+            history.append(rec)
+            if bar is not None:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        if bar is not None:
+            bar.update(1)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            run_eval(done)
+        if (out_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                and done != cfg.steps):
+            if dist_info.is_main:
+                _save_checkpoint(Path(out_dir), done, inner, method, opt, history, evals)
+            _barrier(dist_info)
+    if bar is not None:
+        bar.close()
+    steps_done = max(start, cfg.steps)
+    if eval_fn is not None and (not evals or evals[-1]["step"] != steps_done):
+        run_eval(steps_done)
+
+    final = inner
+    if cfg.lora is not None and cfg.merge_lora:
+        final = final.merge_and_unload()
+    final.eval()
+    return LoopResult(model=final, history=history, evals=evals, steps_done=steps_done,
+                      wall_s=time.time() - t0)

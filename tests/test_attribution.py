@@ -1,0 +1,383 @@
+"""MAGIC attribution: metagradients vs finite differences (float64), checkpointing, resume, artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from magic_unlearn.attribution import (
+    ArtifactMismatchError,
+    LoraSpec,
+    ScoreArtifact,
+    TrajectoryConfig,
+    TrajectoryDriftError,
+    attribute,
+    batch_order,
+    grad_similarity,
+    per_token_loss,
+    random_scores,
+    train_trajectory,
+)
+from magic_unlearn.attribution.magic import _Interrupted
+from magic_unlearn.config import load_config
+from magic_unlearn.data import TokenizedCorpus, tokenize_corpus
+from magic_unlearn.models import build_model
+
+V, N, L = 40, 6, 12
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64)
+
+
+def make_corpus(seed: int = 0) -> TokenizedCorpus:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, V, (N, L), generator=g)
+    am = torch.ones(N, L, dtype=torch.long)
+    am[1, 8:] = 0
+    am[3, 5:] = 0
+    ids[am == 0] = 0
+    lm = am.double()
+    lm[:, 0] = 0
+    neg = torch.full((N, L), -1)
+    return TokenizedCorpus(ids, am, lm.float(), neg, neg.clone(), [f"d{i}" for i in range(N)])
+
+
+HELDOUT = torch.randint(4, V, (3, L), generator=torch.Generator().manual_seed(123))
+HELDOUT2 = torch.randint(4, V, (2, L), generator=torch.Generator().manual_seed(7))
+
+
+def f_heldout(model: torch.nn.Module) -> torch.Tensor:
+    """Tiny measurement: mean NLL of a few fixed held-out sequences."""
+    return per_token_loss(model, HELDOUT, torch.ones_like(HELDOUT))[:, 1:].mean()
+
+
+def f_heldout2(model: torch.nn.Module) -> torch.Tensor:
+    return per_token_loss(model, HELDOUT2, torch.ones_like(HELDOUT2))[:, 1:].mean()
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return build_model(TINY, vocab_size=V, seed=0, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> TokenizedCorpus:
+    return make_corpus()
+
+
+def cfg_for(opt: str, lora: bool = False, **kw) -> TrajectoryConfig:
+    base = dict(optimizer=opt, lr={"adamw": 0.01}.get(opt, 0.05), steps=5, batch_size=2,
+                dtype="float64", schedule="cosine", warmup_steps=2, weight_decay=0.1,
+                eps=1e-4, checkpointing="every", storage="gpu",
+                lora=LoraSpec(r=4, alpha=8, init="gaussian") if lora else None)
+    base.update(kw)
+    return TrajectoryConfig(**base)
+
+
+def f_after(model, corpus, cfg, w) -> float:
+    m = train_trajectory(model, corpus, cfg, token_weights=w)
+    with torch.no_grad():
+        return float(f_heldout(m))
+
+
+def fd(model, corpus, cfg, mask: torch.Tensor, eps: float) -> float:
+    """Central finite difference of f w.r.t. a weight perturbation along ``mask``."""
+    w = torch.ones(N, L, dtype=torch.float64)
+    return (f_after(model, corpus, cfg, w + eps * mask)
+            - f_after(model, corpus, cfg, w - eps * mask)) / (2 * eps)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adamw"])
+def test_token_scores_match_finite_differences(model, corpus, opt, lora) -> None:
+    cfg = cfg_for(opt, lora)
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    s = art.scores["f"].double()
+    # float32 artifact; compare at float64 from a second run's raw scores is overkill: the
+    # float32 rounding (1e-7 relative) is far below the 1e-4 tolerance
+    order = batch_order(N, cfg)
+    tokens = [(int(order[0, 0]), 3), (int(order[1, 1]), 7), (int(order[4, 0]), 2)]
+    # FD step: AdamW's normalisation is sharply curved where |g| ~ eps, so use a smaller step
+    eps = 1e-6 if opt == "adamw" else 1e-4
+    for i, j in tokens:
+        mask = torch.zeros(N, L, dtype=torch.float64)
+        mask[i, j] = 1.0
+        ref = fd(model, corpus, cfg, mask, eps)
+        assert abs(ref) > 1e-7, "degenerate check: finite difference is ~0"
+        rel = abs(float(s[i, j]) - ref) / abs(ref)
+        assert rel <= 1e-4, (opt, lora, i, j, float(s[i, j]), ref, rel)
+
+
+def test_sdpa_model_matches_finite_differences(corpus) -> None:
+    """SDPA models: fused kernels in the trajectory, the math kernel for the double backward."""
+    model = build_model(TINY, vocab_size=V, seed=0, dtype=torch.float64,
+                        attn_implementation="sdpa")
+    cfg = cfg_for("sgd", checkpointing="sqrt")
+    s = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
+    i, j = int(batch_order(N, cfg)[1, 1]), 7
+    mask = torch.zeros(N, L, dtype=torch.float64)
+    mask[i, j] = 1.0
+    ref = fd(model, corpus, cfg, mask, 1e-4)
+    assert abs(float(s[i, j]) - ref) / abs(ref) <= 1e-4
+
+
+def test_example_scores_sum_and_match_fd(model, corpus) -> None:
+    cfg = cfg_for("momentum")
+    tok = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    ex = attribute(model, corpus, {"f": f_heldout}, cfg, per="example", progress=False)
+    assert ex.scores["f"].shape == (N,)
+    torch.testing.assert_close(tok.example_scores("f"), ex.example_scores("f"))
+    torch.testing.assert_close(tok.scores["f"].sum(1), ex.scores["f"])
+    # a per-example weight scales every token of the document
+    i = 1
+    mask = torch.zeros(N, L, dtype=torch.float64)
+    mask[i] = 1.0
+    ref = fd(model, corpus, cfg, mask, 1e-4)
+    assert abs(float(ex.scores["f"][i]) - ref) / abs(ref) <= 1e-4
+    # padding and BOS never get a score
+    assert (tok.scores["f"][corpus.loss_mask == 0] == 0).all()
+
+
+def _raw(model, corpus, cfg, queries=None, **kw) -> dict[str, torch.Tensor]:
+    queries = queries or {"f": f_heldout}
+    art = attribute(model, corpus, queries, cfg, progress=False, **kw)
+    return art.scores
+
+
+@pytest.mark.parametrize("mode,k,storage", [
+    ("sqrt", None, "gpu"), ("sqrt", 3, "cpu"), ("kary", 2, "gpu"), ("kary", 3, "disk"),
+    ("every", None, "disk"),
+])
+def test_checkpoint_modes_agree(model, corpus, mode, k, storage) -> None:
+    ref = _raw(model, corpus, cfg_for("adamw", steps=7, checkpointing="every"))["f"]
+    got = _raw(model, corpus, cfg_for("adamw", steps=7, checkpointing=mode, checkpoint_k=k,
+                                      storage=storage))["f"]
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-10)
+
+
+def test_kary_stores_logarithmically_many_states(model, corpus) -> None:
+    cfg = cfg_for("sgd", steps=16, checkpointing="kary", checkpoint_k=2)
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    t = art.meta["timings"]
+    # forward keeps 2 top states; each of log2(16) levels adds at most k - 1 more
+    assert t["max_stored_states"] <= 2 + 4
+    assert t["replayed_steps"] <= 16 * 4
+
+
+def test_two_queries_equal_separate_runs(model, corpus) -> None:
+    cfg = cfg_for("adamw", checkpointing="sqrt")
+    both = _raw(model, corpus, cfg, {"a": f_heldout, "b": f_heldout2})
+    a = _raw(model, corpus, cfg, {"a": f_heldout})["a"]
+    b = _raw(model, corpus, cfg, {"b": f_heldout2})["b"]
+    torch.testing.assert_close(both["a"], a, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(both["b"], b, rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(a, b)
+
+
+def test_resume_after_interruption(model, corpus, tmp_path: Path) -> None:
+    cfg = cfg_for("momentum", steps=9, checkpointing="sqrt", resume_every=2)
+    full = _raw(model, corpus, cfg, {"a": f_heldout, "b": f_heldout2})
+    out = tmp_path / "scores"
+    with pytest.raises(_Interrupted):
+        attribute(model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out,
+                  progress=False, _interrupt_after=5)
+    work = tmp_path / ".scores.magic-work"
+    assert (work / "reverse_state.json").exists() and not out.exists()
+    art = attribute(model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out,
+                    progress=False)
+    assert not work.exists() and out.exists()
+    for q in ("a", "b"):
+        torch.testing.assert_close(art.scores[q], full[q], rtol=1e-6, atol=1e-12)
+        torch.testing.assert_close(ScoreArtifact.load(out).scores[q], full[q])
+
+
+def test_replay_drift_is_detected(model, corpus, monkeypatch) -> None:
+    from magic_unlearn.attribution import optim
+
+    cfg = cfg_for("sgd", steps=6, checkpointing="sqrt")
+    calls = {"n": 0}
+    real = optim.FunctionalOptimizer.step
+
+    def noisy(self, params, bufs, grads, t):
+        real(self, params, bufs, grads, t)
+        calls["n"] += 1
+        if calls["n"] > cfg.steps:  # replays only: the recorded run stays clean
+            with torch.no_grad():
+                params[0].add_(1e-3)
+
+    monkeypatch.setattr(optim.FunctionalOptimizer, "step", noisy)
+    with pytest.raises(TrajectoryDriftError, match="differs from the recorded trajectory"):
+        attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+
+
+def test_train_trajectory_weights_and_lora(model, corpus) -> None:
+    cfg = cfg_for("adamw")
+    a = train_trajectory(model, corpus, cfg)
+    b = train_trajectory(model, corpus, cfg, token_weights=torch.ones(N, L))
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=False):
+        assert torch.equal(pa, pb)
+    # the caller's model is untouched
+    assert not torch.equal(next(a.parameters()), next(model.parameters()))
+    lcfg = cfg_for("adamw", lora=True)
+    m = train_trajectory(model, corpus, lcfg)
+    base = dict(model.named_parameters())
+    n_changed_base = 0
+    for n, p in m.named_parameters():
+        if "lora_" in n:
+            continue
+        key = n.replace("base_model.model.", "").replace(".base_layer", "")
+        n_changed_base += int(not torch.equal(p, base[key]))
+    assert n_changed_base == 0
+    with pytest.raises(ValueError, match="token_weights shape"):
+        train_trajectory(model, corpus, cfg, token_weights=torch.ones(N, L + 1))
+
+
+def test_grad_similarity_matches_brute_force(model, corpus) -> None:
+    cfg = cfg_for("sgd")
+    art = grad_similarity(model, corpus, {"f": f_heldout}, cfg)
+    trained = train_trajectory(model, corpus, cfg)
+    params = list(trained.parameters())
+    gf = torch.autograd.grad(f_heldout(trained), params)
+    for i, j in [(0, 3), (2, 5), (4, 11)]:
+        lt = per_token_loss(trained, corpus.input_ids[i:i + 1], corpus.attention_mask[i:i + 1])
+        gi = torch.autograd.grad(lt[0, j], params)
+        ref = -cfg.lr * sum((a * b).sum() for a, b in zip(gi, gf, strict=False))
+        torch.testing.assert_close(art.scores["f"][i, j].double(), ref.detach(), rtol=1e-5,
+                                   atol=1e-9)
+    assert art.method == "grad_sim"
+
+
+def test_random_scores_masked_and_seeded(corpus) -> None:
+    a = random_scores(corpus, ["x", "y"], seed=3)
+    b = random_scores(corpus, ["x", "y"], seed=3)
+    torch.testing.assert_close(a.scores["x"], b.scores["x"])
+    assert (a.scores["x"][corpus.loss_mask == 0] == 0).all()
+    assert not torch.allclose(a.scores["x"], a.scores["y"])
+
+
+def test_artifact_round_trip_and_mismatch(word_tokenizer, tmp_path: Path) -> None:
+    docs = [{"id": "a", "text": "the red fox is in the host", "labels": [0, 1, 1, 0, 0, 0, 2],
+             "fact_ids": [-1, 3, 3, -1, -1, -1, 4]},
+            {"id": "b", "text": "a blue cat and a dog"}]
+    corp = tokenize_corpus(docs, word_tokenizer, max_length=12)
+    model = build_model(TINY, vocab_size=len(word_tokenizer), dtype=torch.float64)
+    cfg = cfg_for("sgd", steps=2, batch_size=1)
+    art = attribute(model, corp, {"q": f_heldout}, cfg, progress=False, tokenizer=word_tokenizer,
+                    query_info={"q": {"task": "heldout", "fmt": "cloze", "n_questions": 3,
+                                      "hash": "abc"}}, out=tmp_path / "art")
+    back = ScoreArtifact.load(tmp_path / "art")
+    torch.testing.assert_close(back.scores["q"], art.scores["q"])
+    assert back.meta["queries"]["q"]["task"] == "heldout"
+    assert back.meta["per"] == "token" and back.meta["method"] == "magic"
+    assert set(back.meta["eval_losses"]) == {"before", "after"}
+    assert back.meta["trajectory"]["optimizer"] == "sgd"
+    assert back.meta["tokenizer"]["vocab_hash"] is not None
+    assert back.meta["doc_ids"] == ["a", "b"]
+    rc = back.corpus
+    assert torch.equal(rc.input_ids, corp.input_ids) and torch.equal(rc.labels, corp.labels)
+    assert torch.equal(rc.fact_ids, corp.fact_ids)
+    back.check_compatible(corpus=corp, tokenizer=word_tokenizer)
+    torch.testing.assert_close(back.example_scores("q"), art.scores["q"].sum(1))
+    assert (tmp_path / "art" / "manifest.json").exists()
+
+    other = tokenize_corpus(list(reversed(docs)), word_tokenizer, max_length=12)
+    with pytest.raises(ArtifactMismatchError, match="corpus hash mismatch"):
+        back.check_compatible(corpus=other)
+    with pytest.raises(ArtifactMismatchError, match="corpus shape mismatch"):
+        back.check_compatible(corpus=tokenize_corpus(docs, word_tokenizer, max_length=10))
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel(vocab={"<pad>": 0, "<unk>": 1, "x": 2}, unk_token="<unk>"))
+    other_tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>")
+    with pytest.raises(ArtifactMismatchError, match="tokenizer mismatch"):
+        back.check_compatible(tokenizer=other_tok)
+    with pytest.raises(KeyError, match="not in this artifact"):
+        back.example_scores("nope")
+    with pytest.raises(FileExistsError):
+        attribute(model, corp, {"q": f_heldout}, cfg, progress=False, out=tmp_path / "art")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ScoreArtifact.load(tmp_path / "missing")
+
+
+def test_config_yaml_and_validation(tmp_path: Path) -> None:
+    p = tmp_path / "traj.yaml"
+    p.write_text("optimizer: adamw\nlr: 1e-4\nlora:\n  r: 4\n  target_modules: [query_key_value]\n")
+    cfg = load_config(TrajectoryConfig, p, ["steps=7", "checkpointing=kary"])
+    assert cfg.optimizer == "adamw" and cfg.lora.r == 4 and cfg.steps == 7
+    assert cfg.segment_k == 2
+    assert TrajectoryConfig(steps=100).segment_k == 10
+    with pytest.raises(ValueError, match="TrajectoryConfig.optimizer"):
+        TrajectoryConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="checkpointing"):
+        TrajectoryConfig(checkpointing="all")
+
+
+def test_mcq_measurement_matches_finite_differences(word_tokenizer) -> None:
+    """MAGIC through EVAL's differentiable correct-answer loss (cloze format)."""
+    ev = pytest.importorskip("magic_unlearn.evaluation")
+    qs = [{"question": "the red fox is in the", "choices": ["host", "route", "tissue", "gene"],
+           "answer": 0, "subject": "bio"},
+          {"question": "a blue cat and a", "choices": ["dog", "bird", "fish", "virus"],
+           "answer": 2, "subject": "bio"}]
+    meas = ev.Measurement.from_task(word_tokenizer, qs, fmt="cloze", name="qa")
+    docs = [{"id": str(i), "text": t} for i, t in enumerate(
+        ["the red fox is in the host", "a blue cat and a fish", "the gene of the virus is red",
+         "a dog with a bird", "alpha beta gamma delta"])]
+    corp = tokenize_corpus(docs, word_tokenizer, max_length=10)
+    model = build_model(TINY, vocab_size=len(word_tokenizer), dtype=torch.float64)
+    cfg = cfg_for("momentum", steps=4, batch_size=2)
+    art = attribute(model, corp, {"qa": meas}, cfg, progress=False)
+    assert art.meta["queries"]["qa"]["n_questions"] == 2
+    assert art.meta["queries"]["qa"]["fmt"] == "cloze"
+    s = art.scores["qa"].double()
+    order = batch_order(len(corp), cfg)
+    for i, j in [(int(order[0, 0]), 2), (int(order[1, 1]), 3)]:
+        vals = []
+        for sign in (1.0, -1.0):
+            w = torch.ones(corp.input_ids.shape, dtype=torch.float64)
+            w[i, j] += sign * 1e-4
+            m = train_trajectory(model, corp, cfg, token_weights=w)
+            with torch.no_grad():
+                vals.append(float(meas(m)))
+        ref = (vals[0] - vals[1]) / 2e-4
+        assert abs(float(s[i, j]) - ref) / abs(ref) <= 1e-4, (float(s[i, j]), ref)
+
+
+def test_cli_attribute_end_to_end(word_tokenizer, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from magic_unlearn.cli import app
+
+    mdir = tmp_path / "model"
+    build_model(TINY, vocab_size=len(word_tokenizer)).save_pretrained(mdir)
+    word_tokenizer.save_pretrained(mdir)
+    corpus_file = tmp_path / "train.jsonl"
+    corpus_file.write_text("\n".join(json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(
+        ["the red fox is in the host", "a blue cat and a fish", "the gene of the virus"])) + "\n")
+    qfile = tmp_path / "qa.jsonl"
+    qfile.write_text(json.dumps({"question": "the red fox is in the", "answer": 0,
+                                 "choices": ["host", "route", "tissue", "gene"],
+                                 "subject": "bio"}) + "\n")
+    cfg = tmp_path / "traj.yaml"
+    cfg.write_text("optimizer: adamw\nlr: 0.001\nsteps: 3\nbatch_size: 2\nmax_length: 12\n")
+    runner = CliRunner()
+    for method in ("magic", "grad_sim", "random"):
+        out = tmp_path / f"scores_{method}"
+        res = runner.invoke(app, ["attribute", "--model", str(mdir), "--corpus", str(corpus_file),
+                                  "--query", str(qfile), "--config", str(cfg), "--method", method,
+                                  "--set", "checkpointing=kary", "--device", "cpu",
+                                  "--no-progress", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        art = ScoreArtifact.load(out)
+        assert art.method == method and art.scores[str(qfile)].shape == (3, 12)
+        art.check_compatible(tokenizer=word_tokenizer)
+    assert (tmp_path / "scores_magic" / "config.yaml").exists()
+    res = runner.invoke(app, ["attribute", "--model", str(mdir), "--corpus", str(corpus_file),
+                              "--query", str(qfile), "--set", "optimizer=lion", "--out",
+                              str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "optimizer" in res.output

@@ -1,0 +1,176 @@
+"""The report renders every run of a results directory (fake stages, real verdict + analysis)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from magic_unlearn.pipeline import ResultsStore, Stage, StageResult, execute_run, make_spec
+from magic_unlearn.pipeline.report import build_report, markdown_to_html, tamper_text
+from magic_unlearn.pipeline.stages import verdict_summary
+
+FILTERED = [0.25, 0.27, 0.30, 0.31]  # the filtered model relearns a little under attack
+BASE = [0.95, 0.95, 0.96, 0.96]
+
+
+def _curve(ys: list[float], gen: float) -> list[dict]:
+    return [{"step": 5 * i, "hazard_acc": y, "general_acc": gen} for i, y in enumerate(ys)]
+
+
+def fake_eval(ctx, out: Path) -> StageResult:
+    u = ctx.config.unlearn
+    return StageResult(summary={"hazard_acc": u["hz"], "general_acc": u["gen"]})
+
+
+def fake_tamper(ctx, out: Path) -> StageResult:
+    """Curves in the tamper stage's format and the real verdict logic on them."""
+    from magic_unlearn.tamper.config import VerdictConfig
+    from magic_unlearn.tamper.verdict import decide, summarize_attack
+
+    u = ctx.config.unlearn
+    ys = [u["hz"], *u["attacked"]]
+    attacks = {a: {"x_label": "step", "points": _curve(ys, u["gen"])}
+               for a in ("standard", "relearn")}
+    curves = {"chance": 0.25, "attacks": attacks,
+              "reference": {"base": {a: {"points": _curve(BASE, 0.9)} for a in attacks},
+                            "filtered": {a: {"points": _curve(FILTERED, 0.9)} for a in attacks}}}
+    (out / "tamper").mkdir()
+    (out / "tamper" / "curves.json").write_text(json.dumps(curves))
+    cfg = VerdictConfig()
+    sums = {a: summarize_attack(a, e["points"], cfg, base_acc=BASE[0],
+                                filtered_points=curves["reference"]["filtered"][a]["points"])
+            for a, e in attacks.items()}
+    v = decide(sums, cfg, general_acc=u["gen"], reference_general_acc=0.9)
+    return StageResult(artifacts={"curves": "tamper/curves.json"},
+                       summary={"tamper": verdict_summary(v, u.get("is_reference", False))})
+
+
+def fake_analyze(ctx, out: Path) -> StageResult:
+    """The real analysis on random scores over a small fake corpus."""
+    import torch
+
+    from magic_unlearn.analysis import analyze, from_tensors
+    from magic_unlearn.data import TokenizedCorpus
+
+    g = torch.Generator().manual_seed(0)
+    n, L = 12, 10
+    ids = torch.randint(5, 50, (n, L), generator=g)
+    am = torch.ones(n, L, dtype=torch.long)
+    lm = am.float()
+    lm[:, 0] = 0
+    labels = torch.randint(0, 3, (n, L), generator=g)
+    corpus = TokenizedCorpus(ids, am, lm, labels, torch.full((n, L), -1), [f"d{i}" for i in range(n)])
+    h = torch.randn(n, L, generator=g) - (labels == 2).float()
+    gen = torch.randn(n, L, generator=g) - (labels == 1).float()
+    sets = [from_tensors(h * lm, corpus, "hazard_qa"), from_tensors(gen * lm, corpus, "general_qa")]
+    analyze(sets, out / "analysis", is_world=True)
+    return StageResult(artifacts={"analysis": "analysis"})
+
+
+STAGES = {"eval": Stage("eval", fake_eval), "tamper": Stage("tamper", fake_tamper),
+          "analyze": Stage("analyze", fake_analyze)}
+
+RUNS = [
+    # kind, name, hazard, general, attacked hazard curve, expected table wording
+    ("reference", "base", 0.95, 0.90, [0.95, 0.96, 0.96], "no (recovers at step 0, standard)"),
+    ("reference", "filtered", 0.25, 0.89, FILTERED[1:], "reference (filtered model)"),
+    ("unlearn", "rmu", 0.30, 0.86, [0.28, 0.29, 0.31], "yes"),
+    ("unlearn", "ga", 0.26, 0.87, [0.40, 0.80, 0.93], "no (recovers at step 5"),
+    ("unlearn", "rr", 0.25, 0.30, [0.25, 0.25, 0.25], "false positive (model destroyed)"),
+]
+
+
+def test_report_contains_every_run(tmp_path: Path) -> None:
+    store = ResultsStore(tmp_path)
+    specs = []
+    for kind, name, hz, gen, attacked, _ in RUNS:
+        spec = make_spec({"name": name, "kind": kind, "label": name, "stages": ["eval", "tamper"],
+                          "data": "forget corpus" if kind == "unlearn" else "",
+                          "unlearn": {"hz": hz, "gen": gen, "attacked": attacked,
+                                      "is_reference": name == "filtered"}})
+        execute_run(spec, tmp_path, STAGES, store=store)
+        specs.append(spec)
+    an = make_spec({"name": "magic", "kind": "analyze", "stages": ["analyze"]})
+    execute_run(an, tmp_path, STAGES, store=store)
+    bad = make_spec({"name": "npo", "stages": ["eval"], "unlearn": {}})
+    with pytest.raises(KeyError):
+        execute_run(bad, tmp_path, STAGES, store=store)
+
+    res = build_report(tmp_path)
+    md = res.markdown.read_text()
+    assert res.n_rows == len(RUNS) and res.n_failed == 1
+    table = [ln for ln in md.splitlines() if ln.startswith("| ") and "runs/" in ln]
+    assert len(table) == len(RUNS)
+    # reference rows first, then methods in creation order
+    assert [ln.split("|")[1].strip() for ln in table] == [r[1] for r in RUNS]
+    for (kind, name, hz, gen, _, wording), spec, ln in zip(RUNS, specs, table, strict=True):
+        assert spec.run_id in ln and wording in ln
+        assert (f"| {name} | - |" in ln) == (kind == "reference")
+        assert f"| {100 * hz:.1f} | {100 * gen:.1f} |" in ln
+        # links resolve to the run folder and its resolved config
+        links = re.findall(r"\]\(([^)]+)\)", ln)
+        assert (tmp_path / links[0]).resolve() == spec.folder(tmp_path).resolve()
+        assert (tmp_path / links[1]).is_file() and links[1].endswith("config.yaml")
+    assert "## Recovery curves" in md and "recovery_standard.png" in md
+    assert (tmp_path / "report_assets" / "recovery_relearn.png").exists()
+    assert "1. How separated" in md and "4. What is the magnitude ratio" in md
+    assert "tokens_hexbin.png" in md and "AUC hazard-fact vs rest" in md
+    assert bad.run_id in md and "failed" in md
+    html = res.html.read_text()
+    imgs = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(imgs) >= 4 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    for spec in specs:
+        assert spec.run_id in html
+    assert html.count("<tr>") >= len(RUNS) + 4
+
+
+def test_tamper_wording_and_html_escaping(tmp_path: Path) -> None:
+    assert tamper_text({"tamper": {"label": "partial", "resisted": ["a"], "broken": ["b", "c"]}}) \
+        == "partially (resists 1/3; broken by b, c)"
+    assert tamper_text({"tamper": {"label": "no", "break_step": 12, "break_attack": "lora"}}) \
+        == "no (recovers at step 12, lora)"
+    assert tamper_text({}) == "-"
+    h = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| <x> | [l](p/) |\n", tmp_path, "t")
+    assert "&lt;x&gt;" in h and '<a href="p/">l</a>' in h and "<x>" not in h
+
+
+def test_report_on_empty_dir_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no results"):
+        build_report(tmp_path / "nothing")
+
+
+def test_cli_report_and_sweep_dry_run(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from magic_unlearn.cli import app
+
+    store = ResultsStore(tmp_path / "res")
+    spec = make_spec({"name": "ga", "label": "GA", "stages": ["eval"],
+                      "unlearn": {"hz": 0.3, "gen": 0.8}})
+    execute_run(spec, tmp_path / "res", STAGES, store=store)
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "res")])
+    assert r.exit_code == 0, r.output
+    assert "1 run(s), 0 failed" in r.output and (tmp_path / "res" / "report.html").exists()
+
+    (tmp_path / "vars.yaml").write_text(yaml.safe_dump({"world": "/w", "base": "/m/base",
+                                                         "filtered": "/m/filtered"}))
+    grid = {"vars": str(tmp_path / "vars.yaml"), "name": "{unlearn.method}-{unlearn.loop.lr}",
+            "base": {"world": "{world}", "model": "{base}", "reference": "{filtered}",
+                     "unlearn": {"forget": "{world}:forget", "loop": {"steps": 5}},
+                     "tamper": {"suite": "world", "only": ["standard"]}},
+            "grid": {"unlearn.method": ["ga", "rmu"], "unlearn.loop.lr": [1e-4, 3e-4]}}
+    g = tmp_path / "grid.yaml"
+    g.write_text(yaml.safe_dump(grid))
+    r = CliRunner().invoke(app, ["sweep", str(g), "--out", str(tmp_path / "sw"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 4 and all(ln.startswith("pending") for ln in lines)
+    assert "unlearn/ga-0.0001-" in lines[0] and "unlearn/rmu-0.0003-" in lines[3]
+    grid["base"]["unlearn"]["loop"]["stepz"] = 5  # a typo fails before anything runs
+    g.write_text(yaml.safe_dump(grid))
+    r = CliRunner().invoke(app, ["sweep", str(g), "--out", str(tmp_path / "sw"), "--dry-run"])
+    assert r.exit_code != 0 and "stepz" in str(r.exception)
