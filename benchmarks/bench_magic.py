@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import time
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from magic_unlearn.attribution import LoraSpec, TrajectoryConfig, attribute, per_token_loss
 from magic_unlearn.attribution.trajectory import batch_order, prepare_model
 from magic_unlearn.data import TokenizedCorpus
-from magic_unlearn.models import build_model, count_params
+from magic_unlearn.models import build_model
 
 
 def make_corpus(n: int, seq: int, vocab: int, seed: int = 0) -> TokenizedCorpus:
@@ -71,11 +70,15 @@ def peak_gb(dev: torch.device) -> float:
 
 def plain_train(args: Any, dev: torch.device, attn: str, precision: str, corpus: TokenizedCorpus,
                 cfg: TrajectoryConfig, preset: str, lora: LoraSpec | None = None) -> dict:
-    """Ordinary training: torch.optim.SGD, loss.backward(), mean token loss per batch."""
+    """Ordinary training: torch.optim SGD/AdamW, loss.backward(), mean token loss per batch."""
     model = build_model(preset, args.vocab, attn_implementation=attn).to(dev)
     tcfg = TrajectoryConfig(**{**cfg.__dict__, "lora": lora})
     model, params = prepare_model(model, tcfg, inplace=True)
-    opt = torch.optim.SGD(params, lr=cfg.lr, foreach=True)
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, foreach=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                weight_decay=cfg.weight_decay, foreach=True)
     order = batch_order(len(corpus), cfg)
     ac = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16"
           else torch.autocast(dev.type, enabled=False))
@@ -102,10 +105,8 @@ def plain_train(args: Any, dev: torch.device, attn: str, precision: str, corpus:
         step(t)
     sync(dev)
     wall = time.perf_counter() - t0
-    out = {"wall_s": wall, "peak_gb": peak_gb(dev)}
-    del model, params, opt
-    reset_mem(dev)
-    return out
+    return {"wall_s": wall, "peak_gb": peak_gb(dev),
+            "params": sum(p.numel() for p in model.parameters())}
 
 
 def run_magic(args: Any, dev: torch.device, attn: str, corpus: TokenizedCorpus,
@@ -152,6 +153,7 @@ def main() -> None:
     ap.add_argument("--lora-seq", type=int, default=1024)
     ap.add_argument("--lora-batch", type=int, default=4)
     ap.add_argument("--lora-steps", type=int, default=16)
+    ap.add_argument("--lora-dtype", default="bfloat16", help="frozen base weights' dtype")
     ap.add_argument("--skip-lora", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke preset")
     ap.add_argument("--device", default="auto")
@@ -159,9 +161,10 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.tiny:
-        args.preset, args.vocab, args.seq, args.batch, args.steps = "neox-tiny", 512, 64, 4, 16
-        args.q_rows, args.lora_preset, args.lora_seq, args.lora_batch = 4, "neox-small", 128, 2
+        args.preset, args.vocab, args.seq, args.batch, args.steps = "neox-tiny", 512, 64, 4, 9
+        args.q_rows, args.lora_preset, args.lora_seq, args.lora_batch = 4, "neox-tiny", 64, 2
         args.lora_steps, args.precision, args.warmup = 4, "fp32", 1
+        args.lora_dtype = "float32"
     dev = torch.device(args.device if args.device != "auto"
                        else ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -177,57 +180,69 @@ def main() -> None:
                            dtype="float32", precision=args.precision,
                            checkpointing=args.checkpointing, storage=args.storage,
                            max_length=args.seq, drift_tol=1e-3)
-    n_params = count_params(build_model(args.preset, args.vocab))
-    res: dict[str, Any] = {"device": name, "preset": args.preset, "params": n_params,
+    res: dict[str, Any] = {"device": name, "preset": args.preset,
                            "seq": args.seq, "batch": args.batch, "steps": args.steps,
                            "precision": args.precision, "checkpointing": args.checkpointing,
                            "k": cfg.segment_k, "storage": args.storage, "rows": {}}
     rows = res["rows"]
-    print(f"# bench_magic on {name}: {args.preset} ({n_params / 1e6:.0f}M params), seq "
-          f"{args.seq}, batch {args.batch}, T={args.steps} SGD, {args.checkpointing} "
-          f"checkpointing (k={cfg.segment_k}), storage {args.storage}", flush=True)
-    if dev.type == "cuda":
-        rows["train bf16 sdpa"] = plain_train(args, dev, "sdpa", "bf16", corpus, cfg, args.preset)
-        print("train bf16 sdpa", rows["train bf16 sdpa"], flush=True)
-    rows[f"train {args.precision} {args.magic_attn}"] = plain_train(
-        args, dev, args.magic_attn, args.precision, corpus, cfg, args.preset)
-    print(f"train {args.precision} {args.magic_attn}",
-          rows[f"train {args.precision} {args.magic_attn}"], flush=True)
-    if "fp32" in args.extra or dev.type == "cuda":
-        rows["train fp32 eager"] = plain_train(args, dev, "eager", "fp32", corpus, cfg,
-                                               args.preset)
-        print("train fp32 eager", rows["train fp32 eager"], flush=True)
+    print(f"# bench_magic on {name}: {args.preset}, seq {args.seq}, batch {args.batch}, "
+          f"T={args.steps} SGD lr {args.lr}, MAGIC {args.precision} autocast, "
+          f"{args.checkpointing} checkpointing (k={cfg.segment_k}), storage {args.storage}",
+          flush=True)
+    trains = [("sdpa", "bf16"), ("sdpa", "fp32"), ("eager", "bf16")]
+    if dev.type != "cuda":
+        trains = [(args.magic_attn, args.precision)]
+    for attn, prec in trains:
+        key = f"train {prec} {attn}"
+        rows[key] = plain_train(args, dev, attn, prec, corpus, cfg, args.preset)
+        reset_mem(dev)
+        res["params"] = rows[key].pop("params")
+        print(key, rows[key], flush=True)
     for nq in [int(x) for x in args.queries.split(",") if x]:
         qs = dict(list(qs_all.items())[:nq])
-        key = f"magic {nq}q {args.magic_attn}"
+        key = f"magic {nq}q"
         rows[key] = run_magic(args, dev, args.magic_attn, corpus, cfg, qs, args.preset)
         print(key, rows[key], flush=True)
-    if "every" in args.extra:
-        ecfg = TrajectoryConfig(**{**cfg.__dict__, "checkpointing": "every", "storage": "cpu"})
-        rows["magic 1q every(cpu)"] = run_magic(args, dev, args.magic_attn, corpus, ecfg,
-                                                dict(list(qs_all.items())[:1]), args.preset)
-        print("magic 1q every(cpu)", rows["magic 1q every(cpu)"], flush=True)
-    if "eager" in args.extra and args.magic_attn != "eager":
-        rows["magic 1q eager"] = run_magic(args, dev, "eager", corpus, cfg,
-                                           dict(list(qs_all.items())[:1]), args.preset)
-        print("magic 1q eager", rows["magic 1q eager"], flush=True)
+    for extra in [x for x in args.extra.split(",") if x]:
+        q1 = dict(list(qs_all.items())[:1])
+        if extra == "every":  # no replay: all T states in CPU memory
+            ecfg = TrajectoryConfig(**{**cfg.__dict__, "checkpointing": "every",
+                                       "storage": "cpu"})
+            rows["magic 1q every(cpu)"] = run_magic(args, dev, args.magic_attn, corpus, ecfg,
+                                                    q1, args.preset)
+        elif extra == "gpu":  # sqrt checkpoints kept on the GPU (no host transfers)
+            ecfg = TrajectoryConfig(**{**cfg.__dict__, "storage": "gpu"})
+            rows["magic 1q sqrt(gpu)"] = run_magic(args, dev, args.magic_attn, corpus, ecfg,
+                                                   q1, args.preset)
+        elif extra == "eager":
+            rows["magic 1q eager"] = run_magic(args, dev, "eager", corpus, cfg, q1, args.preset)
+        elif extra == "fp32":
+            ecfg = TrajectoryConfig(**{**cfg.__dict__, "precision": "fp32"})
+            rows["magic 1q fp32"] = run_magic(args, dev, args.magic_attn, corpus, ecfg, q1,
+                                              args.preset)
+        else:
+            raise SystemExit(f"unknown --extra {extra!r}")
+        k = list(rows)[-1]
+        print(k, rows[k], flush=True)
 
     # ---- table
     base = rows.get("train bf16 sdpa") or rows[f"train {args.precision} {args.magic_attn}"]
-    same = rows[f"train {args.precision} {args.magic_attn}"]
-    print(f"\n| run | wall s | peak GiB | time / fastest train | time / same-precision train "
-          f"| mem / same train | tokens/s |")
-    print("|---|---|---|---|---|---|---|")
+    same = rows.get(f"train {args.precision} {args.magic_attn}", base)
+    print(f"\n{name}, {args.preset} ({res['params'] / 1e6:.0f}M params), seq {args.seq}, "
+          f"batch {args.batch}, T={args.steps}")
+    print("| run | wall s | peak GiB | time / train bf16 sdpa | mem / train bf16 sdpa "
+          "| tokens/s |")
+    print("|---|---|---|---|---|---|")
     for k, r in rows.items():
         tps = r.get("tokens_per_s", args.steps * args.batch * args.seq / r["wall_s"])
         print(f"| {k} | {r['wall_s']:.2f} | {r['peak_gb']:.2f} | {r['wall_s'] / base['wall_s']:.2f} "
-              f"| {r['wall_s'] / same['wall_s']:.2f} | {r['peak_gb'] / same['peak_gb']:.2f} "
-              f"| {tps:,.0f} |")
+              f"| {r['peak_gb'] / base['peak_gb']:.2f} | {tps:,.0f} |")
+    _ = same
 
     if not args.skip_lora:
         lcfg = TrajectoryConfig(optimizer="adamw", lr=1e-4, steps=args.lora_steps,
-                                batch_size=args.lora_batch, dtype="bfloat16",
-                                precision="bf16", checkpointing="sqrt", storage="gpu",
+                                batch_size=args.lora_batch, dtype=args.lora_dtype,
+                                precision=args.precision, checkpointing="sqrt", storage="gpu",
                                 lora=LoraSpec(r=16, alpha=32,
                                               target_modules=["query_key_value", "dense",
                                                               "dense_h_to_4h", "dense_4h_to_h"]),
@@ -236,10 +251,11 @@ def main() -> None:
         lq = {"q0": HeldoutNLL(torch.randint(0, args.vocab, (2, args.lora_seq),
                                              generator=g).to(dev), "q0")}
         largs = argparse.Namespace(**{**vars(args), "seq": args.lora_seq, "vocab": args.vocab})
-        lt = plain_train(largs, dev, args.magic_attn, "bf16", lcorpus, lcfg, args.lora_preset,
+        lt = plain_train(largs, dev, args.magic_attn, args.precision, lcorpus, lcfg, args.lora_preset,
                          lora=lcfg.lora)
+        reset_mem(dev)
         lm = run_magic(largs, dev, args.magic_attn, lcorpus, lcfg, lq, args.lora_preset)
-        nl = count_params(build_model(args.lora_preset, args.vocab))
+        nl = lt.pop("params")
         res["lora"] = {"preset": args.lora_preset, "params": nl, "seq": args.lora_seq,
                        "batch": args.lora_batch, "steps": args.lora_steps, "train": lt,
                        "magic": lm}
@@ -252,7 +268,6 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=2)
-    _ = math
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ def run_trainer(args: argparse.Namespace, ids: torch.Tensor, steps: int, tmp: st
         report_to=[], bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
         dataloader_num_workers=0, disable_tqdm=True, seed=0)
     trainer = Trainer(model=model, args=targs, train_dataset=Rows())
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # no per-run metrics print
     _sync(args.device)
     t = time.perf_counter()
     trainer.train()

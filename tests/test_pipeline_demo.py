@@ -71,7 +71,7 @@ def test_demo_rerun_is_cached(micro_demo: tuple[Path, float]) -> None:
     t0 = time.time()
     demo.run()
     warm = time.time() - t0
-    assert all(cached for _, _, cached in demo.timings[:-1])  # every step but the report
+    assert all(cached for _, _, cached, _ in demo.timings[:-1])  # every step but the report
     assert warm < cold
 
 

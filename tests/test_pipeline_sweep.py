@@ -153,6 +153,13 @@ def test_store_recovers_folder_renamed_before_commit(tmp_path: Path) -> None:
     rec = store.get(spec.run_id)
     assert rec.status == "complete" and rec.metrics["summary"]["general_acc"] == pytest.approx(0.88)
     assert store.reindex() == 0
+    # a deleted folder leaves the index and its point runs again
+    import shutil
+
+    shutil.rmtree(spec.folder(tmp_path))
+    assert store.reindex() == 0 and store.get(spec.run_id) is None
+    assert execute_run(spec, tmp_path, FAKE_STAGES, store=store) == "complete"
+    assert store.get(spec.run_id).status == "complete"
 
 
 @pytest.mark.parametrize("retries", [0, 1])

@@ -108,6 +108,10 @@ def test_resume_equals_uninterrupted(world_dir: Path, tmp_path: Path) -> None:
             == json.loads((res / "loss_history.json").read_text()))
     m = json.loads((res / "metrics.json").read_text())
     assert m["corpus"] == "pretrain_filtered"
+    # a checkpoint of another config is never resumed into this one
+    pretrain(world_dir, "filtered", cfg, out=tmp_path / "x", progress=False, max_steps=2)
+    with pytest.raises(ValueError, match="different run"):
+        pretrain(world_dir, "filtered", micro_cfg(lr=1e-2), out=tmp_path / "x", progress=False)
 
 
 def test_training_lowers_loss(world_dir: Path, tmp_path: Path) -> None:

@@ -332,6 +332,42 @@ def test_logit_lens_last_layer_is_the_model():
         LensModel(m, n)
 
 
+def test_probe_tuned_lens(tmp_path: Path, word_tokenizer):
+    from magic_unlearn.models import get_unembedding
+    from magic_unlearn.tamper import AttackContext, probe_attack, run_attack
+    from magic_unlearn.unlearn.losses import TunedLens
+
+    m = tiny()
+    data = rows(n=6)
+    score = make_scorer(data)
+    norm, head = get_unembedding(m)
+    # zero-initialised translators: the tuned lens is the logit lens
+    pts, _ = probe_attack(m, score, TunedLens(norm, head, 2, 32))
+    assert [p["step"] for p in pts] == [0, 1]
+    for p in pts:
+        assert p["hazard_loss"] == pytest.approx(p["logit_hazard_loss"], abs=1e-6)
+    # fitted on a corpus through run_attack; the model itself is untouched
+    f = tmp_path / "c.jsonl"
+    f.write_text("\n".join(json.dumps({"text": " ".join(WORDS[i:] + WORDS[:i])})
+                           for i in range(8)) + "\n")
+    m = _fmodel(word_tokenizer, 0)
+    before = _state(m)
+    ids = word_tokenizer(["red fox is the cat"], return_tensors="pt")["input_ids"]
+    corpus = rows(n=4)
+    corpus.input_ids = ids.repeat(4, 1) % len(word_tokenizer)
+    corpus.attention_mask = torch.ones_like(corpus.input_ids)
+    ctx = AttackContext(scorer=make_scorer(corpus), tokenizer=word_tokenizer, eval_key="k",
+                        sources={"benign": str(f)})
+    att = AttackConfig(kind="probe", tuned_lens=True, data="benign", steps=3, lr=1e-2,
+                       max_length=16, batch_size=4)
+    e = run_attack(m, "probe", att, ctx)
+    assert e["lens"] == "tuned" and e["x_label"] == "layer" and len(e["points"]) == 2
+    assert "logit_hazard_acc" in e["points"][0]
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in m.parameters())
+
+
 # ------------------------------------------------------------------------------------------
 # outputs
 
@@ -384,7 +420,7 @@ def _questions(n: int, seed: int) -> list[dict]:
 
     r = random.Random(seed)
     qs = []
-    for i in range(n):
+    for _ in range(n):
         # mixed single- and multi-token choices exercise both of evaluate's paths
         choices = [" ".join(r.sample(WORDS, r.choice([1, 2, 3]))) for _ in range(4)]
         qs.append({"question": f"the {r.choice(WORDS)} of the {r.choice(WORDS)} is ?",
@@ -453,7 +489,7 @@ def _files(tmp_path: Path) -> dict[str, Path]:
     import yaml
 
     paths["suite"] = tmp_path / "suite.yaml"
-    paths["suite"].write_text(yaml.safe_dump(suite))
+    paths["suite"].write_text(yaml.safe_dump(suite, sort_keys=False))
     return paths
 
 
@@ -527,3 +563,28 @@ def test_cli_tamper(tmp_path: Path, word_tokenizer):
     assert v["thresholds"]["tolerance"] == 0.03
     r = CliRunner().invoke(app, args[:-2] + ["--set", "verdict.tolerence=1"])
     assert r.exit_code == 2 and "tolerence" in r.output
+
+
+# ------------------------------------------------------------------------------------------
+# the real thing: a pretrained tiny world (minutes on CPU)
+
+
+@pytest.mark.slow
+def test_world_filtered_stays_near_chance_under_transfer_base_stays_high(tmp_path_factory):
+    from magic_unlearn.pretrain import pretrain
+    from magic_unlearn.tamper import tamper
+    from magic_unlearn.world import build_world
+
+    wdir = tmp_path_factory.mktemp("tw") / "world"
+    build_world("tiny", wdir)
+    base = pretrain(wdir, "base", progress=False)
+    filtered = pretrain(wdir, "filtered", progress=False)
+    res = tamper(filtered, "world:transfer", out=None, reference={"base": base}, world=wdir,
+                 device="cpu", cache_dir=wdir.parent / "cache", progress=False, quiet=True)
+    chance = res.curves["chance"]
+    filt = res.curves["attacks"]["transfer"]["points"]
+    basec = res.curves["reference"]["base"]["transfer"]["points"]
+    assert len(filt) >= 4
+    assert max(p["hazard_acc"] for p in filt) <= chance + 0.15, filt
+    assert min(p["hazard_acc"] for p in basec) >= 0.9, basec
+    assert min(p["general_acc"] for p in filt) >= 0.9  # the attack did not break the model

@@ -9,7 +9,7 @@ import pytest
 
 from magic_unlearn.config import ConfigError
 from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD, LABEL_OTHER, tokenize_corpus
-from magic_unlearn.world import CORPORA, World, build_world, make_config, pre_tokenize
+from magic_unlearn.world import CORPORA, World, build_world, make_config
 from magic_unlearn.world.generate import WorldGenerator
 
 # a small but complete world: 6 agents (2 transfer-only), 2 general subjects

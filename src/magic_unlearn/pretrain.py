@@ -63,7 +63,7 @@ class PretrainConfig:
 
     model: str = "neox-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    epochs: float = 14.0
+    epochs: float = 8.0
     steps: int = 0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -243,13 +243,17 @@ def resolve_pretrain_config(cfg: PretrainConfig | str | None) -> PretrainConfig:
     return cfg
 
 
+def run_key(world_hash: str, variant: str, cfg: PretrainConfig) -> str:
+    """Hash of everything that determines the trained weights."""
+    return config_hash({"world": world_hash, "variant": variant,
+                        "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED}})
+
+
 def default_out(world_dir: str | Path, variant: str, cfg: PretrainConfig) -> Path:
     """``<world>/models/<variant>-<hash of (world hash, variant, config)>``."""
     from magic_unlearn.world import World
 
-    w = World.load(world_dir)
-    key = config_hash({"world": w.hash, "variant": variant,
-                       "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED}})
+    key = run_key(World.load(world_dir).hash, variant, cfg)
     return Path(world_dir) / "models" / f"{variant}-{key}"
 
 
@@ -308,8 +312,14 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                             betas=tuple(cfg.betas))
     work = out.parent / f"{out.name}.partial"
+    key = run_key(world.hash, variant, cfg)
+    if (work / "key.json").exists() and read_json(work / "key.json").get("key") != key:
+        raise ValueError(f"{work} holds a checkpoint of a different run (other world, variant "
+                         f"or config); delete it or choose another --out")
     work.mkdir(parents=True, exist_ok=True)
     save_config(cfg, work / "config.yaml")
+    atomic_write_json(work / "key.json", {"key": key, "world_hash": world.hash,
+                                          "variant": variant})
     start, history = _load_checkpoint(work, model, opt, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

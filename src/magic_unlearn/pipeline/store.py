@@ -199,7 +199,7 @@ class ResultsStore:
         with self._tx() as con:
             row = con.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if row is not None:
-                if row["status"] == "complete":
+                if row["status"] == "complete" and (Path(folder) / "manifest.json").exists():
                     return False
                 if row["status"] == "running" and not reclaim and self._owner_alive(row, now):
                     return False
@@ -327,16 +327,22 @@ class ResultsStore:
     def reindex(self, runs_dir: str | Path | None = None) -> int:
         """Record every complete run folder under ``runs_dir`` (default ``<root>/runs``).
 
-        Recovers runs whose worker died after the folder rename but before the database commit.
+        Recovers runs whose worker died after the folder rename but before the database commit,
+        and drops complete rows whose folder no longer exists.
 
         Returns:
             How many folders were (re)recorded.
         """
         runs_dir = Path(runs_dir) if runs_dir is not None else self.root / "runs"
         n = 0
+        known = {}
+        for r in self.runs(status="complete"):
+            if (r.folder / "manifest.json").exists():
+                known[r.run_id] = r
+            else:  # the folder was deleted: the index follows the folders
+                self.delete(r.run_id)
         if not runs_dir.is_dir():
             return 0
-        known = {r.run_id: r for r in self.runs(status="complete")}
         for man in sorted(runs_dir.glob("*/*/manifest.json")):
             if man.parent.name.startswith("."):
                 continue

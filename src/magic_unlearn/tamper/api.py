@@ -7,6 +7,7 @@ computes them once.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,6 @@ class AttackContext:
         world: a loaded world (resolves corpus names) or None.
         sources: logical corpus name -> ``load_corpus`` source.
         device: training / scoring device.
-        lenses: layer -> tuned-lens translator for ``probe`` (optional).
         progress: tqdm bars during fine-tuning.
     """
 
@@ -63,7 +63,6 @@ class AttackContext:
     world: Any = None
     sources: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
-    lenses: dict[int, nn.Module] | None = None
     progress: bool = False
     _corpora: dict[tuple, TokenizedCorpus] = field(default_factory=dict)
 
@@ -140,8 +139,19 @@ def run_attack(model: nn.Module, name: str, attack: AttackConfig, ctx: AttackCon
         pts, info = ablate_attack(model, original, ctx.scorer, *ctx.prompts, initial=initial)
         entry.update(points=pts, ablated_layers=info["ablated_layers"])
     elif attack.kind == "probe":
-        pts, _info = probe_attack(model, ctx.scorer, ctx.lenses)
+        lens = None
+        if attack.tuned_lens:
+            from magic_unlearn.unlearn.losses import train_tuned_lens
+
+            # fit on a copy so the probed model's parameters keep requires_grad untouched
+            lens, losses = train_tuned_lens(copy.deepcopy(model),
+                                            ctx.corpus(attack.data, attack, name),
+                                            steps=attack.steps, lr=attack.lr,
+                                            batch_size=attack.batch_size, seed=attack.seed)
+            entry.update(lens="tuned", lens_final_kl=losses[-1] if losses else None)
+        pts, _info = probe_attack(model, ctx.scorer, lens)
         entry.update(points=pts, x_label="layer")
+        entry.setdefault("lens", "logit")
     entry["wall_s"] = time.perf_counter() - t0
     entry["eval_s"] = ctx.scorer.seconds - eval0  # type: ignore[attr-defined]
     return entry
@@ -177,6 +187,8 @@ def run_suite(model: nn.Module, suite: SuiteConfig, ctx: AttackContext, *,
 
 
 def _data_key(ctx: AttackContext, attack: AttackConfig, name: str) -> str | None:
+    if attack.kind == "probe" and attack.tuned_lens:
+        return ctx.corpus(attack.data, attack, name).content_hash()
     if attack.kind != "finetune":
         return None
     keys = [ctx.corpus(attack.data, attack, name).content_hash()]
@@ -427,8 +439,16 @@ def write_outputs(out: str | Path, result: TamperResult, suite: SuiteConfig, *,
             for role, ref in curves.get("reference", {}).items():
                 if name in ref and ref[name].get("points"):
                     lines[role] = ref[name]["points"]
+            sm = result.verdict.attacks.get(name)
+            title = None
+            if sm is not None:
+                ref = ("" if sm.reference_max is None else
+                       f" vs {sm.reference} {100 * sm.reference_max:.1f}%")
+                title = (f"attack: {name} ({e.get('kind')}): max hazard "
+                         f"{100 * sm.max_hazard_acc:.1f}%{ref} -> {sm.status}")
             plot_recovery(tmp / "plots" / f"{name}.png", name, lines,
-                          x_label=e.get("x_label", "step"), chance=curves.get("chance"))
+                          x_label=e.get("x_label", "step"), chance=curves.get("chance"),
+                          title=title)
         wall = sum(e.get("wall_s", 0.0) for e in curves["attacks"].values())
         ev = sum(e.get("eval_s", 0.0) for e in curves["attacks"].values())
         atomic_write_json(tmp / "metrics.json", {

@@ -268,10 +268,11 @@ def ablate_attack(model: nn.Module, original: nn.Module, scorer: Scorer,
 class LensModel(nn.Module):
     """A causal LM whose logits are decoded from decoder layer ``layer`` (logit lens).
 
-    The layer's output hidden state goes through the model's final norm and unembedding (nostalgebraist
-    2020). With ``lens`` (a module mapping (B, T, D) -> (B, T, D), e.g. a tuned-lens translator,
-    Belrose et al. 2023) the hidden state is translated first. Decoding the last layer gives the
-    model's own logits. Anything that scores a causal LM (the MCQ evaluator) scores this.
+    The layer's output hidden state goes through the model's final norm and unembedding
+    (nostalgebraist 2020). With ``lens`` (called as ``lens(h, layer) -> logits``, e.g.
+    :class:`magic_unlearn.unlearn.losses.TunedLens`, Belrose et al. 2023) that decodes instead.
+    Decoding the last layer with the logit lens gives the model's own logits. Anything that
+    scores a causal LM (the MCQ evaluator) scores this.
     """
 
     def __init__(self, model: nn.Module, layer: int, lens: nn.Module | None = None) -> None:
@@ -317,21 +318,26 @@ class LensModel(nn.Module):
         elif logits_to_keep:
             h = h[:, -logits_to_keep:]
         if self.lens is not None:
-            h = self.lens(h)
-        logits = self.head(self.norm(h))  # (B, T, V)
+            logits = self.lens(h, self.layer % len(self.blocks))  # (B, T, V)
+        else:
+            logits = self.head(self.norm(h))  # (B, T, V)
         return SimpleNamespace(logits=logits)
 
 
-def probe_attack(model: nn.Module, scorer: Scorer,
-                 lenses: dict[int, nn.Module] | None = None) -> tuple[list[dict[str, Any]],
-                                                                      dict[str, Any]]:
-    """Logit-lens (and tuned-lens, where given) accuracy of every layer; x = layer index."""
+def probe_attack(model: nn.Module, scorer: Scorer, lens: nn.Module | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Hazard/general accuracy decoded from every layer; x = layer index.
+
+    With ``lens`` (a tuned lens of this model) the points hold the tuned-lens numbers and the
+    logit-lens ones under ``logit_*`` keys; otherwise the logit lens.
+    """
     t0 = time.perf_counter()
     pts = []
     for i in range(len(get_decoder_layers(model))):
-        p: dict[str, Any] = {"step": i, **scorer(LensModel(model, i))}
-        if lenses and i in lenses:
-            tuned = scorer(LensModel(model, i, lenses[i]))
-            p.update({f"tuned_{k}": v for k, v in tuned.items()})
-        pts.append(p)
+        logit = scorer(LensModel(model, i))
+        if lens is None:
+            pts.append({"step": i, **logit})
+        else:
+            tuned = scorer(LensModel(model, i, lens))
+            pts.append({"step": i, **tuned, **{f"logit_{k}": v for k, v in logit.items()}})
     return pts, {"wall_s": time.perf_counter() - t0}

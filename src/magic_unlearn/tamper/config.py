@@ -47,6 +47,9 @@ class AttackConfig:
         eval_every: evaluate every this many steps (step 0 and the last step always).
         max_length: token row length of the attack corpus.
         in_verdict: whether this attack counts towards the tamper-resistance verdict.
+        tuned_lens: ``probe`` only: also fit a tuned lens (Belrose et al. 2023) on the probed
+            model for ``steps`` steps on ``data`` (use benign text, e.g. ``retain``) and
+            report its per-layer accuracy.
     """
 
     kind: str = "finetune"
@@ -72,6 +75,7 @@ class AttackConfig:
     max_length: int = 128
     seed: int = 0
     in_verdict: bool = True
+    tuned_lens: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ATTACK_KINDS:
@@ -115,7 +119,7 @@ class TamperEvalConfig:
     fmt: str = "cloze"
     limit: int | None = None
     general_limit: int | None = None
-    batch_size: int = 64
+    batch_size: int = 128
     seed: int = 0
 
 
@@ -217,7 +221,8 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
             "retain_then_forget": dict(_WORLD_FT, pre_data="attack_benign", pre_steps=8,
                                        data="forget", steps=12),
             "ablate": dict(kind="ablate"),
-            "probe": dict(kind="probe"),
+            # data/steps/lr only matter with tuned_lens: true (the lens is fit on benign text)
+            "probe": dict(kind="probe", data="retain", steps=100, lr=1e-3),
         },
         "eval": {"hazard_task": "hazard_qa", "general_task": "general_qa", "fmt": "cloze"},
     },
@@ -236,7 +241,7 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
                                        max_examples=512, steps=160, batch_size=16, lr=2e-5,
                                        eval_every=32, max_length=512),
             "ablate": dict(kind="ablate"),
-            "probe": dict(kind="probe"),
+            "probe": dict(kind="probe", data="benign", steps=200, lr=1e-3, max_length=512),
         },
         "eval": {"hazard_task": "wmdp_bio", "general_task": "mmlu", "fmt": "letter",
                  "limit": 500, "batch_size": 16},

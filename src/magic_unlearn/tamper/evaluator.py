@@ -92,11 +92,6 @@ def prompt_rows(tokenizer: Any, task: Any, fmt: str) -> tuple[torch.Tensor, torc
     return ids, am
 
 
-def _lenses() -> dict[int, nn.Module] | None:
-    # a trained tuned lens is optional; the unlearning helper may provide one later
-    return None
-
-
 def build_context(suite: SuiteConfig, tokenizer: Any, *, world: Any = None,
                   device: str = "auto", scorer: Scorer | None = None,
                   progress: bool = False) -> AttackContext:
@@ -127,4 +122,4 @@ def build_context(suite: SuiteConfig, tokenizer: Any, *, world: Any = None,
                             "tokenizer": [type(tokenizer).__name__, len(tokenizer)]})
     return AttackContext(scorer=scorer, tokenizer=tokenizer, eval_key=eval_key, chance=chance,
                          prompts=prompts, world=world, sources=dict(suite.sources),
-                         device=device, lenses=_lenses(), progress=progress)
+                         device=device, progress=progress)

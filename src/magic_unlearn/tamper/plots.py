@@ -30,8 +30,9 @@ def plot_recovery(path: str | Path, attack: str, curves: dict[str, list[dict[str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True)
     for ax, key, name in ((axes[0], "hazard_acc", "hazard accuracy"),
                           (axes[1], "general_acc", "general accuracy")):
         for label, pts in curves.items():
@@ -47,9 +48,12 @@ def plot_recovery(path: str | Path, attack: str, curves: dict[str, list[dict[str
         ax.set_ylabel(name)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
+               frameon=False)
     fig.suptitle(title or f"attack: {attack}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

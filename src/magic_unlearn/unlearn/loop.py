@@ -430,6 +430,9 @@ def train_loop(
     model = prepare_trainable(model, cfg)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    inner = model  # peft or plain model; hooks and saving go through this one
+    if dist_info.mode == "fsdp":  # shard before the optimizer sees the parameters
+        model = inner = _apply_fsdp(model)
     if hasattr(method, "on_train_start"):
         method.on_train_start(model)
     model.train()
@@ -445,7 +448,6 @@ def train_loop(
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
 
-    inner = model  # peft or plain model; hooks and saving go through this one
     train_model: nn.Module = model
     if dist_info.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
@@ -456,8 +458,6 @@ def train_loop(
         train_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=fu)
-    elif dist_info.mode == "fsdp":
-        train_model = inner = _apply_fsdp(model)
 
     ordered = set(cfg.ordered or [])
     samplers = {name: CyclingSampler(len(c), cfg.seed, name, shuffle=name not in ordered)
