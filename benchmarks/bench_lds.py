@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench_lds", help="cache folder for every stage")
     ap.add_argument("--preset", default="tiny", help="world / pretrain preset")
     ap.add_argument("--variant", default="base", help="starting model: base | filtered")
+    ap.add_argument("--model", default=None, help="use this model folder instead of pretraining")
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--steps", type=int, default=24)
@@ -65,7 +66,7 @@ def main() -> None:
         build_world(args.preset, world_dir)
     timings["world_s"] = time.time() - t0
     t0 = time.time()
-    model_dir = pretrain(world_dir, args.variant, cfg=args.preset, progress=True)
+    model_dir = args.model or pretrain(world_dir, args.variant, cfg=args.preset, progress=True)
     timings["pretrain_s"] = time.time() - t0
 
     world = World.load(world_dir)
@@ -107,7 +108,7 @@ def main() -> None:
     timings["lds_s"] = time.time() - t0
 
     summary = {
-        "preset": args.preset, "variant": args.variant, "trajectory": tag,
+        "preset": args.preset, "variant": args.variant, "model": str(model_dir), "trajectory": tag,
         "n_docs": len(corpus), "n_tokens": int(corpus.loss_mask.sum()),
         "eval_losses": arts["magic"].meta.get("eval_losses"),
         "lds": {k: {"spearman": v["spearman"], "ci": v["ci"], "pearson": v["pearson"]}

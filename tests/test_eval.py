@@ -49,9 +49,10 @@ def _questions(n: int = 11, seed: int = 0) -> list[dict]:
     return qs
 
 
-def _bpe_tokenizer(merges: bool = True):
-    """GPT-NeoX-like byte-level BPE built in code; without merges every char is a token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def _bpe_tokenizer(merges: bool = True, add_bos: bool = False):
+    """GPT-NeoX-like byte-level BPE built in code; without merges every char is a token;
+    ``add_bos``: a Llama-like post-processor puts BOS before every encoding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())
@@ -62,6 +63,9 @@ def _bpe_tokenizer(merges: bool = True):
     tr = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator(text, tr)
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
                                    eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
@@ -69,6 +73,11 @@ def _bpe_tokenizer(merges: bool = True):
 @pytest.fixture(scope="module")
 def bpe():
     return _bpe_tokenizer(True)
+
+
+@pytest.fixture(scope="module")
+def bpe_bos():
+    return _bpe_tokenizer(True, add_bos=True)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +123,7 @@ def _ref_loglik(model, tok, questions, fmt, max_len: int = 10**9) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fmt", ["letter", "cloze"])
-@pytest.mark.parametrize("tokname", ["bpe", "chars"])
+@pytest.mark.parametrize("tokname", ["bpe", "chars", "bpe_bos"])
 def test_matches_bruteforce_reference(fmt, tokname, request):
     tok = request.getfixturevalue(tokname)
     model = _model(tok)
@@ -132,7 +141,12 @@ def test_matches_bruteforce_reference(fmt, tokname, request):
     else:
         assert res.acc_norm is None
     # letters are single BPE tokens (fast path); char-level " A" is two tokens (full path)
-    assert res.fast_path == (6 if (fmt == "letter" and tokname == "bpe") else 0)
+    assert res.fast_path == (6 if (fmt == "letter" and tokname != "chars") else 0)
+    if tokname == "bpe_bos":  # the tokenizer's own BOS is kept, never doubled
+        b = build_mcq_batch(tok, qs, fmt=fmt, prepend_bos=True)
+        assert (b.input_ids[:, 0] == tok.bos_token_id).all()
+        assert (b.input_ids[:, 1] != tok.bos_token_id).all()
+        assert mcq_loss(model, b).item() == pytest.approx(res.mean_correct_loss, abs=1e-9)
 
 
 @pytest.mark.parametrize("fmt", ["letter", "cloze"])
@@ -214,13 +228,19 @@ def test_rigged_model_accuracy_and_loss(bpe):
 
 
 def test_bf16_model_runs_with_float32_logprobs(bpe):
-    model = _model(bpe, dtype=torch.float32)
+    model = _model(bpe, dtype=torch.float32).to(torch.bfloat16)
     qs = _questions(5)
-    r32 = evaluate(model, bpe, qs, fmt="letter")
-    rbf = evaluate(model.to(torch.bfloat16), bpe, qs, fmt="letter")
-    assert np.isfinite(rbf.loglikelihoods).all()
-    # bf16 weights change the numbers a little, not the scale
-    np.testing.assert_allclose(rbf.loglikelihoods, r32.loglikelihoods, atol=0.2)
+    res = evaluate(model, bpe, qs, fmt="letter", batch_size=1)
+    letters = [bpe.encode(" " + L)[0] for L in "ABCD"]
+    with torch.no_grad():
+        for q, ll in zip(qs, res.loglikelihoods, strict=True):
+            ctx = bpe.encode(build_context(as_task(qs), q, "letter"))
+            logits = model(torch.tensor([ctx])).logits[0, -1]  # bf16
+            ref32 = torch.log_softmax(logits.float(), -1)[letters]
+            ref16 = torch.log_softmax(logits, -1)[letters].float()
+            # float32 log-softmax of the bf16 logits, not a bf16 one
+            np.testing.assert_allclose(ll, ref32.double().numpy(), atol=1e-5)
+            assert np.abs(np.array(ll) - ref16.double().numpy()).max() > 1e-4
 
 
 # ------------------------------------------------------------------------------------------

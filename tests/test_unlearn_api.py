@@ -130,3 +130,36 @@ def test_bad_input_leaves_no_output(setup: Path) -> None:
     r = run(app, ["unlearn", *_common(setup), "--method", "ga", "--forget",
                   str(setup / "empty.jsonl"), "--out", str(setup / "bad")])
     assert r.exit_code == 2 and "empty" in r.output
+
+
+def test_interrupted_unlearn_resumes_to_the_same_model(setup: Path) -> None:
+    from magic_unlearn.unlearn.losses import METHODS, GradDiff, register_method
+
+    state = {"fired": False}
+
+    @register_method("_crash_once_test")
+    class CrashOnce(GradDiff):
+        def __call__(self, model, batch, step, total):  # noqa: ANN001, ANN204
+            if step == 5 and not state["fired"]:
+                state["fired"] = True
+                raise KeyboardInterrupt("simulated crash")
+            return super().__call__(model, batch, step, total)
+
+    try:
+        common = dict(model=str(setup / "base"), forget=str(setup / "forget.jsonl"),
+                      retain=str(setup / "retain.jsonl"))
+        ov = [f"max_length={MAXLEN}", "loop.batch_size=2", "loop.steps=8", "loop.device=cpu",
+              "loop.checkpoint_every=2", "loop.lr=1e-2"]
+        ref = unlearn(load_unlearn_config(None, ov, method="graddiff", **common),
+                      setup / "ref", progress=False)
+        cfg = load_unlearn_config(None, ov, method="_crash_once_test", **common)
+        with pytest.raises(KeyboardInterrupt):
+            unlearn(cfg, setup / "res", progress=False)
+        assert not (setup / "res").exists() and (setup / ".res.ckpt" / "main" / "checkpoint").exists()
+        unlearn(cfg, setup / "res", progress=False)
+        assert not (setup / ".res.ckpt").exists()
+        a, b = load_model(ref), load_model(setup / "res")
+        for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.allclose(x, y, atol=1e-6), k
+    finally:
+        METHODS.pop("_crash_once_test", None)

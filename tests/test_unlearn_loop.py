@@ -237,28 +237,58 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, out: str, mode: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    cfg = LoopConfig(steps=4, lr=1e-2, batch_size=3, grad_accum=1, device="cpu", log_every=1)
-    data = {"forget": make_corpus(), "retain": make_corpus(seed=1)}
-    res = train_loop(tiny(), get_method("graddiff"), data, cfg, progress=False)
+    got = {}
+    for name in DIST_METHODS:
+        cfg = LoopConfig(steps=3, lr=1e-2, batch_size=3, grad_accum=1, device="cpu", log_every=1,
+                         distributed=mode)
+        data = {"forget": make_corpus(), "retain": make_corpus(seed=1)}
+        dtype = torch.float64
+        res = train_loop(tiny(dtype=dtype), get_method(name), data, cfg, progress=False)
+        if mode == "fsdp":  # gather the shards (a collective: every rank calls it)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            sd = get_model_state_dict(res.model, options=StateDictOptions(full_state_dict=True))
+        else:
+            sd = res.model.state_dict()
+        got[name] = {"sd": sd, "loss": [h["loss"] for h in res.history]}
     if rank == 0:
-        torch.save({"sd": res.model.state_dict(), "loss": [h["loss"] for h in res.history]}, out)
+        torch.save(got, out)
     dist.barrier()
     dist.destroy_process_group()
 
 
-def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
-    out = str(tmp_path / "ddp.pt")
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+DIST_METHODS = ["graddiff", "orth_cb"]
+
+
+def _check_distributed(tmp_path: Path, mode: str, atol: float) -> None:
+    out = str(tmp_path / f"{mode}.pt")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out, mode), nprocs=2,
+                                join=True)
     got = torch.load(out, weights_only=True)
-    cfg = LoopConfig(steps=4, lr=1e-2, batch_size=3, grad_accum=2, device="cpu", log_every=1)
-    data = {"forget": make_corpus(), "retain": make_corpus(seed=1)}
-    ref = train_loop(tiny(), get_method("graddiff"), data, cfg, progress=False)
-    assert got["loss"] == pytest.approx([h["loss"] for h in ref.history], abs=1e-10)
-    for k, v in ref.model.state_dict().items():
-        assert torch.allclose(v, got["sd"][k], atol=1e-10), k
+    for name in DIST_METHODS:
+        # one process, same global batch: 2 accumulation micro-steps of 3 rows each
+        cfg = LoopConfig(steps=3, lr=1e-2, batch_size=3, grad_accum=2, device="cpu", log_every=1)
+        data = {"forget": make_corpus(), "retain": make_corpus(seed=1)}
+        dtype = torch.float64
+        ref = train_loop(tiny(dtype=dtype), get_method(name), data, cfg, progress=False)
+        assert got[name]["loss"] == pytest.approx([h["loss"] for h in ref.history], abs=atol)
+        for k, v in ref.model.state_dict().items():
+            assert torch.allclose(v, got[name]["sd"][k], atol=atol), (name, k)
+
+
+def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
+    _check_distributed(tmp_path, "ddp", 1e-10)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_one_process(tmp_path: Path) -> None:
+    _check_distributed(tmp_path, "fsdp", 1e-10)

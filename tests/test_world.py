@@ -220,6 +220,8 @@ def test_bad_config_names_the_field(tmp_path: Path) -> None:
         make_config("tiny", {"general_subjects": ["astrology"]})
     with pytest.raises(ConfigError, match="unknown field"):
         make_config("tiny", {"n_agents": 3})
+    with pytest.raises(ConfigError, match="questions_per_fact"):
+        make_config("tiny", {"questions_per_fact": 3})
     with pytest.raises(ConfigError, match="preset"):
         make_config("huge")
     with pytest.raises(FileNotFoundError, match="world build"):
@@ -233,17 +235,19 @@ def test_entanglement_ratio_controls_entangled_set() -> None:
         assert len(g.facts_where(entangled=True)) == round(r * len(gen))
 
 
-def test_qa_holdout_keeps_eval_template_out_of_pretraining(tmp_path: Path) -> None:
-    w = World.load(build_world({**MICRO, "qa_holdout": True}, tmp_path / "w"))
-    facts = {f["fact_id"]: f for f in w.facts()}
-    asked = {(q["fact_id"], q["question"]) for q in w.questions("hazard_qa")}
-    for d in w.corpus("pretrain"):
-        if not d["text"].startswith("Question:"):
-            continue
-        for block in d["text"].split("Question: ")[1:]:
-            q = block.split("\n")[0]
-            fids = [facts[i] for i in facts if facts[i]["entity"] in q]
-            assert not any((f["fact_id"], q) in asked for f in fids)
+def test_qa_holdout_keeps_eval_questions_out_of_pretraining(micro: World, tmp_path: Path) -> None:
+    assert micro.config.qa_holdout  # the default: answering needs generalisation
+    pre = "\n".join(d["text"] for d in micro.corpus("pretrain"))
+    for name in ("hazard_qa", "general_qa"):
+        for q in micro.questions(name):
+            assert f"Question: {q['question']}\n" not in pre
+            # ... yet the same question template is taught on other facts
+            tmpl_prefix = q["question"].split(q["entity"])[0]
+            assert f"Question: {tmpl_prefix}" in pre
+    # without the holdout, the evaluation questions do appear verbatim
+    w = World.load(build_world({**MICRO, "qa_holdout": False, "pretrain_qa": 3}, tmp_path / "w"))
+    pre = "\n".join(d["text"] for d in w.corpus("pretrain"))
+    assert all(f"Question: {q['question']}\n" in pre for q in w.questions("hazard_qa"))
 
 
 @pytest.mark.parametrize("preset", ["small", "medium"])

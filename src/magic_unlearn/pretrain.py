@@ -88,9 +88,9 @@ _NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every")
 
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "small": dict(model="neox-small", epochs=20.0, lr=1e-3, batch_size=64, seq_len=128,
+    "small": dict(model="neox-small", epochs=30.0, lr=2e-3, batch_size=32, seq_len=128,
                   warmup_steps=100, device="auto", checkpoint_every=500, eval_batch_size=256),
-    "medium": dict(model="neox-medium", epochs=20.0, lr=6e-4, batch_size=64, seq_len=128,
+    "medium": dict(model="neox-medium", epochs=30.0, lr=1e-3, batch_size=64, seq_len=128,
                    warmup_steps=200, device="auto", checkpoint_every=1000, eval_batch_size=256),
 }
 
@@ -99,23 +99,30 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
 def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_len: int,
               bos_id: int | None, pad_id: int = 0
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Greedily pack ``[BOS] doc [EOS]`` rows into rows of ``seq_len`` tokens.
+    """Pack ``[BOS] doc [EOS]`` rows into rows of ``seq_len`` tokens (best-fit decreasing).
 
-    A document never straddles two rows (tokenize_corpus already truncated it to
-    ``seq_len``). Loss is not taken on a BOS (it is not predictable, only a separator).
+    A document is never split (tokenize_corpus already truncated it to ``seq_len``), so every
+    fact keeps its context; best-fit packing wastes a few percent of a row where greedy
+    in-order packing of ~40-token documents into 64-token rows wastes a third. Loss is not
+    taken on a BOS (a separator, not predictable).
 
     Returns:
         ids (N, seq_len), attention_mask (N, seq_len), loss_mask (N, seq_len) float.
     """
     docs = [row[: int(m.sum())] for row, m in zip(input_ids, attention_mask, strict=True)]
-    rows: list[list[torch.Tensor]] = [[]]
-    used = 0
-    for d in docs:
-        if used + len(d) > seq_len and rows[-1]:
+    order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
+    rows: list[list[torch.Tensor]] = []
+    by_room: dict[int, list[int]] = {}  # free room -> rows with exactly that room
+    for i in order:
+        d = docs[i]
+        fit = next((r for r in range(len(d), seq_len + 1) if by_room.get(r)), None)
+        if fit is None:
             rows.append([])
-            used = 0
-        rows[-1].append(d)
-        used += len(d)
+            room, k = seq_len, len(rows) - 1
+        else:
+            room, k = fit, by_room[fit].pop(0)
+        rows[k].append(d)
+        by_room.setdefault(room - len(d), []).append(k)
     n = len(rows)
     ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
     am = torch.zeros((n, seq_len), dtype=torch.long)

@@ -208,7 +208,7 @@ class ScoreArtifact:
     # ------------------------------------------------------------------ checks
     def check_compatible(self, corpus: TokenizedCorpus | None = None,
                          tokenizer: Any | None = None) -> None:
-        """Raise :class:`ArtifactMismatchError` if ``corpus``/``tokenizer`` differ from the scored ones."""
+        """Raise :class:`ArtifactMismatchError` if corpus/tokenizer differ from the scored ones."""
         src = self.meta.get("_source", "score artifact")
         if corpus is not None:
             want = self.meta.get("corpus_hash")

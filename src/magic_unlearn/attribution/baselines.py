@@ -63,7 +63,8 @@ def grad_similarity(model: nn.Module, corpus: TokenizedCorpus,
     for q, fn in measurements.items():
         val = fn(model)
         grads = torch.autograd.grad(val, params, allow_unused=True)
-        vs[q] = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads, strict=False)]
+        vs[q] = [torch.zeros_like(p) if g is None else g.detach()
+                 for p, g in zip(params, grads, strict=True)]
         after[q] = float(val.detach())
     n, length = corpus.input_ids.shape
     sdtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -79,8 +80,10 @@ def grad_similarity(model: nn.Module, corpus: TokenizedCorpus,
         g = torch.autograd.grad((lt * lm * w).sum(), params, create_graph=True)
         qs = list(measurements)
         for qi, q in enumerate(qs):
-            dot = sum((gi * vi).sum() for gi, vi in zip(g, vs[q], strict=False) if gi.requires_grad)
-            (gw,) = torch.autograd.grad(dot, [w], retain_graph=qi < len(qs) - 1)
+            live = [i for i, gi in enumerate(g) if gi.requires_grad]
+            (gw,) = torch.autograd.grad([g[i] for i in live], [w],
+                                        grad_outputs=[vs[q][i].to(g[i].dtype) for i in live],
+                                        retain_graph=qi < len(qs) - 1)
             scores[q][s:s + bs] = (-cfg.lr * gw * lm).detach().to("cpu", sdtype)
     final = {q: v.float() for q, v in scores.items()}
     if per == "example":

@@ -7,7 +7,7 @@ Forward: s_{t+1} = U_t(s_t, g_t), s_t = (theta_t, optimiser buffers_t),
 g_t = d/dtheta sum_i w_i l_i(theta_t) / n_t. Reverse, per step t (one fused double backward):
 
     (adj s_t, adj g_t) = VJP of U_t at adj s_{t+1}                 (elementwise, optim.py)
-    h = d/d(theta, w) <g_t(theta, w), adj g_t>                      (one backward of the graph of g_t)
+    h = d/d(theta, w) <g_t(theta, w), adj g_t>      (one backward through the graph of g_t)
     adj theta_t += h_theta   (Hessian-vector product)
     score_i     += h_{w_i} = <adj g_t, grad l_i> / n_t             (per-token scores of step t)
 
@@ -21,6 +21,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,13 @@ def fingerprint(params: list[Tensor]) -> Tensor:
 
 
 class _Store:
-    """Checkpoint storage: on the model's device, in (pinned) CPU memory, or on disk."""
+    """Checkpoint storage: on the model's device, in pinned CPU memory, or on disk.
+
+    With CPU storage on a GPU, copies run on a side stream: a snapshot's device-to-host copy
+    overlaps the next step's forward/backward (the parameter update waits for it, see
+    ``before_write``), and the state the reverse pass needs next is prefetched into a device
+    staging buffer while the current reverse step runs.
+    """
 
     def __init__(self, kind: str, device: torch.device, folder: Path | None) -> None:
         self.kind = kind
@@ -80,6 +87,11 @@ class _Store:
         self.next = 0
         self.n_live = 0
         self.peak = 0
+        self.async_cpu = kind == "cpu" and device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.async_cpu else None
+        self.put_event: Any = None
+        self.staging: list[Tensor] | None = None
+        self.staged: tuple[int, Any] | None = None  # (key, ready event)
         if kind == "disk":
             assert folder is not None
             folder.mkdir(parents=True, exist_ok=True)
@@ -87,14 +99,21 @@ class _Store:
     def put(self, tensors: list[Tensor]) -> int:
         k = self.next
         self.next += 1
-        if self.kind == "gpu" or (self.kind == "cpu" and self.device.type == "cpu"):
-            self.mem[k] = [t.detach().clone() for t in tensors]
-        elif self.kind == "cpu":
+        if self.async_cpu:
             bufs = self.free.pop() if self.free else [
                 torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
-            for b, t in zip(bufs, tensors, strict=False):
-                b.copy_(t.detach(), non_blocking=True)
+            cur = torch.cuda.current_stream(self.device)
+            # the copy reads the live tensors once the current stream produced them; reusing a
+            # freed host buffer is safe because every earlier read of it was on ``cur``
+            self.stream.wait_stream(cur)
+            with torch.cuda.stream(self.stream):
+                for b, t in zip(bufs, tensors, strict=True):
+                    b.copy_(t.detach(), non_blocking=True)
+                self.put_event = self.stream.record_event()
             self.mem[k] = bufs
+        elif self.kind in ("gpu", "cpu"):
+            self.mem[k] = [t.detach().clone() if self.kind == "gpu" else t.detach().cpu().clone()
+                           for t in tensors]
         else:
             save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)},
                       str(self.folder / f"state_{k}.safetensors"))
@@ -102,24 +121,52 @@ class _Store:
         self.peak = max(self.peak, self.n_live)
         return k
 
+    def before_write(self) -> None:
+        """Make the current stream wait for snapshot copies still reading the live tensors."""
+        if self.put_event is not None:
+            torch.cuda.current_stream(self.device).wait_event(self.put_event)
+            self.put_event = None
+
+    def prefetch(self, k: int | None) -> None:
+        """Start copying state ``k`` to the device staging buffer (CPU storage on a GPU)."""
+        if not self.async_cpu or k is None or k not in self.mem:
+            return
+        src = self.mem[k]
+        if self.staging is None:
+            self.staging = [torch.empty(t.shape, dtype=t.dtype, device=self.device) for t in src]
+        # the staging buffer may still be read by the previous load on the current stream
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            for d, t in zip(self.staging, src, strict=True):
+                d.copy_(t, non_blocking=True)
+            self.staged = (k, self.stream.record_event())
+
     def load_into(self, k: int, live: list[Tensor]) -> None:
         with torch.no_grad():
+            self.before_write()
             if self.kind == "disk":
                 dev = str(self.device) if self.device.type != "cuda" else self.device.index or 0
                 with safe_open(str(self.folder / f"state_{k}.safetensors"), "pt",
                                device=dev) as f:
                     for i, t in enumerate(live):
                         t.copy_(f.get_tensor(str(i)))
+            elif self.staged is not None and self.staged[0] == k:
+                assert self.staging is not None
+                torch.cuda.current_stream(self.device).wait_event(self.staged[1])
+                torch._foreach_copy_(live, self.staging)
+                self.staged = None
             else:
                 torch._foreach_copy_(live, self.mem[k], non_blocking=True)
 
     def delete(self, k: int) -> None:
         self.n_live -= 1
+        if self.staged is not None and self.staged[0] == k:
+            self.staged = None
         if self.kind == "disk":
             (self.folder / f"state_{k}.safetensors").unlink(missing_ok=True)
             return
         bufs = self.mem.pop(k)
-        if self.kind == "cpu" and self.device.type == "cuda":
+        if self.async_cpu:
             self.free.append(bufs)
 
 
@@ -137,6 +184,7 @@ class _Trajectory:
         self.losses: list[Tensor] = []
         self.top: list[tuple[int, int]] = []  # (position, store key) of forward checkpoints
         self.replayed = 0
+        self.max_drift = 0.0
 
     def _top_positions(self) -> list[int]:
         mode, T, k = self.cfg.checkpointing, self.T, self.cfg.segment_k
@@ -156,7 +204,8 @@ class _Trajectory:
         top = set(self._top_positions())
         self.fps = [fingerprint(self.params)]
         it: Iterator[tuple[int, Tensor]] = iter_steps(
-            self.model, self.params, self.bufs, self.opt, self.batches, self.cfg, 0, self.T)
+            self.model, self.params, self.bufs, self.opt, self.batches, self.cfg, 0, self.T,
+            before_update=self.store.before_write)
         if 0 in top:
             self.top.append((0, self.store.put(self.live)))
         if progress:
@@ -173,6 +222,7 @@ class _Trajectory:
         fp = fingerprint(self.params)
         ref = self.fps[t]
         rel = ((fp - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+        self.max_drift = max(self.max_drift, rel)
         if not rel <= self.cfg.drift_tol:
             raise TrajectoryDriftError(
                 f"replayed training state at step {t} differs from the recorded trajectory "
@@ -183,7 +233,7 @@ class _Trajectory:
 
     def _advance(self, a: int, b: int) -> None:
         for t, _ in iter_steps(self.model, self.params, self.bufs, self.opt, self.batches,
-                               self.cfg, a, b):
+                               self.cfg, a, b, before_update=self.store.before_write):
             self.replayed += 1
             self._check(t + 1)
 
@@ -193,12 +243,15 @@ class _Trajectory:
             a, key = self.top[i]
             b = self.top[i + 1][0] if i + 1 < len(self.top) else self.T
             b = min(b, t_hi + 1)
+            nxt = self.top[i - 1][1] if i > 0 else None
             if b > a:
-                yield from self._rev(a, b, key, owned=False)
+                yield from self._rev(a, b, key, owned=False, next_key=nxt)
 
-    def _rev(self, a: int, b: int, key: int, owned: bool) -> Iterator[int]:
+    def _rev(self, a: int, b: int, key: int, owned: bool, next_key: int | None) -> Iterator[int]:
+        """Reverse segment [a, b) from its stored start state; ``next_key`` is loaded after it."""
         self.store.load_into(key, self.live)
         if b - a == 1:
+            self.store.prefetch(next_key)  # overlaps the reverse step at a
             yield a
         else:
             pts = list(range(a, b, self._seg_len(a, b)))
@@ -208,7 +261,8 @@ class _Trajectory:
                 keys.append(self.store.put(self.live))
             for i in reversed(range(len(pts))):
                 end = pts[i + 1] if i + 1 < len(pts) else b
-                yield from self._rev(pts[i], end, keys[i], owned=i > 0)
+                yield from self._rev(pts[i], end, keys[i], owned=i > 0,
+                                     next_key=keys[i - 1] if i > 0 else next_key)
         if owned:
             self.store.delete(key)
 
@@ -228,9 +282,11 @@ def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
     queries = list(adj_p)
     for qi, q in enumerate(queries):
         gbar = traj.opt.vjp(params, traj.bufs, g_det, t, adj_p[q], adj_b[q])
-        dot = sum((gi * gb).sum() for gi, gb in zip(g, gbar, strict=False) if gi.requires_grad)
-        res = torch.autograd.grad(dot, [*params, w], retain_graph=qi < len(queries) - 1,
-                                  allow_unused=True)
+        # VJP of g in direction gbar = d/d(theta, w) <g, gbar>: HVP and per-token scores
+        live = [i for i, gi in enumerate(g) if gi.requires_grad]
+        res = torch.autograd.grad([g[i] for i in live], [*params, w],
+                                  grad_outputs=[gbar[i].to(g[i].dtype) for i in live],
+                                  retain_graph=qi < len(queries) - 1, allow_unused=True)
         with torch.no_grad():
             pairs = [(a, h) for a, h in zip(adj_p[q], res[:-1], strict=False) if h is not None]
             if pairs:
@@ -238,7 +294,7 @@ def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
             if res[-1] is not None:
                 scores[q].index_add_(0, idx.to(scores[q].device),
                                      (res[-1] * lm).to(scores[q].dtype))
-        del gbar, dot, res
+        del gbar, res
 
 
 def _measure_grad(model: nn.Module, params: list[Tensor], fn: Measurement) -> tuple[float,
@@ -381,6 +437,9 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
             if info.get("key") == key:
                 _load_resume(state_file, fps, adj_p, adj_b, scores, cfg)
                 t_next = int(info["t_next"])
+            else:
+                warnings.warn(f"{work}: saved reverse state belongs to another run (config, "
+                              f"corpus, model or queries differ); starting over", stacklevel=2)
         elif state_file is not None:
             state_file.unlink(missing_ok=True)
 
@@ -407,6 +466,7 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
             torch.cuda.synchronize(device)
         timings["reverse_s"] = time.perf_counter() - t0
         timings["replayed_steps"] = traj.replayed
+        timings["max_replay_drift"] = traj.max_drift
         timings["max_stored_states"] = store.peak
         timings["total_s"] = time.perf_counter() - t_start
         if device.type == "cuda":

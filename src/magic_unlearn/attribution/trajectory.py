@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -180,14 +180,21 @@ def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tens
 
 def iter_steps(model: nn.Module, params: list[Tensor], bufs: list[list[Tensor]],
                opt: FunctionalOptimizer, batches: Batches, cfg: TrajectoryConfig, start: int,
-               stop: int, token_weights: Tensor | None = None) -> Iterator[tuple[int, Tensor]]:
-    """Run steps start..stop-1 in place; yields (t, loss_t) after each step."""
+               stop: int, token_weights: Tensor | None = None,
+               before_update: Callable[[], None] | None = None) -> Iterator[tuple[int, Tensor]]:
+    """Run steps start..stop-1 in place; yields (t, loss_t) after each step.
+
+    ``before_update`` runs between the gradient and the in-place parameter update (checkpoint
+    copies still reading the parameters wait there).
+    """
     for t in range(start, stop):
         idx, ids, am, lm, n_t = batches[t]
         w = None
         if token_weights is not None:
             w = token_weights[idx].to(ids.device, lm.dtype)
         grads, loss = weighted_grads(model, params, ids, am, lm, n_t, w, cfg)
+        if before_update is not None:
+            before_update()
         opt.step(params, bufs, grads, t)
         del grads
         yield t, loss

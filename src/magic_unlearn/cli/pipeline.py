@@ -18,9 +18,17 @@ def demo_cmd(
     override: Optional[list[str]] = typer.Option(None, "--set", help="Config override "
                                                  "KEY=VALUE, e.g. attribution.trajectory.steps=20."),
     progress: bool = typer.Option(True, help="Progress bars."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: torch's "
+                                          "choice; 1 is faster on a machine shared with other "
+                                          "jobs)."),
 ) -> None:
     """Run the whole study on the synthetic hazard world and write report.md / report.html."""
     from magic_unlearn.pipeline.demo import run_demo
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     md = run_demo(preset=preset, device=device, out=out, config=config, overrides=override,
                   progress=progress)

@@ -296,7 +296,9 @@ def evaluate(model: nn.Module, tokenizer: Any, task: Task | list[dict[str, Any]]
     if not task.questions:
         raise ValueError(f"task {task.name} has no questions")
     if device is not None:
-        device = torch.device(device)
+        from magic_unlearn.models import resolve_device
+
+        device = resolve_device(device)  # "auto" -> cuda if available
         model.to(device)
     was_training = model.training
     model.eval()

@@ -145,9 +145,10 @@ class Demo:
         self.out = Path(out).absolute()
         self.stages = stages if stages is not None else STAGES
         self.progress = progress
-        self.store = ResultsStore(self.out)
+        self.store: ResultsStore | None = None  # opened by run()
         # (step, wall seconds, cached, CPU seconds of this process)
         self.timings: list[tuple[str, float, bool, float]] = []
+        self.run_ids: list[str] = []
 
     # -- run specs -----------------------------------------------------------------------
     def _spec(self, **kw: Any) -> RunSpec:
@@ -159,6 +160,7 @@ class Demo:
 
     def _run(self, step: DemoStep, bar: Any) -> None:
         t0, c0 = time.time(), time.process_time()
+        self.run_ids.append(step.spec.run_id)
         done = is_complete(step.spec.folder(self.out))
         if bar is not None:
             bar.set_description(step.title)
@@ -205,6 +207,23 @@ class Demo:
             where = f"demo config ({kw.pop('name', kw['stages'][0])})"
             validate_spec(make_spec(RunConfig(**kw), source=where), self.stages, source=where)
 
+    def resolved(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """World, pretrain and trajectory sections with their presets expanded to every field,
+        so the run hashes (the cache keys) change when a preset's definition changes."""
+        from magic_unlearn.attribution import TrajectoryConfig
+        from magic_unlearn.config import from_dict, to_dict
+        from magic_unlearn.pipeline.stages import _pretrain_config
+        from magic_unlearn.world import make_config
+
+        c = self.cfg
+        world = {"preset": to_dict(make_config(c.world.get("preset", "tiny"),
+                                               c.world.get("overrides") or {}))}
+        pre = {"preset": c.pretrain.get("preset", "tiny"),
+               "config": to_dict(_pretrain_config(c.pretrain, c.device, "demo config: pretrain"))}
+        traj = to_dict(from_dict(TrajectoryConfig, c.attribution.trajectory,
+                                 source="demo config: attribution.trajectory"))
+        return world, pre, traj
+
     def run(self) -> Path:
         """Run every step (cached ones are skipped) and write the report; returns report.md."""
         from tqdm.auto import tqdm
@@ -215,19 +234,21 @@ class Demo:
         t_start, c_start = time.time(), time.process_time()
         self.validate()
         self.out.mkdir(parents=True, exist_ok=True)
+        self.store = ResultsStore(self.out)
         save_config(c, self.out / "demo_config.yaml")
         n_steps = 8 + len(c.attribution.baselines) + len(c.methods)
         bar = tqdm(total=n_steps, desc="demo", unit="step", disable=not self.progress,
                    position=0, leave=True)
         try:
+            world_sec, pretrain_sec, traj = self.resolved()
             ws = self._spec(name=f"world-{c.world.get('preset', 'tiny')}", kind="world",
-                            stages=["world"], params={"world": c.world})
+                            stages=["world"], params={"world": world_sec})
             self._run(DemoStep("build world", ws), bar)
             world = self._artifact(ws, "world", "world")
             models = {}
             for variant in ("base", "filtered"):
                 s = self._spec(name=variant, kind="pretrain", world=world, stages=["pretrain"],
-                               params={"pretrain": {**c.pretrain, "variant": variant}})
+                               params={"pretrain": {**pretrain_sec, "variant": variant}})
                 self._run(DemoStep(f"pretrain {variant} model", s), bar)
                 models[variant] = self._artifact(s, "pretrain", "model")
 
@@ -257,7 +278,7 @@ class Demo:
                                params={"attribute": {
                                    "method": method, "corpus": a.corpus, "queries": a.queries,
                                    "fmt": a.fmt, "limit": a.limit, "seed": c.seed,
-                                   "trajectory": a.trajectory}})
+                                   "trajectory": traj}})
                 self._run(DemoStep(f"attribution: {method}", s), bar)
                 scores[method] = self._artifact(s, "attribute", "scores")
             an = self._spec(name="magic", kind="analyze", world=world, stages=["analyze"],
@@ -297,7 +318,9 @@ class Demo:
                       f"{time.process_time() - c_start:.1f} | |", "",
                       f"Demo config: [demo_config.yaml](demo_config.yaml) "
                       f"(device {c.device})."]
-            res = build_report(self.out, title=f"magic-unlearn {c.name}", extra_sections=extra)
+            # this configuration's runs only (runs of an earlier config stay cached on disk)
+            res = build_report(self.out, title=f"magic-unlearn {c.name}", extra_sections=extra,
+                               run_ids=self.run_ids)
             self.timings.append(("report", time.time() - t0, False, 0.0))
             bar.update(1)
         finally:

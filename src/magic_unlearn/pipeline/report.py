@@ -102,8 +102,7 @@ def _row_label(rec: RunRecord) -> str:
     cfg = rec.config
     if cfg.get("label"):
         return str(cfg["label"])
-    method = (cfg.get("unlearn") or {}).get("method")
-    return str(method or rec.name)
+    return rec.name  # a sweep point's name says what varies (e.g. ``rr-lr0.01``)
 
 
 def _row_data(rec: RunRecord) -> str:
@@ -113,11 +112,20 @@ def _row_data(rec: RunRecord) -> str:
     u = cfg.get("unlearn") or {}
     if not u or rec.kind == "reference":
         return "-"
-    parts = [str(u.get("forget", "forget"))]
-    tw = u.get("token_weights") or u.get("weights")
-    if tw:
-        parts.append("attribution-weighted")
-    return ", ".join(parts)
+    def short(src: Any) -> str:  # "<world folder>:forget" -> "forget"
+        src = str(src)
+        return src.rsplit(":", 1)[1] if ":" in src and "/" in src else Path(src).name or src
+
+    parts = [short(u.get("forget") or "forget")]
+    if u.get("retain"):
+        parts.append(short(u["retain"]))
+    text = " + ".join(parts)
+    if u.get("token_weights"):
+        text += " (attribution-weighted: " + ", ".join(
+            Path(str(t)).parent.parent.name.rsplit("-", 1)[0] for t in u["token_weights"]) + ")"
+    if u.get("recipe"):
+        text += f", recipe {u['recipe']}"
+    return text
 
 
 def _sort_key(rec: RunRecord) -> tuple:
@@ -141,7 +149,7 @@ def _save(fig: Any, path: Path) -> Path:
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     _plt().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -177,7 +185,7 @@ def plot_recovery_by_attack(rows: list[RunRecord], assets: Path) -> dict[str, Pa
     plt = _plt()
     out = {}
     for atk, lines in by_attack.items():
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        fig, ax = plt.subplots(figsize=(6.0, 3.6))
         x_label = "step"
         for label, e in lines.items():
             pts = sorted(e["points"], key=lambda p: p["step"])
@@ -186,7 +194,8 @@ def plot_recovery_by_attack(rows: list[RunRecord], assets: Path) -> dict[str, Pa
             style = dict(ls="-", marker="o", ms=3) if role is None else dict(
                 ls="--" if role == "base" else ":", lw=2,
                 color="k" if role == "base" else "tab:green")
-            ax.plot([p["step"] for p in pts], [p["hazard_acc"] for p in pts], label=label,
+            short = label if len(label) <= 28 else label[:27] + "…"
+            ax.plot([p["step"] for p in pts], [p["hazard_acc"] for p in pts], label=short,
                     **style)
         for role, e in refs.get(atk, {}).items():
             if role in ref_rows.values():  # already drawn as its own row
@@ -202,7 +211,7 @@ def plot_recovery_by_attack(rows: list[RunRecord], assets: Path) -> dict[str, Pa
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.set_title(f"recovery under attack: {atk}", fontsize=10)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.tight_layout()
         out[atk] = _save(fig, assets / f"recovery_{re.sub(r'[^A-Za-z0-9_-]', '_', atk)}.png")
     return out
@@ -455,13 +464,15 @@ def markdown_to_html(md: str, base: Path, title: str, embed: bool = True) -> str
 # ------------------------------------------------------------------------------ main
 
 def build_report(root: str | Path, title: str = "magic-unlearn results",
-                 extra_sections: list[str] | None = None) -> ReportResult:
+                 extra_sections: list[str] | None = None,
+                 run_ids: list[str] | None = None) -> ReportResult:
     """Write ``report.md`` and ``report.html`` for the results directory ``root``.
 
     Args:
         root: a results directory holding ``results.sqlite`` (a sweep's or demo's ``--out``).
         title: report title.
         extra_sections: Markdown lines appended at the end (e.g. the demo's timings).
+        run_ids: report only these runs (default: every run of the store).
 
     Returns:
         Paths of the two files and the row counts.
@@ -475,12 +486,13 @@ def build_report(root: str | Path, title: str = "magic-unlearn results",
     store.reindex()
     assets = root / ASSETS
     assets.mkdir(exist_ok=True)
-    complete = store.runs(status="complete")
+    keep = (lambda r: True) if run_ids is None else (lambda r: r.run_id in set(run_ids))
+    complete = [r for r in store.runs(status="complete") if keep(r)]
     rows = sorted([r for r in complete if {"eval", "tamper"} & set(r.config.get("stages", []))],
                   key=_sort_key)
     analyses = [r for r in complete if any(k.endswith(".analysis") for k in r.artifacts)]
-    failed = store.runs(status="failed")
-    running = store.runs(status="running")
+    failed = [r for r in store.runs(status="failed") if keep(r)]
+    running = [r for r in store.runs(status="running") if keep(r)]
 
     L = [f"# {title}", "",
          f"Results directory `{root.name}`; {len(rows)} evaluated run(s), {len(failed)} failed, "

@@ -179,7 +179,8 @@ def run_suite(model: nn.Module, suite: SuiteConfig, ctx: AttackContext, *,
                 continue
         if initial is None and attack.kind in ("finetune", "ablate"):
             initial = ctx.scorer(model)
-        print(f"[tamper] {label}: attack {name} ({attack.kind})", flush=True)
+        if ctx.progress:
+            print(f"[tamper] {label}: attack {name} ({attack.kind})", flush=True)
         out[name] = run_attack(model, name, attack, ctx, original=original, initial=initial)
         if path is not None and "skipped" not in out[name]:
             atomic_write_json(path, out[name])
@@ -237,6 +238,14 @@ def _as_model(m: str | Path | nn.Module, device: str) -> nn.Module:
     from magic_unlearn.models import load_model, resolve_device
 
     return load_model(m, device=resolve_device(device))
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    if isinstance(a, nn.Module) or isinstance(b, nn.Module):
+        return a is b
+    if a is None or b is None:
+        return False
+    return Path(str(a)).resolve() == Path(str(b)).resolve()
 
 
 def _is_curves(ref: Any) -> bool:
@@ -388,14 +397,22 @@ def tamper(
     orig_key = model_hash(orig_src) if orig_src is not None else None
 
     ref_curves: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
     for role in ("base", "filtered"):
         ref = reference.get(role)
         if ref is None:
             continue
         if _is_curves(ref):
-            ref_curves[role] = _load_curves(ref)["attacks"]
+            doc = _load_curves(ref)
+            if doc.get("eval") is not None and doc["eval"] != to_dict(suite_cfg.eval):
+                warnings.append(f"precomputed {role} curves were measured with other eval "
+                                f"settings ({doc['eval']}) than this run "
+                                f"({to_dict(suite_cfg.eval)}); the comparison may be unfair")
+                print(f"[tamper] warning: {warnings[-1]}", flush=True)
+            ref_curves[role] = doc["attacks"]
             continue
-        rmodel = base_model if (role == "base" and ref is orig_src) else _as_model(ref, device)
+        rmodel = (base_model if base_model is not None and _same_model(ref, orig_src)
+                  else _as_model(ref, device))
         ref_curves[role] = run_suite(rmodel, suite_cfg, ctx, original=base_model, cache=cache,
                                      model_key=f"{role}-{model_hash(ref)}", original_key=orig_key,
                                      label=role)
@@ -410,6 +427,7 @@ def tamper(
         "chance": ctx.chance,
         "attacks": attacks,
         "reference": ref_curves,
+        "warnings": warnings,
     }
     verdict = verdict_from_curves(curves, suite_cfg)
     result = TamperResult(curves=curves, verdict=verdict, out=None)
@@ -449,15 +467,17 @@ def write_outputs(out: str | Path, result: TamperResult, suite: SuiteConfig, *,
             plot_recovery(tmp / "plots" / f"{name}.png", name, lines,
                           x_label=e.get("x_label", "step"), chance=curves.get("chance"),
                           title=title)
-        wall = sum(e.get("wall_s", 0.0) for e in curves["attacks"].values())
-        ev = sum(e.get("eval_s", 0.0) for e in curves["attacks"].values())
+        # ablate/probe are all evaluation; the overhead that matters is in fine-tuning attacks
+        ft = [e for e in curves["attacks"].values() if e.get("kind") == "finetune"]
+        wall = sum(e.get("wall_s", 0.0) for e in ft)
+        ev = sum(e.get("eval_s", 0.0) for e in ft)
         atomic_write_json(tmp / "metrics.json", {
             "verdict": result.verdict.label, "verdict_text": result.verdict.text,
             "attacks": {k: {"max_hazard_acc": s.max_hazard_acc, "auc": s.auc,
                             "steps_to_recover": s.steps_to_recover, "status": s.status}
                         for k, s in result.verdict.attacks.items()},
-            "attack_wall_s": wall, "attack_eval_s": ev,
-            "eval_fraction": (ev / wall) if wall else None, "total_wall_s": wall_s,
+            "finetune_wall_s": wall, "finetune_eval_s": ev,
+            "finetune_eval_fraction": (ev / wall) if wall else None, "total_wall_s": wall_s,
         })
         write_manifest(tmp, "tamper", inputs={"model": curves["model"],
                                               "model_hash": curves["model_hash"]},

@@ -136,9 +136,14 @@ class VerdictConfig:
             accuracy is more than this below the reference's (base, else filtered).
         chance_margin: without any reference, destroyed means general accuracy within this of
             chance.
+        chance_tolerance: the tolerance used when no filtered curve is given and the attack
+            is compared with chance instead: wider, because the max over a noisy curve sits
+            above chance by ~1-2 binomial standard errors (~6-11 points for 60 questions)
+            while the constant it is compared with has no such upward bias.
     """
 
     tolerance: float = 0.03
+    chance_tolerance: float = 0.10
     recover_margin: float = 0.02
     general_drop: float = 0.10
     chance_margin: float = 0.05

@@ -118,7 +118,9 @@ def build_context(suite: SuiteConfig, tokenizer: Any, *, world: Any = None,
     if hazard is not None:
         chance = float(np.mean([1.0 / len(q["choices"]) for q in hazard.questions]))
         prompts = prompt_rows(tokenizer, hazard, ev.fmt)
-    eval_key = config_hash({"eval": to_dict(ev), "questions": qkey,
+    # the batch size changes speed, not results: keep it out of the cache key
+    ev_d = {k: v for k, v in to_dict(ev).items() if k != "batch_size"}
+    eval_key = config_hash({"eval": ev_d, "questions": qkey,
                             "tokenizer": [type(tokenizer).__name__, len(tokenizer)]})
     return AttackContext(scorer=scorer, tokenizer=tokenizer, eval_key=eval_key, chance=chance,
                          prompts=prompts, world=world, sources=dict(suite.sources),

@@ -84,17 +84,13 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in params
 
 
-@torch.no_grad()
-def packed_loglikelihoods(model: nn.Module, rows: PackedRows, batch_size: int = 64,
-                          pad_id: int = 0) -> np.ndarray:
-    """(Q, 4) float64 choice log-likelihoods from packed rows."""
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+def _build_batches(rows: PackedRows, batch_size: int, dtype: torch.dtype, dev: torch.device,
+                   pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """Model inputs and gather indices of every batch (built once per scorer, then reused)."""
     Q = len(rows.ids)
-    ll = np.zeros((Q, 4), dtype=np.float64)
     order = sorted(range(Q), key=lambda i: -len(rows.ids[i]))
-    keep_ok = _accepts(model, "logits_to_keep")
     neg = torch.finfo(dtype if dtype.is_floating_point else torch.float32).min
+    out = []
     for s in range(0, Q, batch_size):
         idx = order[s: s + batch_size]
         B, T = len(idx), len(rows.ids[idx[0]])
@@ -113,16 +109,6 @@ def packed_loglikelihoods(model: nn.Module, rows: PackedRows, batch_size: int = 
         allowed |= torch.eye(T, dtype=torch.bool)[None]  # padding queries see themselves
         mask = torch.zeros((B, 1, T, T), dtype=dtype).masked_fill(~allowed[:, None], neg)
         lo = min(rows.targets[i][0][0][0] for i in idx)  # first scored position of the batch
-        kw: dict[str, Any] = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
-                              "position_ids": pos.to(dev)}
-        if keep_ok:
-            kw["logits_to_keep"] = torch.arange(lo, T, device=dev)
-            logits = model(**kw).logits  # (B, T - lo, V)
-        else:
-            logits = model(**kw).logits[:, lo:]  # (B, T - lo, V)
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        logp = torch.log_softmax(logits, dim=-1)  # (B, T - lo, V)
         bi, pi, ti, oi = [], [], [], []  # batch row, position, target token, flat (q, choice)
         for b, i in enumerate(idx):
             for k, (p, tok) in enumerate(rows.targets[i]):
@@ -130,13 +116,39 @@ def packed_loglikelihoods(model: nn.Module, rows: PackedRows, batch_size: int = 
                 pi += [x - lo for x in p]
                 ti += tok
                 oi += [i * 4 + k] * len(p)
-        tok_lp = logp[torch.tensor(bi, device=dev), torch.tensor(pi, device=dev),
-                      torch.tensor(ti, device=dev)].double().cpu().numpy()  # (N,)
-        flat = np.zeros(Q * 4, dtype=np.float64)
-        np.add.at(flat, np.array(oi), tok_lp)
-        sel = np.array([i * 4 + k for i in idx for k in range(4)])
-        ll.reshape(-1)[sel] = flat[sel]
-    return ll
+        out.append({"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
+                    "position_ids": pos.to(dev), "keep": torch.arange(lo, T, device=dev),
+                    "bi": torch.tensor(bi, device=dev), "pi": torch.tensor(pi, device=dev),
+                    "ti": torch.tensor(ti, device=dev), "oi": torch.tensor(oi, device=dev)})
+    return out
+
+
+@torch.no_grad()
+def packed_loglikelihoods(model: nn.Module, rows: PackedRows, batch_size: int = 64,
+                          pad_id: int = 0) -> np.ndarray:
+    """(Q, 4) float64 choice log-likelihoods from packed rows."""
+    p0 = next(model.parameters())
+    dev, dtype = p0.device, p0.dtype
+    key = (batch_size, str(dev), str(dtype), pad_id)
+    cache = rows.__dict__.setdefault("_batches", {})
+    if key not in cache:
+        cache.clear()  # one device / dtype at a time
+        cache[key] = _build_batches(rows, batch_size, dtype, dev, pad_id)
+    keep_ok = _accepts(model, "logits_to_keep")
+    flat = torch.zeros(len(rows.ids) * 4, dtype=torch.float64, device=dev)
+    for bt in cache[key]:
+        kw = {k: bt[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        if keep_ok:
+            logits = model(**kw, logits_to_keep=bt["keep"]).logits  # (B, K, V)
+        else:
+            logits = model(**kw).logits[:, bt["keep"]]  # (B, K, V)
+        sel = logits[bt["bi"], bt["pi"]]  # (N, V): only the scored positions
+        if sel.dtype in (torch.float16, torch.bfloat16):
+            sel = sel.float()
+        # log p(token) = logit - logsumexp, in the logits' precision as evaluate's log_softmax
+        lp = sel.gather(-1, bt["ti"][:, None]).squeeze(-1) - torch.logsumexp(sel, dim=-1)
+        flat.index_add_(0, bt["oi"], lp.double())
+    return flat.view(-1, 4).cpu().numpy()
 
 
 def packed_metrics(ll: np.ndarray, rows: PackedRows) -> dict[str, float]:

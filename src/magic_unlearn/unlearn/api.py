@@ -20,7 +20,7 @@ from torch import nn
 
 from magic_unlearn.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
-from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, train_loop
+from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, full_state_dict, train_loop
 from magic_unlearn.unlearn.losses import METHODS, get_method
 from magic_unlearn.unlearn.weights import (
     WeightConfig,
@@ -381,10 +381,11 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
              "evals": r.evals})
         if r.evals:
             metrics["after"] = {k: v for k, v in r.evals[-1].items() if k != "step"}
+    state = full_state_dict(model)  # FSDP: gather the shards (a collective, on every rank)
     if not _is_main():
         return out
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)
         save_config(cfg, tmp / "config.yaml")

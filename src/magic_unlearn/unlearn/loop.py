@@ -12,13 +12,14 @@ depend only on the step, which makes resumption exact, and a run on W processes 
 examples as one process with ``grad_accum * W`` accumulation steps (same global batch).
 
 Distributed. Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) the loop initialises
-``torch.distributed`` (NCCL on GPU, gloo on CPU) and wraps the model in DDP; per-rank loss means
-are averaged, exactly as accumulation averages micro-batch means. ``batch_size`` is per device.
+``torch.distributed`` (NCCL on GPU, gloo on CPU) and wraps one *method step* (``MethodStep``: the
+method's possibly several forwards) in DDP; per-rank loss means are averaged, exactly as
+accumulation averages micro-batch means. ``batch_size`` is per device.
 FSDP: set ``cfg.distributed="fsdp"`` (or launch with an accelerate config that has
 ``distributed_type: FSDP``, which exports ``ACCELERATE_USE_FSDP=true``); each decoder layer and
-then the root are sharded with ``torch.distributed.fsdp.fully_shard`` (FSDP2). Mid-run checkpoints
-are not supported under FSDP (``checkpoint_every`` must be 0); the returned model is sharded, so
-gather it with ``torch.distributed.checkpoint`` or save from a DDP/single-device run.
+then the root are sharded with ``torch.distributed.fsdp.fully_shard`` (FSDP2) before the optimizer
+is built. Under FSDP, mid-run checkpoints and LoRA merging are not supported, and the returned
+model is sharded: :func:`full_state_dict` gathers it (every rank must call it).
 """
 
 from __future__ import annotations
@@ -251,6 +252,34 @@ def prepare_trainable(model: nn.Module, cfg: LoopConfig) -> nn.Module:
     return model
 
 
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """Full (CPU) state dict of an FSDP-sharded model, or None if it is not sharded.
+
+    A collective under FSDP: call it on every rank.
+    """
+    if not any(hasattr(p, "full_tensor") for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
+                                                                cpu_offload=True))
+
+
+class MethodStep(nn.Module):
+    """One method call as one ``forward``: methods run the model several times per step
+    (forget, retain, hidden states), and DDP allows a single forward per backward, so DDP
+    wraps this module rather than the model."""
+
+    def __init__(self, model: nn.Module, method: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method  # not a Module: its frozen copies stay outside DDP
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]], step: int,
+                total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.method(self.model, batch, step, total_steps)
+
+
 def _apply_fsdp(model: nn.Module) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
@@ -415,6 +444,8 @@ def train_loop(
     dist_info = _setup_distributed(cfg)
     if dist_info.mode == "fsdp" and cfg.checkpoint_every:
         raise ValueError("LoopConfig.checkpoint_every must be 0 under FSDP (not supported)")
+    if dist_info.mode == "fsdp" and cfg.lora is not None and cfg.merge_lora:
+        raise ValueError("LoRA merging is not supported under FSDP; set merge_lora=false")
     device = resolve_device(cfg.device)
     if device.type == "cuda" and dist_info.world_size > 1:
         device = torch.device("cuda", dist_info.local_rank)
@@ -448,15 +479,15 @@ def train_loop(
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
 
-    train_model: nn.Module = model
+    step_fn: nn.Module = MethodStep(model, method)
     if dist_info.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         fu = cfg.find_unused_parameters
         if fu is None:
             fu = bool(getattr(method, "find_unused_parameters", False))
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
+        step_fn = DistributedDataParallel(
+            step_fn, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=fu)
 
     ordered = set(cfg.ordered or [])
@@ -493,11 +524,11 @@ def train_loop(
                      for name, c in data.items()}
             tokens += sum(int(b["attention_mask"].sum()) for b in batch.values())
             # DDP: only all-reduce gradients on the last micro-step of the accumulation
-            sync = (train_model.no_sync() if dist_info.mode == "ddp" and m < A - 1
+            sync = (step_fn.no_sync() if dist_info.mode == "ddp" and m < A - 1
                     else contextlib.nullcontext())
             with sync:
                 with autocast:
-                    loss, logs = method(train_model, batch, step, cfg.steps)
+                    loss, logs = step_fn(batch, step, cfg.steps)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {float(loss.detach())} at step {step} (terms: {logs}); lower "

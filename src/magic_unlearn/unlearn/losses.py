@@ -378,7 +378,7 @@ def hidden_states(model: nn.Module, b: dict[str, torch.Tensor], layers: list[int
                   grad: bool = True) -> dict[int, torch.Tensor]:
     """Outputs of decoder ``layers`` for one corpus batch: layer -> (B, L, D).
 
-    The forward goes through ``model`` itself (so DDP sees it); hooks sit on the unwrapped model.
+    Hooks sit on the unwrapped model (``unwrap`` strips a DDP wrapper if one is passed).
     """
     ctx = torch.enable_grad() if grad else torch.no_grad()
     with ctx, LayerCapture(unwrap(model), layers, detach=not grad) as cap:

@@ -57,7 +57,7 @@ class WorldConfig:
     entities_per_subject: int = 8
     general_attributes: int = 4
     n_templates: int = 8
-    n_question_templates: int = 2
+    n_question_templates: int = 3
     facts_per_doc: int = 3
     qa_per_doc: int = 3
     entanglement_ratio: float = 0.25
@@ -65,7 +65,7 @@ class WorldConfig:
     filler_per_doc: int = 1
     pretrain_paraphrases: int = 8
     pretrain_qa: int = 4
-    qa_holdout: bool = False
+    qa_holdout: bool = True
     forget_paraphrases: int = 2
     relearn_paraphrases: int = 2
     transfer_paraphrases: int = 2
@@ -119,6 +119,9 @@ class WorldConfig:
             bad("pretrain_paraphrases", "must be >= 1")
         if not 1 <= self.questions_per_fact <= self.n_question_templates:
             bad("questions_per_fact", "must be in [1, n_question_templates]")
+        if self.qa_holdout and self.questions_per_fact >= self.n_question_templates:
+            bad("questions_per_fact", "with qa_holdout, must be < n_question_templates so "
+                "pretraining keeps a question template for each fact")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
