@@ -122,7 +122,8 @@ def run_magic(args: Any, dev: torch.device, attn: str, corpus: TokenizedCorpus,
     sync(dev)
     wall = time.perf_counter() - t0
     tm = art.meta["timings"]
-    out = {"wall_s": wall, "peak_gb": peak_gb(dev), "forward_s": tm["forward_s"],
+    out = {"wall_s": wall, "peak_gb": peak_gb(dev), "hash_s": tm["hash_s"],
+           "forward_s": tm["forward_s"],
            "reverse_s": tm["reverse_s"], "replayed_steps": tm["replayed_steps"],
            "max_stored_states": tm["max_stored_states"],
            "tokens_per_s": cfg.steps * cfg.batch_size * args.seq / wall,
@@ -141,7 +142,8 @@ def run_lora(args: Any, dev: torch.device, g: torch.Generator, res: dict) -> Non
                             lora=LoraSpec(r=16, alpha=32,
                                           target_modules=["query_key_value", "dense",
                                                           "dense_h_to_4h", "dense_4h_to_h"]),
-                            max_length=args.lora_seq, drift_tol=1e-3)
+                            max_length=args.lora_seq, reverse_microbatch=args.lora_microbatch,
+                            drift_tol=args.drift_tol)
     lcorpus = make_corpus(args.lora_steps * args.lora_batch, args.lora_seq, args.vocab)
     lq = {"q0": HeldoutNLL(torch.randint(0, args.vocab, (2, args.lora_seq),
                                          generator=g).to(dev), "q0")}
@@ -156,6 +158,7 @@ def run_lora(args: Any, dev: torch.device, g: torch.Generator, res: dict) -> Non
                    "batch": args.lora_batch, "steps": args.lora_steps, "train": lt,
                    "magic": lm}
     print(f"\nLoRA {args.lora_preset} ({nl / 1e9:.2f}B params, bf16 base, r=16 adapters, "
+          f"reverse microbatch {args.lora_microbatch}, "
           f"AdamW), seq {args.lora_seq}, batch {args.lora_batch}, T={args.lora_steps}: "
           f"train {lt['wall_s']:.2f}s peak {lt['peak_gb']:.2f} GiB | MAGIC "
           f"{lm['wall_s']:.2f}s peak {lm['peak_gb']:.2f} GiB "
@@ -189,6 +192,11 @@ def main() -> None:
     ap.add_argument("--magic-attn", default="sdpa", choices=["sdpa", "eager"],
                     help="attention of the MAGIC trajectory (reverse steps use the math kernel)")
     ap.add_argument("--queries", default="1,2")
+    ap.add_argument("--microbatch", type=int, default=None,
+                    help="reverse_microbatch of the main MAGIC rows (None: whole batch)")
+    ap.add_argument("--lora-microbatch", type=int, default=None)
+    ap.add_argument("--drift-tol", type=float, default=None,
+                    help="replay drift limit (report the measured drift instead of stopping)")
     ap.add_argument("--q-rows", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--extra", default="", help="comma list: every, eager, fp32")
@@ -224,7 +232,8 @@ def main() -> None:
     cfg = TrajectoryConfig(optimizer="sgd", lr=args.lr, steps=args.steps, batch_size=args.batch,
                            dtype="float32", precision=args.precision,
                            checkpointing=args.checkpointing, storage=args.storage,
-                           max_length=args.seq, drift_tol=1e-3)
+                           max_length=args.seq, reverse_microbatch=args.microbatch,
+                           drift_tol=args.drift_tol)
     res: dict[str, Any] = {"device": name, "preset": args.preset,
                            "seq": args.seq, "batch": args.batch, "steps": args.steps,
                            "precision": args.precision, "checkpointing": args.checkpointing,
@@ -263,6 +272,11 @@ def main() -> None:
             rows["magic 1q sqrt(gpu)"] = guarded(run_magic, args, dev, args.magic_attn, corpus,
                                                  ecfg,
                                                    q1, args.preset)
+        elif extra.startswith("mb"):  # reverse pass in micro-batches of n rows (memory)
+            n = int(extra[2:])
+            ecfg = TrajectoryConfig(**{**cfg.__dict__, "reverse_microbatch": n})
+            rows[f"magic 1q microbatch {n}"] = guarded(run_magic, args, dev, args.magic_attn,
+                                                        corpus, ecfg, q1, args.preset)
         elif extra == "eager":
             rows["magic 1q eager"] = guarded(run_magic, args, dev, "eager", corpus, cfg, q1,
                                              args.preset)

@@ -36,6 +36,7 @@ def main() -> int:
                     help="PretrainConfig override KEY=VALUE")
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = ap.parse_args()
 
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_pretrain_"))
@@ -51,7 +52,7 @@ def main() -> int:
     rows = {}
     for variant in ("base", "filtered"):
         t = time.perf_counter()
-        out = pretrain(world, variant, cfg, out=root / f"{variant}", progress=True)
+        out = pretrain(world, variant, cfg, out=root / f"{variant}", progress=not args.no_progress)
         wall = time.perf_counter() - t
         m = json.loads((out / "metrics.json").read_text())
         rows[variant] = {"hazard_qa": m["hazard_qa"]["acc"], "general_qa": m["general_qa"]["acc"],

@@ -100,6 +100,9 @@ def test_verdict_no_reports_earliest_break():
                    {"a": [0.25, 0.26, 0.26], "b": [0.25, 0.3, 0.3]})
     v = decide(s, CFG, general_acc=0.6, reference_general_acc=0.62)
     assert v.label == "no" and v.text == "no (recovers at step 5 under b)"
+    s = _summaries({"a": [0.6, 0.7]}, {"a": [0.25, 0.26]})
+    v = decide(s, CFG, general_acc=0.6, reference_general_acc=0.62)
+    assert v.text == "no (recovers before any attack: hazard acc 60.0% vs filtered max 26.0%)"
 
 
 def test_verdict_false_positive_beats_everything():

@@ -52,6 +52,7 @@ def test_sampler_is_deterministic_and_cycles() -> None:
     assert torch.equal(a, CyclingSampler(5, 1, "forget").take(0, 12))
     assert torch.equal(s.take(7, 3), a[7:10])
     assert not torch.equal(a, CyclingSampler(5, 2, "forget").take(0, 12))
+    assert CyclingSampler(3, 1, "forget", shuffle=False).take(2, 4).tolist() == [2, 0, 1, 2]
 
 
 @pytest.mark.parametrize("name", ["sft", "ga"])
@@ -178,6 +179,14 @@ def test_lora_merge_gives_same_logits_as_adapter_model() -> None:
         b = merged(input_ids=c.input_ids, attention_mask=c.attention_mask).logits
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     assert torch.allclose(a, b, atol=1e-10) and not torch.allclose(a, base_out, atol=1e-3)
+
+
+def test_lora_adapters_only_on_chosen_layers_and_modules() -> None:
+    cfg = LoopConfig(steps=1, batch_size=2, device="cpu", merge_lora=False, layers=[0],
+                     lora=LoraSettings(r=2, target_modules=["dense"]))
+    res = train_loop(tiny(), get_method("sft"), {"forget": make_corpus()}, cfg, progress=False)
+    names = {n.split(".lora_")[0] for n, p in res.model.named_parameters() if p.requires_grad}
+    assert names == {"base_model.model.gpt_neox.layers.0.attention.dense"}
 
 
 def test_layers_and_target_modules_restrict_training() -> None:

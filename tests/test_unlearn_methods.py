@@ -221,6 +221,11 @@ def test_direction_removal_zeroes_the_component() -> None:
     assert torch.allclose(dirs[1][0].abs(), (dm / dm.norm()).abs(), atol=1e-10)
     pca = find_directions(m, c, hw, gw, [1], method="pca", k=2, keep_general=1)
     assert pca[1].shape == (2, 32) and torch.allclose(pca[1] @ pca[1].T, torch.eye(2, dtype=torch.float64), atol=1e-10)
+    m_layer = copy.deepcopy(m)
+    remove_directions(m_layer, {1: dirs[1]}, mode="layer")
+    hl = _hidden(m_layer, c, [0, 1])
+    assert ((hl[1] - hl[0]) @ dirs[1].T).abs().max() < 1e-10  # layer 1 writes nothing along d
+    assert ((hl[1] @ dirs[1].T).abs().max()) > 1e-6  # but the stream still carries it
     remove_directions(m, dirs, mode="all")
     q = torch.cat([dirs[0], dirs[1]])
     for i, hh in _hidden(m, c, [0, 1]).items():

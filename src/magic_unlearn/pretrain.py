@@ -40,8 +40,10 @@ class PretrainConfig:
     Attributes:
         model: GPT-NeoX preset name (``magic_unlearn.models.PRESETS``).
         model_overrides: GPTNeoXConfig fields replacing the preset's.
-        epochs: passes over the (packed) corpus; ignored when ``steps`` > 0.
-        steps: optimizer steps (0: derived from ``epochs``).
+        epochs: passes over the (packed) corpus; used only when ``steps`` is 0.
+        steps: optimizer steps. A fixed budget (the default) gives base and filtered the same
+            compute, as in the Deep Ignorance comparison: the filtered model sees its smaller
+            corpus for more epochs.
         lr: peak AdamW learning rate.
         min_lr_ratio: cosine floor as a fraction of ``lr``.
         warmup_steps: linear warm-up steps.
@@ -64,7 +66,7 @@ class PretrainConfig:
     model: str = "neox-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     epochs: float = 8.0
-    steps: int = 0
+    steps: int = 600
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 30
@@ -88,9 +90,9 @@ _NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every")
 
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "small": dict(model="neox-small", epochs=30.0, lr=2e-3, batch_size=32, seq_len=128,
+    "small": dict(model="neox-small", steps=2000, lr=2e-3, batch_size=32, seq_len=128,
                   warmup_steps=100, device="auto", checkpoint_every=500, eval_batch_size=256),
-    "medium": dict(model="neox-medium", epochs=30.0, lr=1e-3, batch_size=64, seq_len=128,
+    "medium": dict(model="neox-medium", steps=4000, lr=1e-3, batch_size=64, seq_len=128,
                    warmup_steps=200, device="auto", checkpoint_every=1000, eval_batch_size=256),
 }
 
@@ -165,6 +167,24 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     return perm[i * batch_size: (i + 1) * batch_size]
 
 
+def lm_loss(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor,
+            loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over the tokens where ``loss_mask`` is 1.
+
+    Args:
+        ids, attention_mask: (B, T).
+        loss_mask: (B, T); column j weighs the loss of predicting token j from tokens < j.
+    """
+    logits = model(input_ids=ids, attention_mask=attention_mask).logits  # (B, T, V)
+    if logits.dtype in (torch.float16, torch.bfloat16):  # float64 runs stay float64
+        logits = logits.float()
+    # position j predicts token j+1: shift so column j of the loss is token j's NLL
+    nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
+                                      reduction="none")  # (B*(T-1),)
+    m = loss_mask[:, 1:].flatten().to(nll.dtype)
+    return (nll * m).sum() / m.sum().clamp(min=1.0)
+
+
 def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
@@ -209,8 +229,7 @@ def _load_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer,
 def world_metrics(model: nn.Module, tokenizer: Any, world_dir: str | Path,
                   batch_size: int = 64) -> dict[str, Any]:
     """Cloze accuracy on the world's ``hazard_qa`` and ``general_qa`` (shared evaluator)."""
-    from magic_unlearn.evaluation.evaluator import evaluate
-    from magic_unlearn.evaluation.tasks import load_task
+    from magic_unlearn.evaluation import evaluate, load_task
 
     out: dict[str, Any] = {}
     for name in ("hazard_qa", "general_qa"):
@@ -343,12 +362,7 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
         mask = lm[idx].to(device)  # (B, T)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg)
-        logits = model(input_ids=x, attention_mask=am[idx].to(device)).logits  # (B, T, V)
-        # position j predicts token j+1: shift so column j of the loss is token j's NLL
-        nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
-                                          x[:, 1:].flatten(), reduction="none")  # (B*(T-1),)
-        m = mask[:, 1:].flatten()
-        loss = (nll * m).sum() / m.sum().clamp(min=1.0)
+        loss = lm_loss(model, x, am[idx].to(device), mask)
         loss.backward()
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -414,5 +428,5 @@ def load_metrics(model_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(model_dir) / "metrics.json").read_text())
 
 
-__all__ = ["PretrainConfig", "PRESET_CONFIGS", "VARIANTS", "default_out", "lr_at",
+__all__ = ["PretrainConfig", "PRESET_CONFIGS", "VARIANTS", "default_out", "lm_loss", "lr_at",
            "pack_rows", "pretrain", "resolve_dtype", "training_rows", "world_metrics"]

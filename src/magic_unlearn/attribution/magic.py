@@ -44,6 +44,7 @@ from magic_unlearn.attribution.trajectory import (
     iter_steps,
     per_token_loss,
     prepare_model,
+    weighted_grads,
 )
 from magic_unlearn.config import config_hash, to_dict
 from magic_unlearn.data import TokenizedCorpus
@@ -53,7 +54,7 @@ Measurement = Callable[[nn.Module], Tensor]
 
 # config fields that do not change the scores (a run may resume with other values)
 _NON_SEMANTIC = ("checkpointing", "checkpoint_k", "storage", "resume_every", "drift_tol",
-                 "max_length")
+                 "max_length", "reverse_microbatch")
 
 
 class TrajectoryDriftError(RuntimeError):
@@ -64,9 +65,38 @@ class _Interrupted(RuntimeError):
     """Raised by the test hook ``_interrupt_after`` to simulate a killed run."""
 
 
-def fingerprint(params: list[Tensor]) -> Tensor:
-    """(P,) float64 L2 norms of the parameters: a cheap checksum of the training state."""
-    return torch.stack([n.double() for n in torch._foreach_norm(params)])
+class Fingerprint:
+    """Random bilinear projections r_a^T P r_b of each trained tensor: a cheap state checksum.
+
+    Replays are compared in units of a training update: drift = |fp_replay - fp_recorded| /
+    |fp_t - fp_{t-1}| (projected), so a wrong batch or learning rate reads ~1 while
+    nondeterministic kernels read ~1e-7 (fp32) to ~1e-2 (bf16 autocast, where fused attention
+    and embedding backward sum in varying order and bf16 rounding turns that into 1-ulp flips).
+    """
+
+    def __init__(self, params: list[Tensor], seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.vecs: list[tuple[Tensor, Tensor | None]] = []
+        for p in params:
+            rows = p.shape[0] if p.dim() >= 2 else p.numel()
+            dt = p.dtype if p.dtype == torch.float64 else torch.float32
+            ra = torch.randn(rows, generator=g, dtype=torch.float64).to(p.device, dt)
+            rb = None
+            if p.dim() >= 2:
+                rb = torch.randn(p[0].numel(), generator=g, dtype=torch.float64).to(p.device, dt)
+            self.vecs.append((ra, rb))
+
+    @torch.no_grad()
+    def __call__(self, params: list[Tensor]) -> Tensor:
+        """(P,) float64 projections."""
+        out = []
+        for p, (ra, rb) in zip(params, self.vecs, strict=True):
+            p = p.to(ra.dtype)  # half-precision tensors are projected in fp32
+            if rb is None:
+                out.append(torch.dot(p.reshape(-1), ra))
+            else:
+                out.append(ra @ (p.reshape(ra.shape[0], -1) @ rb))
+        return torch.stack(out).double()
 
 
 class _Store:
@@ -180,7 +210,9 @@ class _Trajectory:
         self.live = params + [b for bl in self.bufs for b in bl]
         self.store = store
         self.T = cfg.steps
+        self.fingerprint = Fingerprint(params, seed=cfg.seed)
         self.fps: list[Tensor] = []  # fingerprint of theta_t, t = 0..T
+        self.update_scale = 0.0
         self.losses: list[Tensor] = []
         self.top: list[tuple[int, int]] = []  # (position, store key) of forward checkpoints
         self.replayed = 0
@@ -202,7 +234,7 @@ class _Trajectory:
     def forward(self, progress: bool) -> None:
         """The recorded trajectory: run all T steps, keep fingerprints and top checkpoints."""
         top = set(self._top_positions())
-        self.fps = [fingerprint(self.params)]
+        self.fps = [self.fingerprint(self.params)]
         it: Iterator[tuple[int, Tensor]] = iter_steps(
             self.model, self.params, self.bufs, self.opt, self.batches, self.cfg, 0, self.T,
             before_update=self.store.before_write)
@@ -214,22 +246,24 @@ class _Trajectory:
             it = tqdm(it, total=self.T, desc="magic forward", leave=False)
         for t, loss in it:
             self.losses.append(loss)
-            self.fps.append(fingerprint(self.params))
+            self.fps.append(self.fingerprint(self.params))
             if t + 1 in top:
                 self.top.append((t + 1, self.store.put(self.live)))
 
     def _check(self, t: int) -> None:
-        fp = fingerprint(self.params)
-        ref = self.fps[t]
-        rel = ((fp - ref).abs() / ref.abs().clamp_min(1e-30)).max().item()
+        if not self.update_scale:
+            steps = torch.stack(self.fps).diff(dim=0).norm(dim=1)  # (T,) projected updates
+            self.update_scale = float(steps.mean()) or 1e-30
+        ref, prev = self.fps[t], self.fps[t - 1]
+        denom = max(float((ref - prev).norm()), self.update_scale, 1e-30)
+        rel = float((self.fingerprint(self.params) - ref).norm()) / denom
         self.max_drift = max(self.max_drift, rel)
-        if not rel <= self.cfg.drift_tol:
+        if not rel <= self.cfg.drift_limit:
             raise TrajectoryDriftError(
                 f"replayed training state at step {t} differs from the recorded trajectory "
-                f"(max relative parameter-norm difference {rel:.3g} > drift_tol "
-                f"{self.cfg.drift_tol:g}). The run is not deterministic: turn dropout off, use "
-                f"deterministic kernels (torch.use_deterministic_algorithms), or raise "
-                f"TrajectoryConfig.drift_tol if the difference is numerical noise")
+                f"by {rel:.3g} of a training update (drift_tol {self.cfg.drift_limit:g}). The "
+                f"replay is not the recorded run: dropout on, data or schedule changed, or "
+                f"nondeterministic kernels; raise TrajectoryConfig.drift_tol if it is noise")
 
     def _advance(self, a: int, b: int) -> None:
         for t, _ in iter_steps(self.model, self.params, self.bufs, self.opt, self.batches,
@@ -269,32 +303,55 @@ class _Trajectory:
 
 def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
                   adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor]) -> None:
-    """One fused reverse step at t (live state = s_t): optimiser VJP, HVP and per-token scores."""
-    cfg, params = traj.cfg, traj.params
+    """One fused reverse step at t (live state = s_t): optimiser VJP, HVP and per-token scores.
+
+    The batch may be split into ``cfg.reverse_microbatch`` rows: the HVP and the token
+    derivatives are sums over rows, so only the activations of one micro-batch are alive.
+    """
+    cfg, params, opt = traj.cfg, traj.params, traj.opt
     idx, ids, am, lm, n_t = traj.batches[t]
-    w = torch.ones_like(lm, requires_grad=True)  # (B, L) token weights at w = 1
-    # fused SDPA kernels (flash / mem-efficient) have no double backward; the math one does
-    with autocast_ctx(cfg, ids.device), sdpa_kernel([SDPBackend.MATH]):
-        lt = per_token_loss(traj.model, ids, am)  # (B, L)
-    loss = (lt * lm * w).sum() / n_t
-    g = torch.autograd.grad(loss, params, create_graph=True)
-    g_det = [x.detach() for x in g]
+    bsz = ids.shape[0]
+    mb = min(cfg.reverse_microbatch or bsz, bsz)
+    spans = [(s, min(s + mb, bsz)) for s in range(0, bsz, mb)]
     queries = list(adj_p)
-    for qi, q in enumerate(queries):
-        gbar = traj.opt.vjp(params, traj.bufs, g_det, t, adj_p[q], adj_b[q])
-        # VJP of g in direction gbar = d/d(theta, w) <g, gbar>: HVP and per-token scores
+    gbar: dict[str, list[Tensor]] = {}
+    if len(spans) > 1 or opt.kind != "adamw":
+        g_full = None
+        if opt.kind == "adamw":  # its VJP needs g_t before any HVP
+            g_full = [torch.zeros_like(p) for p in params]
+            for s, e in spans:
+                gs, _ = weighted_grads(traj.model, params, ids[s:e], am[s:e], lm[s:e], n_t,
+                                       None, cfg)
+                torch._foreach_add_(g_full, gs)
+        for q in queries:
+            gbar[q] = opt.vjp(params, traj.bufs, g_full, t, adj_p[q], adj_b[q])
+    for s, e in spans:
+        w = torch.ones_like(lm[s:e], requires_grad=True)  # (b, L) token weights at w = 1
+        # fused SDPA kernels (flash / mem-efficient) have no double backward; the math one does
+        with autocast_ctx(cfg, ids.device), sdpa_kernel([SDPBackend.MATH]):
+            lt = per_token_loss(traj.model, ids[s:e], am[s:e])  # (b, L)
+        loss = (lt * lm[s:e] * w).sum() / n_t
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        if not gbar:  # AdamW in one span: g_t comes from this same graph
+            g_det = [x.detach() for x in g]
+            for q in queries:
+                gbar[q] = opt.vjp(params, traj.bufs, g_det, t, adj_p[q], adj_b[q])
         live = [i for i, gi in enumerate(g) if gi.requires_grad]
-        res = torch.autograd.grad([g[i] for i in live], [*params, w],
-                                  grad_outputs=[gbar[i].to(g[i].dtype) for i in live],
-                                  retain_graph=qi < len(queries) - 1, allow_unused=True)
-        with torch.no_grad():
-            pairs = [(a, h) for a, h in zip(adj_p[q], res[:-1], strict=False) if h is not None]
-            if pairs:
-                torch._foreach_add_([a for a, _ in pairs], [h.to(a.dtype) for a, h in pairs])
-            if res[-1] is not None:
-                scores[q].index_add_(0, idx.to(scores[q].device),
-                                     (res[-1] * lm).to(scores[q].dtype))
-        del gbar, res
+        for qi, q in enumerate(queries):
+            # VJP of g in direction gbar = d/d(theta, w) <g, gbar>: HVP and per-token scores
+            res = torch.autograd.grad([g[i] for i in live], [*params, w],
+                                      grad_outputs=[gbar[q][i].to(g[i].dtype) for i in live],
+                                      retain_graph=qi < len(queries) - 1, allow_unused=True)
+            with torch.no_grad():
+                pairs = [(a, h) for a, h in zip(adj_p[q], res[:-1], strict=True) if h is not None]
+                if pairs:
+                    torch._foreach_add_([a for a, _ in pairs],
+                                        [h.to(a.dtype) for a, h in pairs])
+                if res[-1] is not None:
+                    scores[q].index_add_(0, idx[s:e].to(scores[q].device),
+                                         (res[-1] * lm[s:e]).to(scores[q].dtype))
+            del res
+        del g, lt, loss
 
 
 def _measure_grad(model: nn.Module, params: list[Tensor], fn: Measurement) -> tuple[float,
@@ -516,11 +573,12 @@ def _load_resume(path: Path, fps: Tensor, adj_p: dict[str, list[Tensor]],
                  cfg: TrajectoryConfig) -> None:
     saved = st_load(path.read_bytes())
     old = saved["fingerprints"]
-    rel = ((old - fps).abs() / old.abs().clamp_min(1e-30)).max().item()
-    if not rel <= cfg.drift_tol:
+    scale = max(float(old.diff(dim=0).norm(dim=1).mean()), 1e-30) if len(old) > 1 else 1.0
+    rel = float((old - fps).norm(dim=1).max()) / scale if old.shape == fps.shape else float("inf")
+    if not rel <= cfg.drift_limit:
         raise TrajectoryDriftError(
             f"{path}: the re-run forward trajectory differs from the one the saved reverse state "
-            f"belongs to (relative parameter-norm difference {rel:.3g}); delete {path.parent} "
+            f"belongs to (difference {rel:.3g} of a training update); delete {path.parent} "
             f"to start over, or make training deterministic")
     with torch.no_grad():
         for q in adj_p:
@@ -532,4 +590,4 @@ def _load_resume(path: Path, fps: Tensor, adj_p: dict[str, list[Tensor]],
             scores[q].copy_(saved[f"scores.{q}"])
 
 
-__all__ = ["attribute", "fingerprint", "TrajectoryDriftError"]
+__all__ = ["Fingerprint", "TrajectoryDriftError", "attribute"]

@@ -88,13 +88,14 @@ class FunctionalOptimizer:
             torch._foreach_addcdiv_(params, m, denom, value=-lr / bc1)
 
     @torch.no_grad()
-    def vjp(self, params: list[Tensor], bufs: list[list[Tensor]], grads: list[Tensor], t: int,
+    def vjp(self, params: list[Tensor], bufs: list[list[Tensor]], grads: list[Tensor] | None,
+            t: int,
             adj_p: list[Tensor], adj_b: list[list[Tensor]]) -> list[Tensor]:
         """Reverse step t of the optimiser.
 
         Args:
             params, bufs: the state *before* step t (theta_t, buffers_t).
-            grads: g_t.
+            grads: g_t (only AdamW needs it; None is fine for sgd/momentum).
             adj_p, adj_b: adjoints of theta_{t+1}, buffers_{t+1}; overwritten in place with the
                 adjoints of theta_t, buffers_t through the optimiser map only (the model's
                 d g_t / d theta_t term is added by the caller with an HVP).
@@ -119,6 +120,8 @@ class FunctionalOptimizer:
                 torch._foreach_add_(adj_p, big_b, alpha=wd)
             torch._foreach_mul_(big_b, cfg.momentum)
         else:
+            if grads is None:
+                raise ValueError("the AdamW reverse step needs g_t")
             b1, b2 = cfg.betas
             bc1, bc2 = self._bias(t)
             for _p, m, v, g, ap, am, av in zip(params, bufs[0], bufs[1], grads, adj_p, adj_b[0],

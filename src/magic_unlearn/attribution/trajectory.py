@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.optim import FunctionalOptimizer
@@ -169,8 +170,12 @@ class Batches:
 def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tensor, lm: Tensor,
                    n_t: Tensor, w: Tensor | None, cfg: TrajectoryConfig,
                    create_graph: bool = False) -> tuple[list[Tensor], Tensor]:
-    """g = d/dtheta [sum_i w_i l_i / n_t]; returns (grads, detached mean loss)."""
-    with autocast_ctx(cfg, ids.device):
+    """g = d/dtheta [sum_i w_i l_i / n_t]; returns (grads, detached mean loss).
+
+    SDPA models run the math kernel: the fused kernels' backward sums in a varying order
+    (atomics), so replays would not reproduce the recorded run (and it has no double backward).
+    """
+    with autocast_ctx(cfg, ids.device), sdpa_kernel([SDPBackend.MATH]):
         lt = per_token_loss(model, ids, am)  # (B, L)
     coef = lm if w is None else lm * w
     loss = (lt * coef).sum() / n_t

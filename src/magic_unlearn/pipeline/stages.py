@@ -182,8 +182,7 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
     os.replace(dest, out / "scores")
     meta = getattr(art, "meta", {}) or {}
     metrics = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool, dict))
-               and k in ("eval_loss_before", "eval_loss_after", "timings", "wall_s",
-                         "losses_before", "losses_after", "method")}
+               and k in ("eval_losses", "timings", "n_params_trained", "method")}
     metrics.update(method=method, queries=queries, n_rows=len(corpus))
     return StageResult(metrics=metrics, artifacts={"scores": "scores"},
                        summary={"attribution_method": method})

@@ -362,7 +362,8 @@ def tamper(
         scorer: custom ``model -> {"hazard_acc", "hazard_loss", "general_acc", ...}``
             (default: the suite's eval tasks through :mod:`magic_unlearn.evaluation`).
         original: the pre-unlearning model for ``ablate`` (default: ``reference["base"]``).
-        cache_dir: where reference curves are cached (default ``<out parent>/.tamper_cache``).
+        cache_dir: where reference curves are cached (default ``<out parent>/.tamper_cache``;
+            no caching when both ``out`` and ``cache_dir`` are None).
         config / overrides: extra suite YAML and ``KEY=VALUE`` overrides.
         overwrite: replace an existing ``out``.
         progress: tqdm bars; quiet: do not print the verdict table.
@@ -385,16 +386,23 @@ def tamper(
     unknown = sorted(set(reference) - {"base", "filtered"})
     if unknown:
         raise ValueError(f"reference keys {unknown} unknown; use 'base' and/or 'filtered'")
-    if cache_dir is None:
-        cache_dir = (Path(out).parent if out is not None else Path(".")) / ".tamper_cache"
-    cache = Path(cache_dir)
+    if cache_dir is None and out is not None:
+        cache_dir = Path(out).parent / ".tamper_cache"
+    cache = Path(cache_dir) if cache_dir is not None else None  # None: no caching
 
     base_model = None
     orig_src = original if original is not None else (
         reference.get("base") if not _is_curves(reference.get("base")) else None)
     if orig_src is not None:
         base_model = _as_model(orig_src, device)
-    orig_key = model_hash(orig_src) if orig_src is not None else None
+    hashes: dict[int, str] = {}
+
+    def mhash(x: Any) -> str:  # hashing a large folder takes seconds: once per object
+        if id(x) not in hashes:
+            hashes[id(x)] = model_hash(x)
+        return hashes[id(x)]
+
+    orig_key = mhash(orig_src) if orig_src is not None else None
 
     ref_curves: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
@@ -404,17 +412,19 @@ def tamper(
             continue
         if _is_curves(ref):
             doc = _load_curves(ref)
-            if doc.get("eval") is not None and doc["eval"] != to_dict(suite_cfg.eval):
+            mine = {k: v for k, v in to_dict(suite_cfg.eval).items() if k != "batch_size"}
+            theirs = {k: v for k, v in (doc.get("eval") or {}).items() if k != "batch_size"}
+            if doc.get("eval") is not None and theirs != mine:
                 warnings.append(f"precomputed {role} curves were measured with other eval "
-                                f"settings ({doc['eval']}) than this run "
-                                f"({to_dict(suite_cfg.eval)}); the comparison may be unfair")
+                                f"settings ({theirs}) than this run ({mine}); the "
+                                f"comparison may be unfair")
                 print(f"[tamper] warning: {warnings[-1]}", flush=True)
             ref_curves[role] = doc["attacks"]
             continue
         rmodel = (base_model if base_model is not None and _same_model(ref, orig_src)
                   else _as_model(ref, device))
         ref_curves[role] = run_suite(rmodel, suite_cfg, ctx, original=base_model, cache=cache,
-                                     model_key=f"{role}-{model_hash(ref)}", original_key=orig_key,
+                                     model_key=f"{role}-{mhash(ref)}", original_key=orig_key,
                                      label=role)
     m = _as_model(model, device)
     attacks = run_suite(m, suite_cfg, ctx, original=base_model, label="model")
@@ -422,7 +432,7 @@ def tamper(
         "version": CURVES_VERSION,
         "suite": suite_cfg.name,
         "model": str(model) if not isinstance(model, nn.Module) else type(model).__name__,
-        "model_hash": model_hash(model),
+        "model_hash": mhash(model),
         "eval": to_dict(suite_cfg.eval),
         "chance": ctx.chance,
         "attacks": attacks,

@@ -587,8 +587,9 @@ def train_tuned_lens(ref: nn.Module, corpus: TokenizedCorpus, steps: int = 100, 
     n = len(get_decoder_layers(ref))
     p = next(ref.parameters())
     lens = TunedLens(norm, head, n, ref.config.hidden_size).to(p.device, p.dtype)
-    lens.norm.requires_grad_(False)
-    lens.head.requires_grad_(False)
+    flags = [(q, q.requires_grad) for q in (*norm.parameters(), *head.parameters())]
+    for q, _ in flags:  # the decoder is fixed; restored below so the model is left untouched
+        q.requires_grad_(False)
     opt = torch.optim.Adam(lens.translators.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed + 29)
     losses = []
@@ -608,7 +609,9 @@ def train_tuned_lens(ref: nn.Module, corpus: TokenizedCorpus, steps: int = 100, 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()) / max(1, n - 1))
-    lens.requires_grad_(False)
+    lens.translators.requires_grad_(False)
+    for q, flag in flags:
+        q.requires_grad_(flag)
     return lens, losses
 
 
