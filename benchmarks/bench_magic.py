@@ -10,6 +10,8 @@ CPU smoke run (about a minute)::
 
 Model: random-init GPT-NeoX of the given preset (Pythia-160m shape by default), random tokens,
 full-length rows, T SGD steps. The measurement is the mean NLL of held-out random rows.
+MAGIC runs SDPA models on the math kernel (deterministic replays, double backward); the plain
+training rows use the fused kernels. Raw results: benchmarks/bench_magic_results/.
 Rows: plain training (bf16 autocast + SDPA, the fastest; fp32 eager; bf16 eager), MAGIC with one
 and two queries (bf16 autocast forward, sqrt(T) checkpointing), and a LoRA run (Pythia-1b shape)
 reporting memory.

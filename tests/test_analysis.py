@@ -23,6 +23,7 @@ from magic_unlearn.analysis import (
     roc_auc,
     spearman,
 )
+from magic_unlearn.analysis.lds import draw_subset
 from magic_unlearn.analysis.report import example_aggregates, quadrants
 from magic_unlearn.data import TokenizedCorpus, tokenize_corpus
 
@@ -353,3 +354,24 @@ def test_cli_validate_lds(tmp_path, word_tokenizer, tiny_model):
     assert set(res["results"]) == {"magic:qs", "random:qs"}
     assert res["results"]["magic:qs"]["spearman"] > 0.5
     assert (tmp_path / "lds" / "lds.md").exists()
+
+
+def test_lds_drops_diverged_retrains():
+    c = _corpus(20, 6, labels=False)
+    coef = torch.tensor(np.random.default_rng(5).normal(size=(20, 6)))
+
+    def train(model, corpus, cfg, token_weights=None):
+        w = torch.ones(20, 6, dtype=torch.float64) if token_weights is None else token_weights
+        m = _Linear()
+        m.f.data = (coef * w * corpus.loss_mask).sum()
+        if w[0].sum() == 0:  # dropping doc 0 "diverges"
+            m.f.data = torch.tensor(float("nan"), dtype=torch.float64)
+        return m
+
+    with pytest.warns(UserWarning, match="non-finite"):
+        res = lds(_Linear, c, lambda m: m.f, {}, {"exact": coef}, alpha=0.2, n_subsets=12,
+                  train_fn=train, bootstrap=50, progress=False)
+    n_bad = sum(0 in draw_subset(20, 0.2, 0, m) for m in range(12))
+    assert n_bad > 0 and res["n_diverged"]["loss"] == n_bad
+    assert res["results"]["exact"]["n_used"] == 12 - n_bad
+    assert res["results"]["exact"]["spearman"] == pytest.approx(1.0)

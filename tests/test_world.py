@@ -48,6 +48,20 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, micro: World) -
     assert other.hash != micro.hash
 
 
+def test_same_hash_in_a_fresh_process(tmp_path: Path, micro: World) -> None:
+    # no dependence on Python's per-process string hashing (set order) anywhere
+    import os
+    import subprocess
+    import sys
+
+    code = (f"from magic_unlearn.world import World, build_world; "
+            f"print(World.load(build_world({MICRO!r}, {str(tmp_path / 'p')!r})).hash)")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip().splitlines()[-1]
+    assert out == micro.hash
+
+
 def test_labels_align_with_tokenizer_for_every_document(world: World) -> None:
     tok = world.tokenizer
     facts = {f["fact_id"]: f for f in world.facts()}

@@ -90,9 +90,9 @@ _NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every")
 
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "small": dict(model="neox-small", steps=2000, lr=2e-3, batch_size=32, seq_len=128,
+    "small": dict(model="neox-small", steps=3000, lr=2e-3, batch_size=32, seq_len=128,
                   warmup_steps=100, device="auto", checkpoint_every=500, eval_batch_size=256),
-    "medium": dict(model="neox-medium", steps=4000, lr=1e-3, batch_size=64, seq_len=128,
+    "medium": dict(model="neox-medium", steps=6000, lr=1e-3, batch_size=64, seq_len=128,
                    warmup_steps=200, device="auto", checkpoint_every=1000, eval_batch_size=256),
 }
 

@@ -16,6 +16,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -189,17 +190,28 @@ def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCor
         losses = run(f"subset_{m:04d}", _weights(corpus, units, d, unit), bytes_hash(d.tobytes()))
         for k in meas:
             actual[k].append(losses[k] - base[k])
+    # a diverged retrain (NaN/inf loss) says nothing about the scores: drop it, report the count
+    bad = {k: [m for m, v in enumerate(vals) if not np.isfinite(v)] for k, vals in actual.items()}
+    for k, ms in bad.items():
+        if ms:
+            warnings.warn(f"LDS: {len(ms)} of {n_subsets} retrains gave a non-finite {k} loss "
+                          f"(diverged trajectory?); they are left out", stacklevel=2)
+    if not all(np.isfinite(v) for v in base.values()):
+        raise ValueError(f"LDS: the full-data trajectory gives non-finite losses {base}; "
+                         f"the trajectory diverges (lower the learning rate)")
     results: dict[str, Any] = {}
     for name, us in unit_scores.items():
-        pred = np.array([-us[d].sum() for d in subsets])  # linear datamodel prediction
-        act = np.array(actual[smap[name]])
+        ok = [m for m in range(n_subsets) if m not in set(bad[smap[name]])]
+        pred = np.array([-us[subsets[m]].sum() for m in ok])  # linear datamodel prediction
+        act = np.array([actual[smap[name]][m] for m in ok])
         lo, hi = bootstrap_ci(pred, act, spearman, n_boot=bootstrap, seed=seed)
         results[name] = {"measurement": smap[name], "spearman": spearman(pred, act),
-                         "ci": [lo, hi], "pearson": pearson(pred, act),
+                         "ci": [lo, hi], "pearson": pearson(pred, act), "n_used": len(ok),
                          "predicted": pred.tolist()}
     res = {"unit": unit, "alpha": alpha, "n_subsets": n_subsets, "n_units": n_units,
            "units_dropped": len(subsets[0]), "seed": seed, "bootstrap": bootstrap,
-           "prediction": PREDICTION, "base_losses": base, "actual": actual, "results": results,
+           "prediction": PREDICTION, "base_losses": base, "n_diverged": {k: len(v) for k, v in bad.items()},
+           "actual": actual, "results": results,
            "wall_s": time.time() - t0}
     if out is not None:
         atomic_write_json(Path(out) / "lds.json", res)
@@ -211,8 +223,10 @@ def lds_markdown(res: dict[str, Any]) -> str:
     lines = [f"LDS: unit={res['unit']}, alpha={res['alpha']}, {res['n_subsets']} subsets "
              f"(dropping {res['units_dropped']} of {res['n_units']} units each); "
              f"{res['prediction']}.", "",
-             "| score set | measurement | LDS (Spearman) | 95% CI | Pearson |", "|---|---|---|---|---|"]
+             "| score set | measurement | LDS (Spearman) | 95% CI | Pearson | subsets used |",
+             "|---|---|---|---|---|---|"]
     for name, r in res["results"].items():
         lines.append(f"| {name} | {r['measurement']} | {r['spearman']:.3f} | "
-                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['pearson']:.3f} |")
+                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['pearson']:.3f} | "
+                     f"{r.get('n_used', res['n_subsets'])} |")
     return "\n".join(lines) + "\n"

@@ -56,8 +56,9 @@ class TrajectoryConfig:
         resume_every: save the reverse-pass state every this many reverse steps (needs out=).
         drift_tol: max difference of a replayed state from the recorded one, in units of one
             training update (random projections). None: 0.05, or 0.5 with bf16 autocast, where
-            bf16 rounding turns any varying summation order into 1-ulp flips that compound over
-            a replayed segment (up to 0.26 of an update measured with fused SDPA on an H200).
+            bf16 rounding turns any varying summation order (atomics) into 1-ulp flips that
+            compound over a replayed segment: 0.26 of an update was measured on an H200 with
+            fused SDPA kernels; with the math kernel the engine now uses, replays were exact.
         reverse_microbatch: rows per double-backward pass in the reverse step (None: the whole
             batch); smaller uses less memory, same scores.
     """

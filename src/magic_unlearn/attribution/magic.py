@@ -36,7 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magic_unlearn.attribution.artifact import ScoreArtifact, model_hash
 from magic_unlearn.attribution.config import TrajectoryConfig
-from magic_unlearn.attribution.optim import FunctionalOptimizer
+from magic_unlearn.attribution.optim import FunctionalOptimizer, adjoint_dtype
 from magic_unlearn.attribution.trajectory import (
     Batches,
     autocast_ctx,
@@ -363,8 +363,10 @@ def _measure_grad(model: nn.Module, params: list[Tensor], fn: Measurement) -> tu
         raise ValueError("a measurement returned a tensor without grad: compute it from the "
                          "model's parameters, outside torch.no_grad()")
     grads = torch.autograd.grad(val, params, allow_unused=True)
-    return float(val.detach()), [torch.zeros_like(p) if g is None else g.detach().clone()
-                                 for p, g in zip(params, grads, strict=False)]
+    return float(val.detach()), [
+        torch.zeros_like(p, dtype=adjoint_dtype(p)) if g is None
+        else g.detach().to(adjoint_dtype(p), copy=True)
+        for p, g in zip(params, grads, strict=True)]
 
 
 def _query_info(name: str, fn: Measurement, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -483,7 +485,7 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
         scores: dict[str, Tensor] = {}
         for q, fn in measurements.items():
             after[q], adj_p[q] = _measure_grad(model, params, fn)
-            adj_b[q] = opt.init_buffers(params)
+            adj_b[q] = opt.init_adjoint_buffers(params)
             scores[q] = torch.zeros(corpus.input_ids.shape, dtype=sdtype, device=device)
 
         t_next = cfg.steps - 1

@@ -18,6 +18,11 @@ from torch import Tensor
 from magic_unlearn.attribution.config import TrajectoryConfig
 
 
+def adjoint_dtype(p: Tensor) -> torch.dtype:
+    """Adjoints accumulate over the whole run: keep them in fp32 for half-precision params."""
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+
+
 def lr_at(cfg: TrajectoryConfig, t: int) -> float:
     """Learning rate of step t (0-based)."""
     w = cfg.warmup_steps
@@ -47,6 +52,11 @@ class FunctionalOptimizer:
     def init_buffers(self, params: list[Tensor]) -> list[list[Tensor]]:
         """Zero optimiser buffers, one list (parallel to params) per buffer name."""
         return [[torch.zeros_like(p) for p in params] for _ in self.buffer_names]
+
+    def init_adjoint_buffers(self, params: list[Tensor]) -> list[list[Tensor]]:
+        """Zero adjoints of the buffers, in at least fp32 (half-precision runs included)."""
+        return [[torch.zeros_like(p, dtype=adjoint_dtype(p)) for p in params]
+                for _ in self.buffer_names]
 
     def _bias(self, t: int) -> tuple[float, float]:
         if not self.cfg.bias_correction:
@@ -126,6 +136,9 @@ class FunctionalOptimizer:
             bc1, bc2 = self._bias(t)
             for _p, m, v, g, ap, am, av in zip(params, bufs[0], bufs[1], grads, adj_p, adj_b[0],
                                               adj_b[1], strict=False):
+                # half-precision states are upcast: the M and V terms below nearly cancel where
+                # |g| ~ eps, which bf16 cannot resolve
+                m, v, g = m.to(ap.dtype), v.to(ap.dtype), g.to(ap.dtype)
                 m1 = m * b1 + g * (1.0 - b1)  # m_{t+1}
                 v1 = v * b2 + g * g * (1.0 - b2)  # v_{t+1}
                 sv = (v1 / bc2).sqrt_()  # sqrt(v_hat)

@@ -154,7 +154,8 @@ class Batches:
         self.order = batch_order(len(corpus), cfg)  # (T, B)
         self.corpus = corpus
         self.device = device
-        self.dtype = dtype
+        # masks and token counts stay >= fp32: bf16 cannot even count 4096 targets exactly
+        self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
 
     def __getitem__(self, t: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(idx (B,), input_ids (B, L), attention_mask (B, L), loss_mask (B, L), n_t ())."""

@@ -227,11 +227,13 @@ def plot_results_scatter(rows: list[RunRecord], assets: Path) -> Path | None:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    for r, s in pts:
-        marker = "s" if r.kind == "reference" else "o"
-        ax.scatter(s["hazard_acc"], s["general_acc"], marker=marker)
-        ax.annotate(_row_label(r), (s["hazard_acc"], s["general_acc"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+    markers = "ovD^<>phX*"
+    for i, (r, s) in enumerate(pts):
+        marker = "s" if r.kind == "reference" else markers[i % len(markers)]
+        label = _row_label(r)
+        ax.scatter(s["hazard_acc"], s["general_acc"], marker=marker, s=40, alpha=0.85,
+                   label=label if len(label) <= 28 else label[:27] + "…")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.set_xlabel("hazard acc (lower is better)")
     ax.set_ylabel("general acc (higher is better)")
     ax.set_xlim(-0.02, 1.02)

@@ -137,7 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # larger GPU world
     "medium": dict(n_hazard_agents=120, n_transfer_agents=30, hazard_attributes=6,
                    values_per_pool=24, entities_per_subject=60, n_question_templates=3,
-                   n_templates=16, pretrain_paraphrases=10, pretrain_qa=4, questions_per_fact=2),
+                   n_templates=16, pretrain_paraphrases=10, pretrain_qa=4, questions_per_fact=1),
 }
 
 
