@@ -115,10 +115,15 @@ def test_resume_equals_uninterrupted(world_dir: Path, tmp_path: Path) -> None:
 
 
 def test_training_lowers_loss(world_dir: Path, tmp_path: Path) -> None:
-    cfg = micro_cfg(steps=40, lr=3e-3, dtype="float32", checkpoint_every=0)
+    import torch as T
+
+    before = T.get_num_threads()
+    cfg = micro_cfg(steps=40, lr=3e-3, dtype="float32", checkpoint_every=0, threads=1)
     out = pretrain(world_dir, "base", cfg, out=tmp_path / "m", progress=False)
     h = json.loads((out / "loss_history.json").read_text())
     assert sum(h[-5:]) / 5 < 0.7 * sum(h[:5]) / 5
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["torch_threads"] == 1 and T.get_num_threads() == before
 
 
 def test_pack_rows_keeps_every_document_whole() -> None:

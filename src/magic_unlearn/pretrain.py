@@ -61,6 +61,9 @@ class PretrainConfig:
         eval_batch_size: rows per forward when scoring the question sets.
         eval_every: also score the question sets every this many steps (0: only at the end);
             the curve goes to ``metrics.json`` (not resumed: a resumed run logs from there).
+        threads: CPU threads for torch during the run (0: leave torch's default). On a
+            machine shared with other jobs, 1 thread avoids oversubscription (measured on the
+            2-core box under load: 2 threads took 3x the wall time of 1).
     """
 
     model: str = "neox-tiny"
@@ -83,10 +86,11 @@ class PretrainConfig:
     checkpoint_every: int = 200
     eval_batch_size: int = 64
     eval_every: int = 0
+    threads: int = 0
 
 
 # fields that do not change the trained weights, so they stay out of the cache key
-_NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every")
+_NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every", "threads")
 
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {},
@@ -310,7 +314,6 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
     Returns:
         The model folder. If it already exists and is complete, it is returned at once.
     """
-    from tqdm.auto import tqdm
 
     from magic_unlearn.world import World
 
@@ -350,12 +353,30 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
+    prev_threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train_and_save(cfg, world, variant, out, work, model, opt, ids, am, lm, total,
+                               start, history, device, tok, progress, max_steps)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train_and_save(cfg: PretrainConfig, world: Any, variant: str, out: Path, work: Path,
+                    model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
+                    am: torch.Tensor, lm: torch.Tensor, total: int, start: int,
+                    history: list[float], device: torch.device, tok: Any, progress: bool,
+                    max_steps: int | None) -> Path:
+    """The training loop, final evaluation and atomic save of :func:`pretrain`."""
+    from tqdm.auto import tqdm
+
+    n = ids.shape[0]
     model.train()
     curve: list[dict[str, Any]] = []
     t0, c0 = time.perf_counter(), time.process_time()
     bar = tqdm(total=total, initial=start, desc=f"pretrain {variant}", disable=not progress)
     stop = total if max_steps is None else min(total, max_steps)
-    step = start
     for step in range(start, stop):
         idx = batch_indices(step, n, cfg.batch_size, cfg.seed)
         x = ids[idx].to(device)  # (B, T)

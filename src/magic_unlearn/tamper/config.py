@@ -231,6 +231,25 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
         },
         "eval": {"hazard_task": "hazard_qa", "general_task": "general_qa", "fmt": "cloze"},
     },
+    # GPU worlds (small/medium presets): the same attacks run 5x longer (many epochs, as in the
+    # seed recipe), evaluated every 20 steps. On a GPU one world evaluation costs about as much as
+    # one or two small training steps, so this interval keeps evaluation under 10% of attack time
+    # (benchmarks/bench_tamper.py; docs/benchmarks.md).
+    "world_gpu": {
+        "name": "world_gpu",
+        "attacks": {
+            "standard": dict(_WORLD_FT, data="forget", steps=100, eval_every=20),
+            "lora": dict(_WORLD_FT, data="forget", lr=3e-3, lora=True, steps=100, eval_every=20),
+            "relearn": dict(_WORLD_FT, data="attack_relearn", steps=100, eval_every=20),
+            "transfer": dict(_WORLD_FT, data="attack_transfer", steps=100, eval_every=20),
+            "benign": dict(_WORLD_FT, data="attack_benign", steps=100, eval_every=20),
+            "retain_then_forget": dict(_WORLD_FT, pre_data="attack_benign", pre_steps=40,
+                                       data="forget", steps=60, eval_every=20),
+            "ablate": dict(kind="ablate"),
+            "probe": dict(kind="probe", data="retain", steps=100, lr=1e-3),
+        },
+        "eval": {"hazard_task": "hazard_qa", "general_task": "general_qa", "fmt": "cloze"},
+    },
     # Real models: the Deep Ignorance / seed recipe. 512 forget documents, batch 16, 10 epochs.
     "real": {
         "name": "real",
