@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--optimizer", default="adamw")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--warmup", type=int, default=0, help="linear warmup steps (smooths AdamW)")
+    ap.add_argument("--eps", type=float, default=1e-8, help="AdamW eps")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--subsets", type=int, default=32)
@@ -78,9 +80,12 @@ def main() -> None:
             for q in ("hazard_qa", "general_qa")}
     cfg = TrajectoryConfig(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
                            batch_size=args.batch_size, max_length=args.max_length,
-                           dtype=args.dtype, checkpointing="sqrt", storage="cpu", seed=0)
+                           dtype=args.dtype, checkpointing="sqrt", storage="cpu", seed=0,
+                           schedule="warmup" if args.warmup else "constant",
+                           warmup_steps=args.warmup, eps=args.eps)
     tag = (f"{args.variant}-{args.optimizer}-lr{args.lr:g}-T{args.steps}-B{args.batch_size}"
-           f"-L{args.max_length}-{args.dtype}")
+           f"-L{args.max_length}-{args.dtype}"
+           + (f"-wu{args.warmup}" if args.warmup else "") + (f"-eps{args.eps:g}" if args.eps != 1e-8 else ""))
     run = work / tag
     arts = {}
     for method in ("magic", "grad_sim", "random"):

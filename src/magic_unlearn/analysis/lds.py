@@ -11,6 +11,11 @@ derivatives s_i = d f / d w_i at w = 1, so the first-order (linear datamodel) pr
 over the M subsets between predicted and actual changes f(w_m) - f(1), with a bootstrap
 interval over subsets. Retrained losses are cached per subset under ``out/cache`` so an
 interrupted run resumes where it stopped.
+
+LDS measures linearity as much as score quality: a non-smooth trajectory (e.g. AdamW at full
+learning rate from step 0, where Adam is sign descent and d f / d w changes sign within
+|dw| ~ 1e-3) has exact derivatives that do not predict 10% drops. Retrains that diverge (NaN)
+are left out and counted in ``n_diverged``.
 """
 
 from __future__ import annotations
