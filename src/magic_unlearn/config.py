@@ -7,6 +7,7 @@ unknown keys with a message that names the file and the field.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -90,6 +91,17 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, source: str = "<dict>")
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{source}: {e}") from e
+
+
+def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` updated recursively with ``upd`` (mappings merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:

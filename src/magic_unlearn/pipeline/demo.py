@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from magic_unlearn.config import ConfigError, load_config, save_config
+from magic_unlearn.config import ConfigError, deep_merge, load_config, save_config
 from magic_unlearn.io import atomic_write_text
 from magic_unlearn.pipeline.runs import RunConfig, RunSpec, execute_run, is_complete, make_spec
-from magic_unlearn.pipeline.stages import STAGES, deep_merge
+from magic_unlearn.pipeline.stages import STAGES
 from magic_unlearn.pipeline.store import ResultsStore
 from magic_unlearn.pipeline.sweep import fill_vars
 

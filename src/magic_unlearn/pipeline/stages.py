@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from magic_unlearn.config import ConfigError, from_dict
+from magic_unlearn.config import ConfigError, deep_merge, from_dict
 from magic_unlearn.io import read_json
 from magic_unlearn.pipeline.runs import RunContext, Stage, StageResult
 
@@ -305,16 +305,6 @@ def eval_stage(ctx: RunContext, out: Path) -> StageResult:
 
 _TAMPER_OWN = {"suite", "base_curves", "filtered_curves", "overrides", "is_reference"}
 
-
-def deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated recursively with ``upd`` (mappings merge, other values replace)."""
-    out = copy.deepcopy(base)
-    for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def _suite(s: dict[str, Any]) -> Any:

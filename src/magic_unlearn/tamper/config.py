@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from magic_unlearn.config import ConfigError, apply_overrides, from_dict, to_dict
+from magic_unlearn.config import ConfigError, apply_overrides, deep_merge, from_dict, to_dict
 
 ATTACK_KINDS = ("finetune", "ablate", "probe")
 
@@ -273,15 +273,6 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
 
 def _builtin(name: str, source: str) -> dict[str, Any]:
     if name not in BUILTIN_SUITES:
@@ -306,12 +297,12 @@ def suite_dict(spec: str | Path, config: str | Path | None = None,
         data = _builtin(spec_s, "--attack")
         source = f"suite {spec_s}"
     if data.get("base"):
-        data = _deep_merge(_builtin(data["base"], source), data)
+        data = deep_merge(_builtin(data["base"], source), data)
     if config is not None:
         extra = _read_yaml(Path(config))
         if extra.get("base"):
-            data = _deep_merge(_builtin(extra["base"], str(config)), data)
-        data = _deep_merge(data, extra)
+            data = deep_merge(_builtin(extra["base"], str(config)), data)
+        data = deep_merge(data, extra)
     if only is not None:
         data["only"] = only
     apply_overrides(data, overrides)
@@ -334,7 +325,7 @@ def load_suite(spec: str | Path | SuiteConfig = "world", config: str | Path | No
             return spec
         data = to_dict(spec)
         if config is not None:
-            data = _deep_merge(data, _read_yaml(Path(config)))
+            data = deep_merge(data, _read_yaml(Path(config)))
         apply_overrides(data, overrides)
         return from_dict(SuiteConfig, data, source="suite")
     data = suite_dict(spec, config, overrides)

@@ -8,7 +8,6 @@ result atomically. Named recipes (``RECIPES``) preset the seed's attribution con
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from magic_unlearn.config import ConfigError, apply_overrides, from_dict, save_config, to_dict
+from magic_unlearn.config import (
+    ConfigError,
+    apply_overrides,
+    deep_merge,
+    from_dict,
+    save_config,
+    to_dict,
+)
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
 from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, full_state_dict, train_loop
 from magic_unlearn.unlearn.losses import METHODS, get_method
@@ -149,15 +155,6 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in top.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
 
 def load_unlearn_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         recipe: str | None = None, **fields: Any) -> UnlearnConfig:
@@ -174,13 +171,13 @@ def load_unlearn_config(path: str | Path | None = None, overrides: list[str] | N
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of field: value")
         source = str(path)
-    data = _deep_merge(data, {k: v for k, v in fields.items() if v is not None})
+    data = deep_merge(data, {k: v for k, v in fields.items() if v is not None})
     apply_overrides(data, overrides)
     name = recipe or data.get("recipe")
     if name is not None:
         if name not in RECIPES:
             raise ConfigError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-        data = _deep_merge(RECIPES[name], data)
+        data = deep_merge(RECIPES[name], data)
         data["recipe"] = name
     return from_dict(UnlearnConfig, data, source=source)
 
