@@ -129,8 +129,10 @@ def main() -> None:
     }
     md = (f"# bench_lds: {args.preset} world, {tag}\n\n{lds_markdown(res)}\n"
           f"{ground_truth_markdown(gt)}\n")
-    atomic_write_json(run / "bench_lds.json", summary)
-    atomic_write_text(run / "bench_lds.md", md)
+    stem = f"bench_lds_{args.unit}_a{args.alpha:g}"
+    summary["unit"], summary["alpha"] = args.unit, args.alpha
+    atomic_write_json(run / f"{stem}.json", summary)
+    atomic_write_text(run / f"{stem}.md", md)
     print(md)
     print(json.dumps({"timings": timings, "eval_losses": summary["eval_losses"]}, indent=1))
 

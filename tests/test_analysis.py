@@ -375,3 +375,20 @@ def test_lds_drops_diverged_retrains():
     assert n_bad > 0 and res["n_diverged"]["loss"] == n_bad
     assert res["results"]["exact"]["n_used"] == 12 - n_bad
     assert res["results"]["exact"]["spearman"] == pytest.approx(1.0)
+
+
+def test_ground_truth_first_fact_token_auc():
+    c = _corpus(2, 8)
+    c.labels[:] = 0
+    c.labels[:, 0] = -1
+    c.fact_ids[:] = -1
+    c.labels[0, 2:4] = 2  # hazard fact 5 spans positions 2-3
+    c.fact_ids[0, 2:4] = 5
+    c.labels[1, 4:6] = 1  # general fact 9
+    c.fact_ids[1, 4:6] = 9
+    s = torch.zeros(2, 8, dtype=torch.float64)
+    s[0, 2] = -1.0  # only the first hazard token teaches
+    gt = ground_truth([from_tensors(s, c, "hazard_qa", "m")])["per_score_set"]["m:hazard_qa"]
+    assert gt["auc_hazard_first_token_vs_other"] == 1.0
+    # all hazard tokens vs rest: the continuation token ties with the rest (AUC < 1)
+    assert gt["auc_hazard_vs_rest"] == pytest.approx((1.0 + 0.5) / 2)

@@ -202,6 +202,14 @@ def ground_truth_one(s: ScoreSet, ks: Sequence[int] = (100,)) -> dict[str, float
     }
     for k in ks:
         out[f"p@{k}_hazard"] = precision_at_k(teach, hz_pos, int(k))
+    if s.fact_ids is not None and (s.fact_ids >= 0).any():
+        # first token of each fact span: the one that carries the fact (later ones are cheap
+        # continuations); AUC of those hazard tokens against all non-fact tokens
+        f = s.fact_ids
+        first = (f >= 0) & np.concatenate([np.ones((f.shape[0], 1), bool), f[:, 1:] != f[:, :-1]], 1)
+        first_m = first[m]
+        keep = first_m | (lab == 0)
+        out["auc_hazard_first_token_vs_other"] = roc_auc(teach[keep], (hz_pos & first_m)[keep])
     return out
 
 

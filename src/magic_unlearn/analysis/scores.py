@@ -39,6 +39,7 @@ class ScoreSet:
             when the corpus has no labels (real data).
         doc_ids: N document ids.
         meta: the artifact metadata (free-form).
+        fact_ids: (N, L) world fact ids (-1 for none) or None.
     """
 
     name: str
@@ -50,6 +51,7 @@ class ScoreSet:
     labels: np.ndarray | None = None
     doc_ids: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    fact_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.scores = np.asarray(self.scores, dtype=np.float64)
@@ -106,7 +108,8 @@ def from_tensors(scores: torch.Tensor | np.ndarray, corpus: TokenizedCorpus, que
                          f"{tuple(corpus.input_ids.shape)}; they must come from the same corpus")
     return ScoreSet(name=f"{method}:{query}", method=method, query=query, scores=s,
                     mask=_np(corpus.loss_mask) > 0, input_ids=_np(corpus.input_ids),
-                    labels=_np(corpus.labels), doc_ids=list(corpus.doc_ids), meta=dict(meta or {}))
+                    labels=_np(corpus.labels), doc_ids=list(corpus.doc_ids), meta=dict(meta or {}),
+                    fact_ids=_np(corpus.fact_ids))
 
 
 def _load_artifact(path: Path) -> Any:
