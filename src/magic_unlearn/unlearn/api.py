@@ -100,7 +100,7 @@ class UnlearnConfig:
     forget: str = ""
     retain: str | None = None
     text_field: str = "text"
-    max_length: int = 128
+    max_length: int | None = None
     forget_limit: int | None = None
     retain_limit: int | None = None
     method: str = "ga"
@@ -224,13 +224,25 @@ class PreparedData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def resolve_max_length(cfg: UnlearnConfig) -> int:
+    """Row length: ``cfg.max_length`` if set, else the first score artifact's (so token weights
+    line up with the rows they scored), else 128."""
+    if cfg.max_length is not None:
+        return cfg.max_length
+    if cfg.token_weights:
+        from magic_unlearn.attribution import ScoreArtifact
+
+        return int(ScoreArtifact.load(cfg.token_weights[0]).corpus.input_ids.shape[1])
+    return 128
+
+
 def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
     """Load and tokenize forget/retain, apply artifacts, keyword masks, selection, curriculum."""
     if not cfg.forget:
         raise ConfigError("UnlearnConfig.forget is empty: give a forget corpus "
                           "(--forget WORLD_DIR:forget, a JSONL file, or hf:owner/name)")
     docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
-    forget = tokenize_corpus(docs, tokenizer, max_length=cfg.max_length)
+    forget = tokenize_corpus(docs, tokenizer, max_length=resolve_max_length(cfg))
     info: dict[str, Any] = {"n_forget_rows": len(forget)}
     w = torch.ones_like(forget.loss_mask)
     hazard = general = None
@@ -272,7 +284,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
         data["retain"], weights["retain"] = scored, rw
     elif cfg.retain:
         rdocs = load_corpus(cfg.retain, text_field=cfg.text_field, limit=cfg.retain_limit)
-        data["retain"] = tokenize_corpus(rdocs, tokenizer, max_length=cfg.max_length)
+        data["retain"] = tokenize_corpus(rdocs, tokenizer, max_length=resolve_max_length(cfg))
     info.update(n_forget_rows_used=len(forget), n_retain_rows=len(data.get("retain", [])),
                 forget_weighted_tokens=int(((w != 0) & (forget.loss_mask > 0)).sum()),
                 forget_weight_mean_abs=float(w[forget.loss_mask > 0].abs().mean()),
