@@ -75,7 +75,7 @@ STAGES = {"eval": Stage("eval", fake_eval), "tamper": Stage("tamper", fake_tampe
 
 RUNS = [
     # kind, name, hazard, general, attacked hazard curve, expected table wording
-    ("reference", "base", 0.95, 0.90, [0.95, 0.96, 0.96], "no (recovers at step 0, standard)"),
+    ("reference", "base", 0.95, 0.90, [0.95, 0.96, 0.96], "no (above the filtered model before any attack, standard)"),
     ("reference", "filtered", 0.25, 0.89, FILTERED[1:], "reference (filtered model)"),
     ("unlearn", "rmu", 0.30, 0.86, [0.28, 0.29, 0.31], "yes"),
     ("unlearn", "ga", 0.26, 0.87, [0.40, 0.80, 0.93], "no (recovers at step 5"),

@@ -87,6 +87,9 @@ def tamper_text(summary: dict[str, Any]) -> str:
         k, atk = v.get("break_step"), v.get("break_attack")
         if k is None:
             return "no" + (f" (under {atk})" if atk else "")
+        if k == 0:  # above the filtered model's level before any attack step: never unlearned
+            return "no (above the filtered model before any attack" + (
+                f", {atk})" if atk else ")")
         return f"no (recovers at step {k}" + (f", {atk})" if atk else ")")
     if label == "partial":
         r, n = len(v.get("resisted", [])), len(v.get("resisted", [])) + len(v.get("broken", []))
