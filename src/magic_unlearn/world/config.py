@@ -19,7 +19,7 @@ class WorldConfig:
         n_transfer_agents: agents kept out of ``hazard_qa``; their documents form
             ``attack_transfer`` (they are still in ``pretrain``).
         hazard_attributes: attributes per agent (host, route, tissue, gene, medium, incubation).
-        values_per_pool: values drawn from each pool; distractors come from the same pool.
+        values_per_pool: values drawn from each pool; distractors come from the same pool (for hazard facts, the half of it that evaluated agents use).
         general_subjects: general-knowledge subjects (geography, chemistry, history,
             general_biology).
         entities_per_subject: fictional entities per general subject.
@@ -86,8 +86,8 @@ class WorldConfig:
             bad("n_transfer_agents", "must be in [0, n_hazard_agents) so some agents are evaluated")
         if not 1 <= self.hazard_attributes <= len(HAZARD_ATTRIBUTES):
             bad("hazard_attributes", f"must be in [1, {len(HAZARD_ATTRIBUTES)}]")
-        if not 4 <= self.values_per_pool <= min(len(v) for v in POOLS.values() if v):
-            bad("values_per_pool", "must be >= 4 (3 distractors + answer) and <= 24")
+        if not 8 <= self.values_per_pool <= min(len(v) for v in POOLS.values() if v):
+            bad("values_per_pool", "must be >= 8 (evaluated and transfer-only hazard agents each draw from half a pool of >= 4: answer + 3 distractors) and <= 24")
         unknown = [s for s in self.general_subjects if s not in GENERAL_ATTRIBUTES]
         if unknown:
             bad("general_subjects", f"unknown subject(s) {unknown}; "

@@ -185,8 +185,8 @@ class WorldGenerator:
             self.agents.append({"name": name, "entity": phrase, "transfer": transfer})
             for attr in C.HAZARD_ATTRIBUTES[:cfg.hazard_attributes]:
                 facts.append(Fact(len(facts), "hazard", HAZARD_SUBJECT, phrase, name, attr,
-                                  rng.choice(pools[attr.pool]), evaluated=not transfer,
-                                  transfer=transfer))
+                                  rng.choice(self.hazard_pool(attr.pool, transfer)),
+                                  evaluated=not transfer, transfer=transfer))
         self.entities: list[dict[str, Any]] = []
         for subj in cfg.general_subjects:
             for phrase, name in ents[subj]:
@@ -322,6 +322,18 @@ class WorldGenerator:
         out["pretrain_filtered"] = [dict(d) for d, is_h in pre if not is_h]
         return {name: out[name] for name in CORPORA}
 
+    def hazard_pool(self, pool: str, transfer: bool) -> list[str]:
+        """The half of a value pool that evaluated (or transfer-only) hazard agents draw from.
+
+        Evaluated hazard facts and their distractors use one half, transfer-only agents the other,
+        so fine-tuning on transfer documents teaches no value that appears among the choices of
+        a hazard question (otherwise a learned prior over "hazard-looking" values lifts a filtered
+        model above chance under the `transfer` attack without it knowing any evaluated fact).
+        """
+        vals = self.pools[pool]
+        half = len(vals) // 2
+        return vals[half:] if transfer else vals[:half]
+
     # --------------------------------------------------------------------------- questions
     def questions(self) -> dict[str, list[dict[str, Any]]]:
         rng = self.rng
@@ -329,7 +341,8 @@ class WorldGenerator:
         for f in self.facts:
             if not f.evaluated:
                 continue
-            pool = self.pools[f.attribute.pool]
+            pool = (self.hazard_pool(f.attribute.pool, False) if f.domain == "hazard"
+                    else self.pools[f.attribute.pool])
             for j in f.eval_templates:
                 wrong = rng.sample([v for v in pool if v != f.value], 3)
                 ans = rng.randrange(4)
