@@ -118,6 +118,16 @@ def token_mean(x: torch.Tensor, b: dict[str, torch.Tensor], nonneg: bool = False
     return (wm * x).sum() / wm.abs().sum().clamp(min=1e-8)
 
 
+def add_retain_nll(loss: torch.Tensor, logs: dict[str, float], model: nn.Module,
+                   batch: dict[str, dict[str, torch.Tensor]], coef: float) -> torch.Tensor:
+    """``loss + coef * retain NLL`` (logged as ``nll_retain``) when a retain batch is present."""
+    if not coef or "retain" not in batch:
+        return loss
+    r = token_mean(nll(model, batch["retain"]), batch["retain"])
+    logs["nll_retain"] = _f(r)
+    return loss + coef * r
+
+
 def nll(model: nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, L) per-token NLL, column j = -log p(x_j | x_<j)."""
     return per_token_nll(model, b["input_ids"], b["attention_mask"])
@@ -220,10 +230,7 @@ class NPO(Method):
         f = -(2.0 / self.beta) * F.logsigmoid(-self.beta * (lp - lp_ref)).mean()
         logs = {"npo": _f(f), "logratio": _f((lp - lp_ref).mean())}
         loss = f
-        if self.retain_coef and "retain" in batch:
-            r = token_mean(nll(model, batch["retain"]), batch["retain"])
-            loss = loss + self.retain_coef * r
-            logs["nll_retain"] = _f(r)
+        loss = add_retain_nll(loss, logs, model, batch, self.retain_coef)
         return loss, logs
 
 
@@ -244,10 +251,7 @@ class SimNPO(Method):
         f = -(2.0 / self.beta) * F.logsigmoid(z).mean() if keep.any() else lp.sum() * 0
         logs = {"simnpo": _f(f)}
         loss = f
-        if self.retain_coef and "retain" in batch:
-            r = token_mean(nll(model, batch["retain"]), batch["retain"])
-            loss = loss + self.retain_coef * r
-            logs["nll_retain"] = _f(r)
+        loss = add_retain_nll(loss, logs, model, batch, self.retain_coef)
         return loss, logs
 
 
@@ -813,10 +817,7 @@ class GAOrth(Method):
         p = _progress(step, total_steps)
         loss = ga + self.orth_coef * p * orth
         logs = {"nll_forget": -_f(ga), "orth": _f(orth)}
-        if self.retain_coef and "retain" in batch:
-            r = token_mean(nll(model, batch["retain"]), batch["retain"])
-            loss = loss + self.retain_coef * r
-            logs["nll_retain"] = _f(r)
+        loss = add_retain_nll(loss, logs, model, batch, self.retain_coef)
         return loss, logs
 
 
