@@ -125,21 +125,24 @@ def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
     """Load dataclass ``cls`` from an optional YAML file plus ``KEY=VALUE`` overrides."""
-    data: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of field: value")
-        source = str(path)
+    data = read_yaml_mapping(path) if path is not None else {}
     apply_overrides(data, overrides)
-    return from_dict(cls, data, source=source)
+    return from_dict(cls, data, source=str(path) if path is not None else "<defaults>")
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file",
+                      expect: str = "field: value") -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; errors name the file and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of {expect}")
+    return data
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

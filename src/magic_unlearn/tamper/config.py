@@ -17,9 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from magic_unlearn.config import ConfigError, apply_overrides, deep_merge, from_dict, to_dict
+from magic_unlearn.config import (
+    ConfigError,
+    apply_overrides,
+    deep_merge,
+    from_dict,
+    read_yaml_mapping,
+    to_dict,
+)
 
 ATTACK_KINDS = ("finetune", "ablate", "probe")
 
@@ -333,12 +338,4 @@ def load_suite(spec: str | Path | SuiteConfig = "world", config: str | Path | No
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        raise ConfigError(f"suite file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping (name, attacks, eval, verdict)")
-    return data
+    return read_yaml_mapping(path, "suite file", "name, attacks, eval, verdict")

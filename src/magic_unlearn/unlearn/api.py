@@ -22,6 +22,7 @@ from magic_unlearn.config import (
     apply_overrides,
     deep_merge,
     from_dict,
+    read_yaml_mapping,
     save_config,
     to_dict,
 )
@@ -159,18 +160,8 @@ RECIPES: dict[str, dict[str, Any]] = {
 def load_unlearn_config(path: str | Path | None = None, overrides: list[str] | None = None,
                         recipe: str | None = None, **fields: Any) -> UnlearnConfig:
     """Build an :class:`UnlearnConfig`: recipe defaults < YAML file < ``fields`` < overrides."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    source = "<defaults>"
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of field: value")
-        source = str(path)
+    data = read_yaml_mapping(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
     data = deep_merge(data, {k: v for k, v in fields.items() if v is not None})
     apply_overrides(data, overrides)
     name = recipe or data.get("recipe")
