@@ -428,3 +428,50 @@ def test_gpu_storage_and_modes_agree() -> None:
           f"drift fp32 {a32.meta['timings']['max_replay_drift']:.3g} bf16 "
           f"{a16.meta['timings']['max_replay_drift']:.3g}")
     assert corr > 0.9, float(corr)
+
+
+def test_dropping_the_mask_of_right_padded_rows_is_exact(model, corpus, monkeypatch) -> None:
+    """Right-padded rows run without attention_mask; forcing the mask gives the same scores."""
+    from magic_unlearn.attribution import trajectory
+
+    assert trajectory.right_padded(corpus)
+    left = TokenizedCorpus(corpus.input_ids.flip(1), corpus.attention_mask.flip(1),
+                           corpus.loss_mask.flip(1), corpus.labels, corpus.fact_ids,
+                           corpus.doc_ids)
+    assert not trajectory.right_padded(left)
+    cfg = cfg_for("adamw", steps=3)
+    fast = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
+    monkeypatch.setattr(trajectory, "right_padded", lambda c: False)
+    masked = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
+    assert fast.abs().max() > 0
+    torch.testing.assert_close(fast, masked, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graphs_equal_eager() -> None:
+    """CUDA-graphed training and reverse steps give the eager engine's scores (fp32, no TF32)."""
+    import warnings
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda")
+    model = build_model("neox-tiny", vocab_size=V, seed=0, attn_implementation="sdpa").to(dev)
+    corpus = make_corpus()
+    q = {"f": lambda m: per_token_loss(m, HELDOUT.to(dev), None)[:, 1:].mean(),
+         "g": lambda m: per_token_loss(m, HELDOUT2.to(dev), None)[:, 1:].mean()}
+    for kw in [dict(optimizer="sgd", lr=0.05), dict(optimizer="adamw", lr=1e-3,
+                                                    reverse_microbatch=1),
+               dict(optimizer="momentum", lr=0.05, precision="bf16")]:
+        cfg = TrajectoryConfig(steps=9, batch_size=2, checkpointing="sqrt", storage="cpu", **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed capture warns: make it fail the test
+            graphed = attribute(model, corpus, q, cfg, progress=False).scores
+        eager = attribute(model, corpus, q,
+                          TrajectoryConfig(**{**cfg.__dict__, "cuda_graphs": False}),
+                          progress=False).scores
+        for k in q:
+            assert eager[k].abs().max() > 0
+            tol = dict(rtol=2e-2, atol=1e-4) if kw.get("precision") == "bf16" else \
+                dict(rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(graphed[k], eager[k], **tol)

@@ -100,7 +100,8 @@ class FunctionalOptimizer:
     @torch.no_grad()
     def vjp(self, params: list[Tensor], bufs: list[list[Tensor]], grads: list[Tensor] | None,
             t: int,
-            adj_p: list[Tensor], adj_b: list[list[Tensor]]) -> list[Tensor]:
+            adj_p: list[Tensor], adj_b: list[list[Tensor]],
+            out: list[Tensor] | None = None) -> list[Tensor]:
         """Reverse step t of the optimiser.
 
         Args:
@@ -110,22 +111,33 @@ class FunctionalOptimizer:
                 adjoints of theta_t, buffers_t through the optimiser map only (the model's
                 d g_t / d theta_t term is added by the caller with an HVP).
 
+            out: tensors to write the adjoint of g_t into (default: fresh tensors).
+
         Returns:
-            The adjoint of g_t, one tensor per parameter (fresh tensors).
+            The adjoint of g_t, one tensor per parameter (``out`` when given).
         """
         cfg = self.cfg
         lr, wd = lr_at(cfg, t), cfg.weight_decay
         gbar: list[Tensor] = []
         if self.kind == "sgd":
             # theta' = theta (1 - lr wd) - lr g
-            gbar = torch._foreach_mul(adj_p, -lr)
+            if out is not None:
+                torch._foreach_copy_(out, adj_p)
+                torch._foreach_mul_(out, -lr)
+                gbar = out
+            else:
+                gbar = torch._foreach_mul(adj_p, -lr)
             if wd:
                 torch._foreach_mul_(adj_p, 1.0 - lr * wd)
         elif self.kind == "momentum":
             # b' = mu b + g + wd theta ; theta' = theta - lr b'
             big_b = adj_b[0]
             torch._foreach_add_(big_b, adj_p, alpha=-lr)  # total adjoint of b'
-            gbar = torch._foreach_mul(big_b, 1.0)
+            if out is not None:
+                torch._foreach_copy_(out, big_b)
+                gbar = out
+            else:
+                gbar = torch._foreach_mul(big_b, 1.0)
             if wd:
                 torch._foreach_add_(adj_p, big_b, alpha=wd)
             torch._foreach_mul_(big_b, cfg.momentum)
@@ -150,7 +162,11 @@ class FunctionalOptimizer:
                 inv2s = torch.where(sv > 0, 0.5 / sv.clamp_min(torch.finfo(sv.dtype).tiny),
                                     torch.zeros_like(sv))
                 big_v = av.add_(ubar * (-(m1 / bc1) / (d * d)) * inv2s / bc2)
-                gbar.append(big_m * (1.0 - b1) + big_v * g * (2.0 * (1.0 - b2)))
+                gb = big_m * (1.0 - b1) + big_v * g * (2.0 * (1.0 - b2))
+                if out is not None:
+                    out[len(gbar)].copy_(gb)
+                    gb = out[len(gbar)]
+                gbar.append(gb)
                 big_m.mul_(b1)
                 big_v.mul_(b2)
                 if wd:

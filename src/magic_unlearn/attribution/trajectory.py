@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.graphs import GraphCache
 from magic_unlearn.attribution.optim import FunctionalOptimizer
 from magic_unlearn.data import TokenizedCorpus
 from magic_unlearn.models import resolve_dtype
@@ -33,10 +34,11 @@ def batch_order(n: int, cfg: TrajectoryConfig) -> Tensor:
     return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
 
 
-def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     """(B, L) next-token NLL; column j is the loss of token j, column 0 is 0.
 
     Keeps float32/float64 logits as they are (float64 tests stay float64); half logits are upcast.
+    ``attention_mask=None`` is exact for right-padded rows (see ``Batches``).
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     logits = logits[:, :-1]  # (B, L-1, V)
@@ -50,18 +52,29 @@ def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) 
 def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                           attention_mask: Tensor | None, scaling: float, dropout: float = 0.0,
                           **kwargs: Any) -> tuple[Tensor, Tensor]:
-    """Eager attention whose softmax runs in the input dtype when that is float64.
+    """Eager attention with the softmax in float32 (float64 for float64 inputs), graph-safe.
 
     transformers' eager attention always takes the softmax in float32, which caps float64
     finite-difference checks at ~1e-7 absolute noise. Same math otherwise (twice differentiable).
+    ``attention_mask`` is a boolean (True = attend) or additive float mask, or None for plain
+    causal attention, which is then applied here with device-side kernels only (transformers'
+    eager mask builder copies a host scalar, which CUDA graph capture forbids).
     """
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
     attn = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    t_q, t_k = attn.shape[-2], attn.shape[-1]
     if attention_mask is not None:
-        attn = attn + attention_mask[:, :, :, : key.shape[-2]]
+        m = attention_mask[:, :, :, :t_k]
+        if m.dtype == torch.bool:
+            attn = attn.masked_fill(~m, torch.finfo(attn.dtype).min)
+        else:
+            attn = attn + m
+    elif getattr(module, "is_causal", True) and t_q > 1:
+        future = torch.ones(t_q, t_k, dtype=torch.bool, device=attn.device).triu(t_k - t_q + 1)
+        attn = attn.masked_fill(future, torch.finfo(attn.dtype).min)  # (T, S) broadcast
     sm_dtype = torch.promote_types(query.dtype, torch.float32)
     attn = F.softmax(attn, dim=-1, dtype=sm_dtype).to(query.dtype)
     attn = F.dropout(attn, p=dropout, training=module.training)
@@ -69,35 +82,52 @@ def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
     return out, attn
 
 
+def _exact_mask(*args: Any, **kwargs: Any) -> Tensor | None:
+    """transformers' boolean SDPA mask, None when the attention is plain causal."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs.pop("dtype", None)
+    return sdpa_mask(*args, **kwargs)
+
+
 def _register_exact_attention() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
     AttentionInterface.register("eager_exact", exact_eager_attention)
     # custom attention names get no mask unless a mask builder is registered too
-    ALL_MASK_ATTENTION_FUNCTIONS.register("eager_exact", eager_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register("eager_exact", _exact_mask)
 
 
 def use_exact_attention(model: nn.Module) -> None:
-    """Switch a float64 model from "eager" to "eager_exact" attention (float64 softmax)."""
+    """Switch "eager" and "sdpa" attention to "eager_exact" (same math, twice differentiable).
+
+    Why not SDPA: its fused kernels have no double backward and sum in a varying order
+    (replays would drift), and its math kernel upcasts bf16 inputs to fp32, so under bf16
+    autocast every attention matmul ran as a slow non-tensor-core fp32 GEMM (measured on an
+    H200: ~40% of a reverse step). "eager_exact" keeps autocast's bf16 matmuls, takes the
+    softmax in fp32 (float64 for float64 models) and is deterministic.
+    """
     cfg = getattr(model, "config", None)
-    if cfg is None or getattr(cfg, "_attn_implementation", None) != "eager":
+    if cfg is None or getattr(cfg, "_attn_implementation", None) not in ("eager", "sdpa"):
         return
     _register_exact_attention()
     for m in model.modules():
         c = getattr(m, "config", None)
-        if c is not None and getattr(c, "_attn_implementation", None) == "eager":
+        if c is not None and getattr(c, "_attn_implementation", None) in ("eager", "sdpa"):
             c._attn_implementation = "eager_exact"
 
 
 def autocast_ctx(cfg: TrajectoryConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if cfg.precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # no weight-cast cache: CUDA graph capture needs it off, and it saves nothing here
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              cache_enabled=False)
     return contextlib.nullcontext()
 
 
-def prepare_model(model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False
-                  ) -> tuple[nn.Module, list[Tensor]]:
+def prepare_model(model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False,
+                  exact_attention: bool = True) -> tuple[nn.Module, list[Tensor]]:
     """Copy (unless inplace), cast to ``cfg.dtype``, add LoRA adapters; return (model, trainables).
 
     Full training differentiates all parameters; with ``cfg.lora`` only the adapter weights
@@ -109,7 +139,7 @@ def prepare_model(model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False
     if dt is not None:
         model = model.to(dt)
     model.eval()  # dropout off: the trajectory must replay exactly
-    if next(model.parameters()).dtype == torch.float64:
+    if exact_attention:
         use_exact_attention(model)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
@@ -146,6 +176,17 @@ def check_corpus(corpus: TokenizedCorpus, cfg: TrajectoryConfig) -> None:
         raise ValueError("corpus has no target tokens (loss_mask is all zero)")
 
 
+def right_padded(corpus: TokenizedCorpus) -> bool:
+    """True when every row is real tokens then padding, and no padding position is a target.
+
+    Then the causal mask alone is exact for every target: a real token never attends to a later
+    pad, and pad outputs carry zero loss weight. The model is called without ``attention_mask``
+    (no mask build, and no host sync in it, which CUDA graph capture needs).
+    """
+    am = corpus.attention_mask
+    return bool((am[:, 1:] <= am[:, :-1]).all()) and bool((corpus.loss_mask <= am).all())
+
+
 class Batches:
     """Device-resident batches of the fixed data order (inputs, masks, indices, n_t)."""
 
@@ -156,20 +197,24 @@ class Batches:
         self.device = device
         # masks and token counts stay >= fp32: bf16 cannot even count 4096 targets exactly
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        self.needs_mask = not right_padded(corpus)
 
-    def __getitem__(self, t: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """(idx (B,), input_ids (B, L), attention_mask (B, L), loss_mask (B, L), n_t ())."""
+    def __getitem__(self, t: int) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
+        """(idx (B,), input_ids (B, L), attention_mask (B, L) or None, loss_mask (B, L), n_t ()).
+
+        The attention mask is None for right-padded corpora (exact, see ``right_padded``).
+        """
         idx = self.order[t]
         c = self.corpus
         ids = c.input_ids[idx].to(self.device, non_blocking=True)
-        am = c.attention_mask[idx].to(self.device, non_blocking=True)
+        am = c.attention_mask[idx].to(self.device, non_blocking=True) if self.needs_mask else None
         lm = c.loss_mask[idx].to(self.device, self.dtype, non_blocking=True)
         n_t = lm.sum()
         return idx, ids, am, lm, n_t
 
 
-def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tensor, lm: Tensor,
-                   n_t: Tensor, w: Tensor | None, cfg: TrajectoryConfig,
+def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tensor | None,
+                   lm: Tensor, n_t: Tensor, w: Tensor | None, cfg: TrajectoryConfig,
                    create_graph: bool = False) -> tuple[list[Tensor], Tensor]:
     """g = d/dtheta [sum_i w_i l_i / n_t]; returns (grads, detached mean loss).
 
@@ -184,21 +229,55 @@ def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tens
     return list(grads), (lt.detach() * lm).sum() / n_t
 
 
+class StepGrads:
+    """The training gradient of one batch, CUDA-graphed on a GPU (``cfg.cuda_graphs``).
+
+    Calls return ``(grads, mean loss)``; with a graph, ``grads`` are static tensors that the next
+    graph replay overwrites, so the caller consumes them at once (the optimiser step does).
+    """
+
+    def __init__(self, model: nn.Module, params: list[Tensor], cfg: TrajectoryConfig,
+                 graphs: GraphCache | None = None) -> None:
+        self.model, self.params, self.cfg = model, params, cfg
+        dev = params[0].device
+        self.graphs = graphs if graphs is not None else GraphCache(
+            cfg.cuda_graphs and dev.type == "cuda")
+
+    def _fn(self, ids: Tensor, lm: Tensor, n_t: Tensor, w: Tensor, *am: Tensor) -> list[Tensor]:
+        grads, loss = weighted_grads(self.model, self.params, ids, am[0] if am else None, lm,
+                                     n_t, w, self.cfg)
+        return [*grads, loss]
+
+    def __call__(self, ids: Tensor, am: Tensor | None, lm: Tensor, n_t: Tensor,
+                 w: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        if self.graphs.enabled:
+            # lm * 1 == lm exactly, so the graphed step (always weighted) equals the eager one
+            inputs = [ids, lm, n_t.reshape(()), torch.ones_like(lm) if w is None else w]
+            inputs += [am] if am is not None else []
+            out = self.graphs.run("train", self._fn, inputs)
+            return out[:-1], out[-1].clone()
+        return weighted_grads(self.model, self.params, ids, am, lm, n_t, w, self.cfg)
+
+
 def iter_steps(model: nn.Module, params: list[Tensor], bufs: list[list[Tensor]],
                opt: FunctionalOptimizer, batches: Batches, cfg: TrajectoryConfig, start: int,
                stop: int, token_weights: Tensor | None = None,
-               before_update: Callable[[], None] | None = None) -> Iterator[tuple[int, Tensor]]:
+               before_update: Callable[[], None] | None = None,
+               grad_fn: StepGrads | None = None) -> Iterator[tuple[int, Tensor]]:
     """Run steps start..stop-1 in place; yields (t, loss_t) after each step.
 
     ``before_update`` runs between the gradient and the in-place parameter update (checkpoint
-    copies still reading the parameters wait there).
+    copies still reading the parameters wait there). ``grad_fn`` computes the gradient (default:
+    a fresh ``StepGrads``, graphed on a GPU).
     """
+    if grad_fn is None:
+        grad_fn = StepGrads(model, params, cfg)
     for t in range(start, stop):
         idx, ids, am, lm, n_t = batches[t]
         w = None
         if token_weights is not None:
             w = token_weights[idx].to(ids.device, lm.dtype)
-        grads, loss = weighted_grads(model, params, ids, am, lm, n_t, w, cfg)
+        grads, loss = grad_fn(ids, am, lm, n_t, w)
         if before_update is not None:
             before_update()
         opt.step(params, bufs, grads, t)
