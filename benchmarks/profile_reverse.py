@@ -70,12 +70,15 @@ def main() -> None:
         print(f"{k}: {v:.1f} ms", flush=True)
     for name, fn in [("train", lambda: tr._fn(ids, lm, n_t, w)),
                      ("reverse", lambda: rev(ids, lm, n_t, idx, *pers))]:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                     record_shapes=True) as prof:
             fn()
             torch.cuda.synchronize()
-        print(f"\n## {name} step kernels")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows,
-                                        max_name_column_width=60))
+        print(f"\n## {name} step: aten ops by self CUDA time (with input shapes)")
+        for e in sorted(prof.key_averages(group_by_input_shape=True),
+                        key=lambda e: -e.self_device_time_total)[:args.rows]:
+            print(f"{e.self_device_time_total / 1e3:8.2f} ms  x{e.count:<4d} {e.key[:40]:40s} "
+                  f"{str(e.input_shapes)[:110]}")
 
 
 if __name__ == "__main__":
