@@ -87,13 +87,11 @@ def plain_train(args: Any, dev: torch.device, attn: str, precision: str, corpus:
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                 weight_decay=cfg.weight_decay, foreach=True)
     order = batch_order(len(corpus), cfg)
-    ac = (torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16"
-          else torch.autocast(dev.type, enabled=False))
+    # CUDA graph capture needs autocast's weight-cast cache off
+    ac = (torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=not graph)
+          if precision == "bf16" else torch.autocast(dev.type, enabled=False))
 
-    def step(t: int) -> None:
-        idx = order[t % len(order)]
-        ids = corpus.input_ids[idx].to(dev, non_blocking=True)
-        lm = corpus.loss_mask[idx].to(dev, non_blocking=True)
+    def train_step(ids: torch.Tensor, lm: torch.Tensor) -> None:
         with ac:
             logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
         nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
@@ -101,24 +99,20 @@ def plain_train(args: Any, dev: torch.device, attn: str, precision: str, corpus:
         loss = (nll * lm[:, 1:].reshape(-1)).sum() / lm.sum()
         loss.backward()
         opt.step()
+
+    def run(t: int) -> None:
+        idx = order[t % len(order)]
+        train_step(corpus.input_ids[idx].to(dev, non_blocking=True),
+                   corpus.loss_mask[idx].to(dev, non_blocking=True))
         opt.zero_grad(set_to_none=True)
 
-    run = step
     cap_peak = 0.0
     if graph:
         s_ids = corpus.input_ids[order[0]].to(dev)
         s_lm = corpus.loss_mask[order[0]].to(dev)
-        ac = torch.autocast(dev.type, dtype=torch.bfloat16, cache_enabled=False) \
-            if precision == "bf16" else torch.autocast(dev.type, enabled=False)
 
         def body() -> None:
-            with ac:
-                logits = model(input_ids=s_ids, use_cache=False).logits[:, :-1]
-            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
-                                  s_ids[:, 1:].reshape(-1), reduction="none")
-            loss = (nll * s_lm[:, 1:].reshape(-1)).sum() / s_lm.sum()
-            loss.backward()
-            opt.step()
+            train_step(s_ids, s_lm)
 
         reset_mem(dev)  # the graph's pool is allocated during capture: count it
         side = torch.cuda.Stream()
@@ -134,7 +128,7 @@ def plain_train(args: Any, dev: torch.device, attn: str, precision: str, corpus:
             body()
         cap_peak = peak_gb(dev)
 
-        def run(t: int) -> None:
+        def run(t: int) -> None:  # noqa: F811 - the graphed variant replaces the eager one
             idx = order[t % len(order)]
             s_ids.copy_(corpus.input_ids[idx], non_blocking=True)
             s_lm.copy_(corpus.loss_mask[idx], non_blocking=True)
