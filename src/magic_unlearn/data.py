@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 LABEL_OTHER, LABEL_GENERAL, LABEL_HAZARD = 0, 1, 2
 LABEL_NAMES = {LABEL_OTHER: "other", LABEL_GENERAL: "general-fact", LABEL_HAZARD: "hazard-fact"}
@@ -164,13 +165,74 @@ def tokenize_corpus(docs: list[dict[str, Any]], tokenizer: Any, max_length: int 
     return TokenizedCorpus(ids, am, loss_mask, lab, fid, [d["id"] for d in docs])
 
 
-def per_token_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Per-position next-token NLL aligned to targets: out[:, j] = -log p(x_j | x_<j); out[:, 0] = 0.
+class _TokenNLL(torch.autograd.Function):
+    """Per-row NLL ``l_i = logsumexp(z_i) - z_{i, y_i}`` of logits z (n, V), twice differentiable.
 
-    Returns:
-        (B, L) float tensor.
+    Autograd's generic double backward of ``cross_entropy(z.float())`` makes ~20 passes over the
+    (n, V) logits (casts, log-softmax backward of backward, zero-filled slice grads); this one
+    makes ~5 with the closed forms (see ``_TokenNLLGrad``). Accumulates in float32 (float64 for
+    float64 logits); gradients come back in z's dtype, as autograd's cast would give them.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, L, V)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L-1, V)
-    nll = -logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
-    return torch.cat([torch.zeros_like(nll[:, :1]), nll], dim=1)
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, y: Tensor) -> Tensor:
+        acc = torch.promote_types(z.dtype, torch.float32)
+        lse = torch.logsumexp(z.to(acc), dim=-1)  # (n,)
+        nll = lse - z.gather(-1, y[:, None]).squeeze(-1).to(acc)
+        ctx.save_for_backward(z, y, lse)
+        return nll
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
+        z, y, lse = ctx.saved_tensors
+        return _TokenNLLGrad.apply(z, y, lse, g), None
+
+
+class _TokenNLLGrad(torch.autograd.Function):
+    """dz = g_i (softmax(z_i) - e_{y_i}) and its VJP (the double backward of ``_TokenNLL``).
+
+    With p = softmax(z_i) and u the cotangent of dz_i: d/dz_i = g_i p (u - <p, u>) (the softmax
+    Jacobian, which already includes the dependence through logsumexp, so ``lse`` is treated as
+    a constant) and d/dg_i = <p, u> - u_{y_i}.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, y: Tensor, lse: Tensor, g: Tensor) -> Tensor:
+        p = (z - lse[:, None]).exp_()  # (n, V) in lse's (accumulation) dtype
+        p.mul_(g[:, None])
+        p.scatter_add_(-1, y[:, None], -g[:, None].to(p.dtype))
+        ctx.save_for_backward(z, y, lse, g)
+        return p.to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, u: Tensor) -> tuple[Tensor, None, None, Tensor]:
+        z, y, lse, g = ctx.saved_tensors
+        p = (z - lse[:, None]).exp_()  # (n, V)
+        pu = (p * u).sum(-1)  # (n,) <p, u>
+        dg = pu - u.gather(-1, y[:, None]).squeeze(-1).to(pu.dtype)
+        dz = (u - pu[:, None]).mul_(p).mul_(g[:, None])
+        return dz.to(z.dtype), None, None, dg.to(g.dtype)
+
+
+def per_token_nll(model: Any, input_ids: Tensor, attention_mask: Tensor | None,
+                  max_dtype: torch.dtype | None = torch.float32) -> Tensor:
+    """(B, L) next-token NLL aligned to targets: out[:, j] = -log p(x_j | x_<j); out[:, 0] = 0.
+
+    Computed in float32 from half or float32 logits, and twice differentiable (MAGIC's reverse
+    step differentiates its gradient); see ``_TokenNLL``. ``attention_mask=None`` is exact for
+    right-padded rows (``magic_unlearn.attribution.trajectory.right_padded``).
+
+    Args:
+        model, input_ids, attention_mask: a causal LM and its (B, L) inputs.
+        max_dtype: wider logits are cast down to it first (default float32, as Hugging Face's
+            loss does); None keeps float64 logits in float64 (MAGIC's float64 checks).
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    if max_dtype is not None and torch.finfo(logits.dtype).bits > torch.finfo(max_dtype).bits:
+        logits = logits.to(max_dtype)
+    b, n, v = logits.shape
+    # every position predicts the next token; the last one's target is a dummy whose loss is
+    # dropped below (slicing the logits instead would copy all of them)
+    target = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)  # (B, L)
+    nll = _TokenNLL.apply(logits.reshape(b * n, v), target.reshape(-1)).view(b, n)  # (B, L)
+    return torch.cat([torch.zeros_like(nll[:, :1]), nll[:, :-1]], dim=1)

@@ -6,7 +6,10 @@ the caller asks. Presets build GPT-NeoX configs (the Pythia / Deep Ignorance arc
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,3 +232,37 @@ class LayerCapture:
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _hash_state(items: list[tuple[str, torch.Tensor]], n: int) -> str:
+    h = hashlib.sha256()
+    for name, t in items:
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.numel():  # hashlib reads the buffer directly (and releases the GIL on it)
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return h.hexdigest()[:n]
+
+
+def model_hash(model: torch.nn.Module, n: int = 16) -> str:
+    """sha256 over the model's state dict (names, dtypes, shapes, bytes), truncated to n."""
+    return _hash_state(list(model.state_dict().items()), n)
+
+
+def model_hash_async(model: torch.nn.Module, n: int = 16,
+                     max_snapshot_bytes: int = 8 << 30) -> Callable[[], str]:
+    """``model_hash`` computed on a worker thread from a host snapshot taken now.
+
+    The caller may then change the model in place (MAGIC's forward pass does) while the hash is
+    computed; the returned function waits for the result. Models larger than
+    ``max_snapshot_bytes`` are hashed synchronously instead (no second host copy).
+    """
+    sd = model.state_dict()
+    size = sum(t.numel() * t.element_size() for t in sd.values())
+    if size > max_snapshot_bytes:
+        val = _hash_state(list(sd.items()), n)
+        return lambda: val
+    items = [(k, t.detach().to("cpu", copy=True)) for k, t in sd.items()]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-hash")
+    fut = pool.submit(_hash_state, items, n)
+    pool.shutdown(wait=False)
+    return fut.result

@@ -7,6 +7,7 @@ the noise level, logarithmic beyond it, sign preserved.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,18 @@ def _plt():  # noqa: ANN202 - matplotlib module
     return plt
 
 
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
+def _zero_axes(ax: Any) -> None:
+    """Lines through the origin: the quadrant boundaries of the sign convention."""
+    ax.axhline(0, color="k", lw=0.6)
+    ax.axvline(0, color="k", lw=0.6)
+
+
 def squash(x: np.ndarray, scale: float) -> np.ndarray:
     """Signed log-like squashing: ``asinh(x / scale)``."""
     return np.arcsinh(x / (scale if scale > 0 else 1.0))
@@ -36,14 +49,11 @@ def hexbin_tokens(h: np.ndarray, g: np.ndarray, sh: float, sg: float, names: tup
     fig, ax = plt.subplots(figsize=(6, 5))
     hb = ax.hexbin(squash(h, sh), squash(g, sg), gridsize=60, bins="log", cmap="viridis", mincnt=1)
     fig.colorbar(hb, ax=ax, label="tokens (log)")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.axvline(0, color="k", lw=0.6)
+    _zero_axes(ax)
     ax.set_xlabel(f"asinh({names[0]} / {sh:.2g})   <- teaches hazard")
     ax.set_ylabel(f"asinh({names[1]} / {sg:.2g})   <- teaches general")
     ax.set_title("Token density (lower-left quadrant: teaches both)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def tokens_by_label(h: np.ndarray, g: np.ndarray, labels: np.ndarray, sh: float, sg: float,
@@ -58,15 +68,12 @@ def tokens_by_label(h: np.ndarray, g: np.ndarray, labels: np.ndarray, sh: float,
         sel = idx[labels[idx] == lab]
         ax.scatter(squash(h[sel], sh), squash(g[sel], sg), s=3, alpha=0.5,
                    c=LABEL_COLORS[lab], label=f"{LABEL_TEXT[lab]} ({(labels == lab).sum()})")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.axvline(0, color="k", lw=0.6)
+    _zero_axes(ax)
     ax.set_xlabel(f"asinh({names[0]} / {sh:.2g})")
     ax.set_ylabel(f"asinh({names[1]} / {sg:.2g})")
     ax.set_title("Tokens by ground-truth label")
     ax.legend(markerscale=4, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def scatter_examples(H: np.ndarray, G: np.ndarray, rank: np.ndarray, names: tuple[str, str],
@@ -75,14 +82,11 @@ def scatter_examples(H: np.ndarray, G: np.ndarray, rank: np.ndarray, names: tupl
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(H, G, c=rank, s=10, cmap="coolwarm")
     fig.colorbar(sc, ax=ax, label="ranking score (hazard-specific: high)")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.axvline(0, color="k", lw=0.6)
+    _zero_axes(ax)
     ax.set_xlabel(f"example sum of {names[0]} scores")
     ax.set_ylabel(f"example sum of {names[1]} scores")
     ax.set_title("Examples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def ratio_hist(log_ratio: np.ndarray, path: Path, title: str) -> None:
@@ -95,9 +99,7 @@ def ratio_hist(log_ratio: np.ndarray, path: Path, title: str) -> None:
     ax.set_xlabel("log10 |hazard score| / |general score| per token")
     ax.set_ylabel("tokens")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def concentration(curves: dict[str, np.ndarray], path: Path) -> None:
@@ -115,9 +117,7 @@ def concentration(curves: dict[str, np.ndarray], path: Path) -> None:
     ax.set_ylabel("fraction of total |score|")
     ax.set_title("Score mass concentration")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def per_position(pos: dict[str, dict[str, list[float]]], path: Path) -> None:
@@ -134,6 +134,4 @@ def per_position(pos: dict[str, dict[str, list[float]]], path: Path) -> None:
     axes[1].set_xlabel("position j (loss of token j)")
     axes[0].legend(fontsize=8)
     axes[0].set_title("Per-position summary")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)

@@ -59,10 +59,9 @@ class GraphedFn:
         if len(inputs) != len(self.static_in):
             raise ValueError(f"graphed function takes {len(self.static_in)} inputs, "
                              f"got {len(inputs)}")
-        dst = [d for d, x in zip(self.static_in, inputs, strict=True) if d is not x]
-        src = [x for d, x in zip(self.static_in, inputs, strict=True) if d is not x]
-        if dst:
-            torch._foreach_copy_(dst, src, non_blocking=True)
+        pairs = [(d, x) for d, x in zip(self.static_in, inputs, strict=True) if d is not x]
+        if pairs:
+            torch._foreach_copy_([d for d, _ in pairs], [x for _, x in pairs], non_blocking=True)
         self.graph.replay()
         return self.static_out
 

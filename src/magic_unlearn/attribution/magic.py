@@ -104,6 +104,11 @@ class Fingerprint:
 _PINNED_POOL: dict[tuple, list[dict[torch.dtype, Tensor]]] = {}
 
 
+def _pool_key(sizes: dict[torch.dtype, int]) -> tuple:
+    """Pool key of a state layout: its element count per dtype."""
+    return tuple(sorted((str(d), n) for d, n in sizes.items()))
+
+
 def release_pinned_memory() -> None:
     """Free the pinned host buffers that MAGIC keeps for reuse across runs in this process."""
     _PINNED_POOL.clear()
@@ -146,7 +151,7 @@ class _Store:
         for t in tensors:
             layout.append((t.dtype, sizes.get(t.dtype, 0), t.numel(), t.shape))
             sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
-        pool = _PINNED_POOL.setdefault(tuple(sorted((str(d), n) for d, n in sizes.items())), [])
+        pool = _PINNED_POOL.setdefault(_pool_key(sizes), [])
         if pool:
             flats = pool.pop()
         else:
@@ -161,8 +166,8 @@ class _Store:
         if self.stream is not None:
             self.stream.synchronize()
         for flats in self.owned:
-            key = tuple(sorted((str(d), t.numel()) for d, t in flats.items()))
-            _PINNED_POOL.setdefault(key, []).append(flats)
+            _PINNED_POOL.setdefault(_pool_key({d: t.numel() for d, t in flats.items()}),
+                                    []).append(flats)
         self.owned, self.mem, self.free, self.staging = [], {}, [], None
 
     def put(self, tensors: list[Tensor]) -> int:

@@ -22,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphCache
 from magic_unlearn.attribution.optim import FunctionalOptimizer
-from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.data import TokenizedCorpus, _TokenNLL, per_token_nll  # noqa: F401 - _TokenNLL re-exported
 from magic_unlearn.models import resolve_dtype
 
 
@@ -34,68 +34,9 @@ def batch_order(n: int, cfg: TrajectoryConfig) -> Tensor:
     return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
 
 
-class _TokenNLL(torch.autograd.Function):
-    """Per-row NLL ``l_i = logsumexp(z_i) - z_{i, y_i}`` of logits z (n, V), twice differentiable.
-
-    Autograd's generic double backward of ``cross_entropy(z.float())`` makes ~20 passes over the
-    (n, V) logits (casts, log-softmax backward of backward, zero-filled slice grads); this one
-    makes ~5 with the closed forms (see ``_TokenNLLGrad``). Accumulates in float32 (float64 for
-    float64 logits); gradients come back in z's dtype, as autograd's cast would give them.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, y: Tensor) -> Tensor:
-        acc = torch.promote_types(z.dtype, torch.float32)
-        lse = torch.logsumexp(z.to(acc), dim=-1)  # (n,)
-        nll = lse - z.gather(-1, y[:, None]).squeeze(-1).to(acc)
-        ctx.save_for_backward(z, y, lse)
-        return nll
-
-    @staticmethod
-    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:
-        z, y, lse = ctx.saved_tensors
-        return _TokenNLLGrad.apply(z, y, lse, g), None
-
-
-class _TokenNLLGrad(torch.autograd.Function):
-    """dz = g_i (softmax(z_i) - e_{y_i}) and its VJP (the double backward of ``_TokenNLL``).
-
-    With p = softmax(z_i) and u the cotangent of dz_i: d/dz_i = g_i p (u - <p, u>) (the softmax
-    Jacobian, which already includes the dependence through logsumexp, so ``lse`` is treated as
-    a constant) and d/dg_i = <p, u> - u_{y_i}.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, z: Tensor, y: Tensor, lse: Tensor, g: Tensor) -> Tensor:
-        p = (z - lse[:, None]).exp_()  # (n, V) in lse's (accumulation) dtype
-        p.mul_(g[:, None])
-        p.scatter_add_(-1, y[:, None], -g[:, None].to(p.dtype))
-        ctx.save_for_backward(z, y, lse, g)
-        return p.to(z.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, u: Tensor) -> tuple[Tensor, None, None, Tensor]:
-        z, y, lse, g = ctx.saved_tensors
-        p = (z - lse[:, None]).exp_()  # (n, V)
-        pu = (p * u).sum(-1)  # (n,) <p, u>
-        dg = pu - u.gather(-1, y[:, None]).squeeze(-1).to(pu.dtype)
-        dz = (u - pu[:, None]).mul_(p).mul_(g[:, None])
-        return dz.to(z.dtype), None, None, dg.to(g.dtype)
-
-
 def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """(B, L) next-token NLL; column j is the loss of token j, column 0 is 0.
-
-    Accumulates in float32 (float64 for float64 logits); see ``_TokenNLL``.
-    ``attention_mask=None`` is exact for right-padded rows (see ``Batches``).
-    """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    b, n, v = logits.shape
-    # every position predicts the next token; the last one's target is a dummy whose loss is
-    # dropped below (slicing the logits instead would copy all of them)
-    target = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)  # (B, L)
-    nll = _TokenNLL.apply(logits.reshape(b * n, v), target.reshape(-1)).view(b, n)  # (B, L)
-    return torch.cat([torch.zeros_like(nll[:, :1]), nll[:, :-1]], dim=1)
+    """``per_token_nll`` in the model's own precision (float64 stays float64), as MAGIC needs."""
+    return per_token_nll(model, input_ids, attention_mask, max_dtype=None)
 
 
 def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,

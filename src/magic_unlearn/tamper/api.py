@@ -18,7 +18,15 @@ from torch import nn
 
 from magic_unlearn.config import config_hash, save_config, to_dict
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
-from magic_unlearn.io import atomic_dir, atomic_write_json, atomic_write_text, bytes_hash, read_json
+from magic_unlearn.io import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    bytes_hash,
+    file_hash,
+    read_json,
+)
+from magic_unlearn.models import model_hash as state_dict_hash
 from magic_unlearn.tamper.attacks import (
     Scorer,
     TimedScorer,
@@ -205,31 +213,15 @@ def _data_key(ctx: AttackContext, attack: AttackConfig, name: str) -> str | None
 def model_hash(model: str | Path | nn.Module) -> str:
     """Content hash of a model: its weights (folder: config + weight files; module: tensors)."""
     if isinstance(model, nn.Module):
-        import hashlib
-
-        h = hashlib.sha256()
-        for k, v in sorted(model.state_dict().items()):
-            h.update(k.encode())
-            t = v.detach().cpu().contiguous().reshape(-1)
-            h.update(str(t.dtype).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return h.hexdigest()[:16]
+        return state_dict_hash(model)
     p = Path(model)
     if not p.is_dir():
         return bytes_hash(str(model).encode())  # a hub id: its name is the best key we have
-    import hashlib
-
-    h = hashlib.sha256()
     files = sorted(f for f in p.iterdir() if f.is_file() and (
         f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
     if not files:
         raise FileNotFoundError(f"{p}: no config.json / weight files; not a model folder")
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+    return bytes_hash("".join(f"{f.name}:{file_hash(f)};" for f in files).encode())
 
 
 def _as_model(m: str | Path | nn.Module, device: str) -> nn.Module:

@@ -219,6 +219,22 @@ class SuiteConfig:
 # within 15 steps of `standard`, while the filtered model stays under ~45%: recovery is obvious
 # and a run costs ~2-3 s on one CPU core.
 _WORLD_FT = dict(steps=20, batch_size=8, eval_every=5, max_length=64, schedule="constant", lr=1e-3)
+def _longer(attacks: dict[str, dict[str, Any]], factor: int, eval_every: int
+            ) -> dict[str, dict[str, Any]]:
+    """The same attacks with ``factor`` times the fine-tuning steps, evaluated every ``eval_every``.
+
+    Only fine-tuning attacks (those with an evaluation interval) change; ablate and probe do not.
+    """
+    out = {}
+    for name, a in attacks.items():
+        if "eval_every" in a:
+            a = {**a, "steps": a["steps"] * factor, "eval_every": eval_every}
+            if "pre_steps" in a:
+                a["pre_steps"] *= factor
+        out[name] = dict(a)
+    return out
+
+
 BUILTIN_SUITES: dict[str, dict[str, Any]] = {
     "world": {
         "name": "world",
@@ -232,25 +248,6 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
                                        data="forget", steps=12),
             "ablate": dict(kind="ablate"),
             # data/steps/lr only matter with tuned_lens: true (the lens is fit on benign text)
-            "probe": dict(kind="probe", data="retain", steps=100, lr=1e-3),
-        },
-        "eval": {"hazard_task": "hazard_qa", "general_task": "general_qa", "fmt": "cloze"},
-    },
-    # GPU worlds (small/medium presets): the same attacks run 5x longer (many epochs, as in the
-    # seed recipe), evaluated every 20 steps. On a GPU one world evaluation costs about as much as
-    # one or two small training steps, so this interval keeps evaluation under 10% of attack time
-    # (benchmarks/bench_tamper.py; docs/benchmarks.md).
-    "world_gpu": {
-        "name": "world_gpu",
-        "attacks": {
-            "standard": dict(_WORLD_FT, data="forget", steps=100, eval_every=20),
-            "lora": dict(_WORLD_FT, data="forget", lr=3e-3, lora=True, steps=100, eval_every=20),
-            "relearn": dict(_WORLD_FT, data="attack_relearn", steps=100, eval_every=20),
-            "transfer": dict(_WORLD_FT, data="attack_transfer", steps=100, eval_every=20),
-            "benign": dict(_WORLD_FT, data="attack_benign", steps=100, eval_every=20),
-            "retain_then_forget": dict(_WORLD_FT, pre_data="attack_benign", pre_steps=40,
-                                       data="forget", steps=60, eval_every=20),
-            "ablate": dict(kind="ablate"),
             "probe": dict(kind="probe", data="retain", steps=100, lr=1e-3),
         },
         "eval": {"hazard_task": "hazard_qa", "general_task": "general_qa", "fmt": "cloze"},
@@ -275,6 +272,14 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
         "eval": {"hazard_task": "wmdp_bio", "general_task": "mmlu", "fmt": "letter",
                  "limit": 500, "batch_size": 16},
     },
+}
+# GPU worlds (small/medium presets): the same attacks run 5x longer (many epochs, as in the
+# seed recipe), evaluated every 20 steps. On a GPU one world evaluation costs about as much as
+# one or two small training steps, so this interval keeps evaluation under 10% of attack time
+# (benchmarks/bench_tamper.py; docs/benchmarks.md).
+BUILTIN_SUITES["world_gpu"] = {
+    **BUILTIN_SUITES["world"], "name": "world_gpu",
+    "attacks": _longer(BUILTIN_SUITES["world"]["attacks"], factor=5, eval_every=20),
 }
 
 
