@@ -74,7 +74,8 @@ def main() -> None:
                      record_shapes=True) as prof:
             fn()
             torch.cuda.synchronize()
-        print(f"\n## {name} step: aten ops by self CUDA time (with input shapes)")
+        total = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+        print(f"\n## {name} step: {total:.1f} ms of GPU time; aten ops by self CUDA time")
         for e in sorted(prof.key_averages(group_by_input_shape=True),
                         key=lambda e: -e.self_device_time_total)[:args.rows]:
             print(f"{e.self_device_time_total / 1e3:8.2f} ms  x{e.count:<4d} {e.key[:40]:40s} "

@@ -65,6 +65,9 @@ class TrajectoryConfig:
             (each has fixed shapes) and replay them; removes the Python and kernel-launch
             overhead that dominates small and mid-size models. Falls back to eager execution,
             with a warning, when capture fails. Same scores either way.
+        compile_attention: on a GPU, run the attention double backward of the reverse step
+            through ``torch.compile`` (fused kernels; ~25% faster reverse steps, ~10 s of
+            compiling once per process and shape). Falls back to eager, with a warning.
     """
 
     optimizer: str = "sgd"
@@ -91,6 +94,7 @@ class TrajectoryConfig:
     drift_tol: float | None = None
     reverse_microbatch: int | None = None
     cuda_graphs: bool = True
+    compile_attention: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, val: object, valid: object) -> ValueError:

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magic_unlearn.attribution.artifact import ScoreArtifact, model_hash_async
+from magic_unlearn.attribution.attention import compiled_double_backward
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.optim import FunctionalOptimizer, adjoint_dtype
 from magic_unlearn.attribution.trajectory import (
@@ -54,7 +55,7 @@ Measurement = Callable[[nn.Module], Tensor]
 
 # config fields that do not change the scores (a run may resume with other values)
 _NON_SEMANTIC = ("checkpointing", "checkpoint_k", "storage", "resume_every", "drift_tol",
-                 "max_length", "reverse_microbatch", "cuda_graphs")
+                 "max_length", "reverse_microbatch", "cuda_graphs", "compile_attention")
 
 
 class TrajectoryDriftError(RuntimeError):
@@ -255,7 +256,7 @@ class _Trajectory:
         self.T = cfg.steps
         self.fingerprint = Fingerprint(params, seed=cfg.seed)
         self.fps: list[Tensor] = []  # fingerprint of theta_t, t = 0..T
-        self.update_scale = 0.0
+        self.denoms: Tensor | None = None  # (T+1,) drift units, see _drift
         self.losses: list[Tensor] = []
         self.top: list[tuple[int, int]] = []  # (position, store key) of forward checkpoints
         self.replayed = 0
@@ -296,27 +297,39 @@ class _Trajectory:
             if t + 1 in top:
                 self.top.append((t + 1, self.store.put(self.live)))
 
-    def _check(self, t: int) -> None:
-        if not self.update_scale:
-            steps = torch.stack(self.fps).diff(dim=0).norm(dim=1)  # (T,) projected updates
-            self.update_scale = float(steps.mean()) or 1e-30
-        ref, prev = self.fps[t], self.fps[t - 1]
-        denom = max(float((ref - prev).norm()), self.update_scale, 1e-30)
-        rel = float((self.fingerprint(self.params) - ref).norm()) / denom
-        self.max_drift = max(self.max_drift, rel)
-        if not rel <= self.cfg.drift_limit:
+    def _drift(self, t: int) -> Tensor:
+        """|fingerprint(live) - recorded fp_t| in units of a training update, on the device."""
+        if self.denoms is None:  # once: per-step update sizes, floored by the mean one
+            fps = torch.stack(self.fps)  # (T+1, P)
+            steps = fps.diff(dim=0).norm(dim=1)  # (T,) projected updates
+            scale = float(steps.mean()) or 1e-30
+            self.denoms = torch.cat([steps[:1], steps]).clamp_min(max(scale, 1e-30))
+        return (self.fingerprint(self.params) - self.fps[t]).norm() / self.denoms[t]
+
+    def _check(self, ts: list[int], rels: list[Tensor]) -> None:
+        """Raise if a replayed state drifted (one host sync per replayed segment)."""
+        if not rels:
+            return
+        rel = torch.stack(rels).cpu()
+        self.max_drift = max(self.max_drift, float(rel.max()))
+        bad = [(t, float(r)) for t, r in zip(ts, rel, strict=True) if not r <= self.cfg.drift_limit]
+        if bad:
+            t, r = bad[0]
             raise TrajectoryDriftError(
                 f"replayed training state at step {t} differs from the recorded trajectory "
-                f"by {rel:.3g} of a training update (drift_tol {self.cfg.drift_limit:g}). The "
+                f"by {r:.3g} of a training update (drift_tol {self.cfg.drift_limit:g}). The "
                 f"replay is not the recorded run: dropout on, data or schedule changed, or "
                 f"nondeterministic kernels; raise TrajectoryConfig.drift_tol if it is noise")
 
     def _advance(self, a: int, b: int) -> None:
+        ts, rels = [], []
         for t, _ in iter_steps(self.model, self.params, self.bufs, self.opt, self.batches,
                                self.cfg, a, b, before_update=self.store.before_write,
                                grad_fn=self.grads):
             self.replayed += 1
-            self._check(t + 1)
+            ts.append(t + 1)
+            rels.append(self._drift(t + 1))
+        self._check(ts, rels)
 
     def reverse_states(self, t_hi: int) -> Iterator[int]:
         """Yield t = t_hi, ..., 0 with the live state set to s_t at each yield."""
@@ -368,7 +381,8 @@ class _ReverseFn:
         n_p, nq = len(self.params), self.nq
         gbars, adjs, tables = rest[:nq * n_p], rest[nq * n_p:2 * nq * n_p], rest[2 * nq * n_p:]
         w = torch.ones_like(lm).requires_grad_()  # (b, L) token weights at w = 1
-        with autocast_ctx(self.cfg, ids.device), sdpa_kernel([SDPBackend.MATH]):
+        with autocast_ctx(self.cfg, ids.device), sdpa_kernel([SDPBackend.MATH]), \
+                compiled_double_backward(self.cfg.compile_attention):
             lt = per_token_loss(self.model, ids, am)  # (b, L)
         loss = (lt * lm * w).sum() / n_t
         g = torch.autograd.grad(loss, self.params, create_graph=True)
@@ -420,7 +434,7 @@ def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
                                                           masked=am is not None)
     persistent = [*(x for q in queries for x in traj.gbar[q]),
                   *(x for q in queries for x in adj_p[q]), *(scores[q] for q in queries)]
-    dev_idx = idx.to(ids.device)
+    dev_idx = traj.batches.device_index(t)
     for s, e in spans:
         inputs = [ids[s:e], lm[s:e], n_t.reshape(()), dev_idx[s:e]]
         inputs += [am[s:e]] if am is not None else []

@@ -9,6 +9,7 @@ w = 1 is ordinary mean-token training).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from magic_unlearn.attribution.attention import causal_attention
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphCache
 from magic_unlearn.attribution.optim import FunctionalOptimizer
@@ -34,9 +36,19 @@ def batch_order(n: int, cfg: TrajectoryConfig) -> Tensor:
     return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
 
 
+# True while the engine runs a model on rows it knows need only the causal mask (no padding
+# mask given): "eager_exact" attention then ignores a mask transformers built anyway (it builds
+# one during CUDA graph capture, where it cannot check for padding without a host sync)
+_PLAIN_CAUSAL: contextvars.ContextVar[bool] = contextvars.ContextVar("plain_causal", default=False)
+
+
 def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     """``per_token_nll`` in the model's own precision (float64 stays float64), as MAGIC needs."""
-    return per_token_nll(model, input_ids, attention_mask, max_dtype=None)
+    token = _PLAIN_CAUSAL.set(attention_mask is None)
+    try:
+        return per_token_nll(model, input_ids, attention_mask, max_dtype=None)
+    finally:
+        _PLAIN_CAUSAL.reset(token)
 
 
 def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -54,6 +66,19 @@ def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
     if n_rep > 1:  # grouped-query attention
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
+    plain = attention_mask is None or (
+        _PLAIN_CAUSAL.get() and not getattr(getattr(module, "config", None), "sliding_window",
+                                            None))
+    if (plain and getattr(module, "is_causal", True)
+            and not (dropout and module.training) and not kwargs.get("output_attentions")):
+        # one node with a hand-written double backward (and FlashAttention on a GPU)
+        dev = query.device.type
+        if torch.is_autocast_enabled(dev):
+            dt = torch.get_autocast_dtype(dev)
+        else:
+            dt = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+        out = causal_attention(query.to(dt), key.to(dt), value.to(dt), scaling)
+        return out.transpose(1, 2).contiguous(), None  # (B, T, H, hd)
     attn = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
     t_q, t_k = attn.shape[-2], attn.shape[-1]
     if attention_mask is not None:
@@ -73,10 +98,27 @@ def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
 
 
 def _exact_mask(*args: Any, **kwargs: Any) -> Tensor | None:
-    """transformers' boolean SDPA mask, None when the attention is plain causal."""
+    """transformers' boolean SDPA mask, None when the attention is plain causal.
+
+    transformers skips the mask for unpadded causal inputs, except while a CUDA graph is being
+    captured (some versions then always build it); without a padding mask, full-length queries
+    and the plain causal mask function there is nothing to build, so None is returned here
+    directly and the captured step runs the same fused attention as an eager one.
+    """
     from transformers.masking_utils import sdpa_mask
 
     kwargs.pop("dtype", None)
+    q_len = kwargs.get("q_length")
+    if q_len is None and kwargs.get("cache_position") is not None:
+        q_len = kwargs["cache_position"].shape[0]
+    fn = kwargs.get("mask_function")
+    if (not args and kwargs.get("attention_mask") is None
+            and kwargs.get("allow_is_causal_skip", True)
+            and (fn is None or getattr(fn, "__name__", "") == "causal_mask_function")
+            and kwargs.get("local_size") is None and q_len is not None
+            and q_len == kwargs.get("kv_length") and not isinstance(kwargs.get("q_offset"), Tensor)
+            and not kwargs.get("q_offset") and not kwargs.get("kv_offset")):
+        return None
     return sdpa_mask(*args, **kwargs)
 
 
@@ -178,27 +220,61 @@ def right_padded(corpus: TokenizedCorpus) -> bool:
 
 
 class Batches:
-    """Device-resident batches of the fixed data order (inputs, masks, indices, n_t)."""
+    """Device-resident batches of the fixed data order (inputs, masks, indices, n_t).
+
+    On a GPU the corpus rows are copied to the device once when they fit in ``max_device_mb``
+    (else each batch goes through pinned memory): a copy from pageable host memory blocks the
+    host until the GPU has caught up, which would stall every step of a CUDA-graphed run.
+    """
 
     def __init__(self, corpus: TokenizedCorpus, cfg: TrajectoryConfig, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, max_device_mb: float = 512.0) -> None:
         self.order = batch_order(len(corpus), cfg)  # (T, B)
         self.corpus = corpus
         self.device = device
         # masks and token counts stay >= fp32: bf16 cannot even count 4096 targets exactly
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.needs_mask = not right_padded(corpus)
+        c = corpus
+        nbytes = sum(x.numel() * x.element_size() for x in (c.input_ids, c.attention_mask,
+                                                             c.loss_mask))
+        self.resident = device.type == "cuda" and nbytes <= max_device_mb * 2**20
+        if self.resident:
+            self.order_dev = self.order.to(device)
+            self.rows = (c.input_ids.to(device), c.attention_mask.to(device),
+                         c.loss_mask.to(device, self.dtype))
 
-    def __getitem__(self, t: int) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor]:
-        """(idx (B,), input_ids (B, L), attention_mask (B, L) or None, loss_mask (B, L), n_t ()).
+    def device_index(self, t: int) -> Tensor:
+        """(B,) row indices of step t on the device."""
+        if self.resident:
+            return self.order_dev[t]
+        idx = self.order[t]
+        return idx.pin_memory().to(self.device, non_blocking=True) \
+            if self.device.type == "cuda" else idx.to(self.device)
+
+    def __getitem__(self, t: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+        """(idx (B,) on the host, input_ids (B, L), attention_mask (B, L) or None,
+        loss_mask (B, L), n_t ()).
 
         The attention mask is None for right-padded corpora (exact, see ``right_padded``).
         """
         idx = self.order[t]
-        c = self.corpus
-        ids = c.input_ids[idx].to(self.device, non_blocking=True)
-        am = c.attention_mask[idx].to(self.device, non_blocking=True) if self.needs_mask else None
-        lm = c.loss_mask[idx].to(self.device, self.dtype, non_blocking=True)
+        if self.resident:
+            didx = self.order_dev[t]
+            ids, am, lm = (x[didx] for x in self.rows)
+            am = am if self.needs_mask else None
+        else:
+            c = self.corpus
+            cuda = self.device.type == "cuda"
+
+            def move(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+                x = x[idx]
+                x = x.pin_memory() if cuda else x
+                return x.to(self.device, dtype, non_blocking=True)
+
+            ids = move(c.input_ids)
+            am = move(c.attention_mask) if self.needs_mask else None
+            lm = move(c.loss_mask, self.dtype)
         n_t = lm.sum()
         return idx, ids, am, lm, n_t
 
