@@ -13,27 +13,16 @@ run), and compares gradients, HVPs and per-token scores with an fp32 reference (
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import torch
+from profile_reverse import timed  # benchmarks/ is the script's folder
 
 from magic_unlearn.attribution import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphedFn
 from magic_unlearn.attribution.magic import _ReverseFn
 from magic_unlearn.attribution.trajectory import StepGrads, exact_eager_attention, prepare_model
 from magic_unlearn.models import build_model
-
-
-def timed(fn, n: int = 10) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e3
 
 
 def set_variant(name: str) -> None:
@@ -95,13 +84,13 @@ def main() -> None:
         tr.graphs.enabled = False
         out: dict[str, Any] = {}
         if graphs:
-            out["train eager ms"] = timed(lambda: tr._fn(ids, lm, n_t, w))
-            out["reverse eager ms"] = timed(lambda: rev(ids, lm, n_t, idx, *pers))
+            out["train eager ms"] = timed(lambda: tr._fn(ids, lm, n_t, w), 10)
+            out["reverse eager ms"] = timed(lambda: rev(ids, lm, n_t, idx, *pers), 10)
             gt = GraphedFn(tr._fn, [ids, lm, n_t, w])
             rev(ids, lm, n_t, idx, *pers)  # eager warm-up of the in-place function
             gr = GraphedFn(rev, [ids, lm, n_t, idx], pers, pool=gt.pool, warmup=0)
-            out["train graph ms"] = timed(lambda: gt(ids, lm, n_t, w))
-            out["reverse graph ms"] = timed(lambda: gr(ids, lm, n_t, idx))
+            out["train graph ms"] = timed(lambda: gt(ids, lm, n_t, w), 10)
+            out["reverse graph ms"] = timed(lambda: gr(ids, lm, n_t, idx), 10)
             a = [x.clone() for x in gt(ids, lm, n_t, w)]
             b = gt(ids, lm, n_t, w)
             out["train replay bit-identical"] = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
