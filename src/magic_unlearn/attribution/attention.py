@@ -82,7 +82,12 @@ def _flash_ok(q: Tensor, k: Tensor) -> bool:
 
 @contextlib.contextmanager
 def _deterministic() -> Iterator[None]:
-    """FlashAttention's backward accumulates dQ with atomics unless determinism is requested."""
+    """FlashAttention's backward accumulates dQ with atomics unless determinism is requested.
+
+    The op has no argument for it, only the process-wide flag, which is set for this one call
+    (other threads issuing GPU ops meanwhile see it too: at worst a nondeterministic-only op
+    raises instead of running).
+    """
     import torch.utils.deterministic as det
 
     on = torch.are_deterministic_algorithms_enabled()
