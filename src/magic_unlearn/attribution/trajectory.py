@@ -54,13 +54,13 @@ def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
 def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                           attention_mask: Tensor | None, scaling: float, dropout: float = 0.0,
                           **kwargs: Any) -> tuple[Tensor, Tensor]:
-    """Eager attention with the softmax in float32 (float64 for float64 inputs), graph-safe.
+    """Exact, twice-differentiable, graph-safe attention for MAGIC ("eager_exact").
 
-    transformers' eager attention always takes the softmax in float32, which caps float64
-    finite-difference checks at ~1e-7 absolute noise. Same math otherwise (twice differentiable).
-    ``attention_mask`` is a boolean (True = attend) or additive float mask, or None for plain
-    causal attention, which is then applied here with device-side kernels only (transformers'
-    eager mask builder copies a host scalar, which CUDA graph capture forbids).
+    Plain causal attention (``attention_mask`` None, or the engine's right-padded rows, see
+    ``_PLAIN_CAUSAL``) is the ``causal_attention`` node. Otherwise ``attention_mask`` is a boolean
+    (True = attend) or additive float mask applied with plain ops, the softmax in float32
+    (float64 for float64 inputs: transformers' eager attention always uses float32, which caps
+    float64 finite-difference checks at ~1e-7 absolute noise).
     """
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention
@@ -134,11 +134,12 @@ def _register_exact_attention() -> None:
 def use_exact_attention(model: nn.Module) -> None:
     """Switch "eager" and "sdpa" attention to "eager_exact" (same math, twice differentiable).
 
-    Why not SDPA: its fused kernels have no double backward and sum in a varying order
-    (replays would drift), and its math kernel upcasts bf16 inputs to fp32, so under bf16
-    autocast every attention matmul ran as a slow non-tensor-core fp32 GEMM (measured on an
-    H200: ~40% of a reverse step). "eager_exact" keeps autocast's bf16 matmuls, takes the
-    softmax in fp32 (float64 for float64 models) and is deterministic.
+    Unpadded causal attention (the engine's right-padded rows) runs as one node,
+    ``attention.causal_attention``: FlashAttention forward and deterministic backward on a GPU,
+    a hand-derived double backward everywhere. Masked attention runs plain ops with the softmax
+    in fp32 (float64 for float64 models). Why not SDPA itself: its fused kernels have no double
+    backward and their backward sums in a varying order (replays would drift), and its math
+    kernel upcasts bf16 inputs to fp32 (slow non-tensor-core GEMMs under autocast).
     """
     cfg = getattr(model, "config", None)
     if cfg is None or getattr(cfg, "_attn_implementation", None) not in ("eager", "sdpa"):
