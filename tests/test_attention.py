@@ -79,12 +79,13 @@ def test_engine_model_skips_the_mask_for_plain_causal_inputs(monkeypatch):
     where transformers may build a full mask), so the fused attention node is used."""
     import transformers.masking_utils as mu
 
-    from magic_unlearn.attribution import TrajectoryConfig, attention
+    from magic_unlearn.attribution import TrajectoryConfig, attention, trajectory
     from magic_unlearn.attribution.trajectory import _exact_mask, prepare_model
     from magic_unlearn.models import build_model
 
     model = build_model("neox-tiny", vocab_size=32, seed=0, attn_implementation="sdpa")
     model, _ = prepare_model(model, TrajectoryConfig(dtype="float64"))
+    monkeypatch.setattr(trajectory, "_node_applies", lambda dev, dt: True)  # GPU bf16 in life
     calls = {"n": 0}
     orig = attention._Attn.forward
 

@@ -8,7 +8,8 @@ ordinary eager attention, autograd then replays the backward of every op of the 
 
 - forward and first backward: FlashAttention kernels on a GPU in half precision (the backward in
   its deterministic mode, so replays reproduce the recorded run bit for bit), explicit math
-  elsewhere (CPU, float32/float64);
+  elsewhere (CPU, float32/float64; the engine itself uses the node only for half-precision GPU
+  runs, see ``trajectory.exact_eager_attention``);
 - the backward is itself one node, whose backward (the double backward) is written out below,
   from (Q, K, V, O, lse, dO) and the cotangents of (dQ, dK, dV).
 

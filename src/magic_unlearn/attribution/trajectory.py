@@ -51,16 +51,22 @@ def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
         _PLAIN_CAUSAL.reset(token)
 
 
+def _node_applies(device_type: str, dtype: torch.dtype) -> bool:
+    """The attention node runs half-precision GPU attention (see ``exact_eager_attention``)."""
+    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
 def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
                           attention_mask: Tensor | None, scaling: float, dropout: float = 0.0,
                           **kwargs: Any) -> tuple[Tensor, Tensor]:
     """Exact, twice-differentiable, graph-safe attention for MAGIC ("eager_exact").
 
     Plain causal attention (``attention_mask`` None, or the engine's right-padded rows, see
-    ``_PLAIN_CAUSAL``) is the ``causal_attention`` node. Otherwise ``attention_mask`` is a boolean
-    (True = attend) or additive float mask applied with plain ops, the softmax in float32
-    (float64 for float64 inputs: transformers' eager attention always uses float32, which caps
-    float64 finite-difference checks at ~1e-7 absolute noise).
+    ``_PLAIN_CAUSAL``) in half precision on a GPU is the ``causal_attention`` node. Otherwise
+    plain ops: ``attention_mask`` is a boolean (True = attend) or additive float mask, or None
+    (causal, applied with device-side kernels only), and the softmax runs in float32 (float64
+    for float64 inputs: transformers' eager attention always uses float32, which caps float64
+    finite-difference checks at ~1e-7 absolute noise).
     """
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention
@@ -69,14 +75,17 @@ def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
     plain = attention_mask is None or (
         _PLAIN_CAUSAL.get() and not getattr(getattr(module, "config", None), "sliding_window",
                                             None))
-    if (plain and getattr(module, "is_causal", True)
-            and not (dropout and module.training) and not kwargs.get("output_attentions")):
-        # one node with a hand-written double backward (and FlashAttention on a GPU)
-        dev = query.device.type
-        if torch.is_autocast_enabled(dev):
-            dt = torch.get_autocast_dtype(dev)
-        else:
-            dt = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    dev = query.device.type
+    if torch.is_autocast_enabled(dev):
+        dt = torch.get_autocast_dtype(dev)
+    else:
+        dt = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
+    if (plain and _node_applies(dev, dt) and getattr(module, "is_causal", True) and not (dropout and module.training)
+            and not kwargs.get("output_attentions")):
+        # half precision on a GPU: one node, FlashAttention forward/backward and a fused double
+        # backward. fp32/float64 keep the plain ops below: same math, but MAGIC through AdamW's
+        # first step is ill-conditioned in fp32 (docs/benchmarks.md), and the node's different
+        # rounding measurably moved fp32 CPU scores (tiny-world LDS 0.89 -> 0.61)
         out = causal_attention(query.to(dt), key.to(dt), value.to(dt), scaling)
         return out.transpose(1, 2).contiguous(), None  # (B, T, H, hd)
     attn = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
