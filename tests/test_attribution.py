@@ -501,3 +501,21 @@ def test_per_token_loss_equals_reference(model) -> None:
     got = per_token_loss(model, ids, None)
     assert (got[:, 0] == 0).all()
     torch.testing.assert_close(got[:, 1:].reshape(-1), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("opt,tol", [("sgd", 1e-5), ("momentum", 1e-5), ("adamw", 1e-3)])
+def test_fp32_scores_match_float64(model, opt, tol) -> None:
+    """fp32 trajectories give the float64 scores to fp32 accuracy (measured: 2e-7 for SGD and
+    momentum, 7e-5 for AdamW with eps 1e-4).
+
+    AdamW with eps 1e-8 reads 3e-2 on this model and is not asserted: its first step,
+    g / (|g| + eps), is ill-conditioned in fp32 for gradients near eps (docs/benchmarks.md).
+    """
+    corpus = make_corpus()
+    cfg = cfg_for(opt, steps=6, batch_size=2, checkpointing="sqrt", storage="cpu")
+    s64 = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
+    s32 = attribute(model, corpus, {"f": f_heldout},
+                    TrajectoryConfig(**{**cfg.__dict__, "dtype": "float32"}),
+                    progress=False).scores["f"]
+    rel = float((s32.double() - s64.double()).norm() / s64.double().norm())
+    assert s64.abs().max() > 0 and rel < tol, rel
