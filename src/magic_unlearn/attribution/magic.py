@@ -32,7 +32,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magic_unlearn.attribution.artifact import ScoreArtifact, model_hash_async
 from magic_unlearn.attribution.attention import compiled_double_backward
@@ -41,11 +40,10 @@ from magic_unlearn.attribution.optim import FunctionalOptimizer, adjoint_dtype
 from magic_unlearn.attribution.trajectory import (
     Batches,
     StepGrads,
-    autocast_ctx,
     check_corpus,
     iter_steps,
-    per_token_loss,
     prepare_model,
+    weighted_grads,
 )
 from magic_unlearn.config import config_hash, to_dict
 from magic_unlearn.data import TokenizedCorpus
@@ -381,11 +379,9 @@ class _ReverseFn:
         n_p, nq = len(self.params), self.nq
         gbars, adjs, tables = rest[:nq * n_p], rest[nq * n_p:2 * nq * n_p], rest[2 * nq * n_p:]
         w = torch.ones_like(lm).requires_grad_()  # (b, L) token weights at w = 1
-        with autocast_ctx(self.cfg, ids.device), sdpa_kernel([SDPBackend.MATH]), \
-                compiled_double_backward(self.cfg.compile_attention):
-            lt = per_token_loss(self.model, ids, am)  # (b, L)
-        loss = (lt * lm * w).sum() / n_t
-        g = torch.autograd.grad(loss, self.params, create_graph=True)
+        with compiled_double_backward(self.cfg.compile_attention):
+            g, _ = weighted_grads(self.model, self.params, ids, am, lm, n_t, w, self.cfg,
+                                  create_graph=True)
         live = [i for i, gi in enumerate(g) if gi.requires_grad]
         for q in range(nq):
             gbar = gbars[q * n_p:(q + 1) * n_p]

@@ -251,7 +251,8 @@ class Batches:
         self.resident = device.type == "cuda" and nbytes <= max_device_mb * 2**20
         if self.resident:
             self.order_dev = self.order.to(device)
-            self.rows = (c.input_ids.to(device), c.attention_mask.to(device),
+            self.rows = (c.input_ids.to(device),
+                         c.attention_mask.to(device) if self.needs_mask else None,
                          c.loss_mask.to(device, self.dtype))
 
     def device_index(self, t: int) -> Tensor:
@@ -271,8 +272,7 @@ class Batches:
         idx = self.order[t]
         if self.resident:
             didx = self.order_dev[t]
-            ids, am, lm = (x[didx] for x in self.rows)
-            am = am if self.needs_mask else None
+            ids, am, lm = (None if x is None else x[didx] for x in self.rows)
         else:
             c = self.corpus
             cuda = self.device.type == "cuda"
