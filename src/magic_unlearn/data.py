@@ -214,22 +214,19 @@ class _TokenNLLGrad(torch.autograd.Function):
         return dz.to(z.dtype), None, None, dg.to(g.dtype)
 
 
-def per_token_nll(model: Any, input_ids: Tensor, attention_mask: Tensor | None,
-                  max_dtype: torch.dtype | None = torch.float32) -> Tensor:
+def per_token_nll(model: Any, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     """(B, L) next-token NLL aligned to targets: out[:, j] = -log p(x_j | x_<j); out[:, 0] = 0.
 
-    Computed in float32 from half or float32 logits, and twice differentiable (MAGIC's reverse
-    step differentiates its gradient); see ``_TokenNLL``. ``attention_mask=None`` is exact for
-    right-padded rows (``magic_unlearn.attribution.trajectory.right_padded``).
+    Computed in float32 from half or float32 logits and in float64 from float64 logits (a float64
+    model is an exactness check, so nothing is rounded to float32 on the way), and twice
+    differentiable (MAGIC's reverse step differentiates its gradient); see ``_TokenNLL``.
+    ``attention_mask=None`` is exact for right-padded rows
+    (``magic_unlearn.attribution.trajectory.right_padded``).
 
     Args:
         model, input_ids, attention_mask: a causal LM and its (B, L) inputs.
-        max_dtype: wider logits are cast down to it first (default float32, as Hugging Face's
-            loss does); None keeps float64 logits in float64 (MAGIC's float64 checks).
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    if max_dtype is not None and torch.finfo(logits.dtype).bits > torch.finfo(max_dtype).bits:
-        logits = logits.to(max_dtype)
     b, n, v = logits.shape
     # every position predicts the next token; the last one's target is a dummy whose loss is
     # dropped below (slicing the logits instead would copy all of them)

@@ -50,6 +50,10 @@ _COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("magic_compile_a
 _COMPILED: dict[str, Any] = {}
 
 
+class CompileFallbackWarning(UserWarning):
+    """``torch.compile`` of the attention double backward failed; it runs eagerly (same math)."""
+
+
 @contextlib.contextmanager
 def compiled_double_backward(enabled: bool = True) -> Iterator[None]:
     """Attention nodes created inside run their double backward through ``torch.compile`` on a GPU.
@@ -227,7 +231,7 @@ class _AttnGrad(torch.autograd.Function):
             _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
             warnings.warn(f"torch.compile of the attention double backward failed "
                           f"({_COMPILED['failed']}); running it eagerly (same math, slower)",
-                          stacklevel=2)
+                          CompileFallbackWarning, stacklevel=2)
             qbar, kbar, vbar, dobar = _grad_grad(*args)
         return qbar, kbar, vbar, dobar, None, None, None, None, None
 
@@ -263,4 +267,4 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return _Attn.apply(q, k, v, float(scale), _COMPILE.get())
 
 
-__all__ = ["causal_attention", "compiled_double_backward"]
+__all__ = ["CompileFallbackWarning", "causal_attention", "compiled_double_backward"]

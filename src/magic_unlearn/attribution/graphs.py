@@ -23,6 +23,9 @@ import torch
 from torch import Tensor
 
 
+class GraphCaptureWarning(UserWarning):
+    """A CUDA graph capture failed and the engine runs that step eagerly (same results)."""
+
 class GraphedFn:
     """``fn(*inputs, *persistent) -> list[Tensor]`` captured once as a CUDA graph, then replayed.
 
@@ -119,11 +122,11 @@ class GraphCache:
                 warnings.warn(f"CUDA graph capture of the {name} step failed ({self.error}); "
                               f"running eagerly (same results, slower). Set "
                               f"TrajectoryConfig.cuda_graphs=false to skip the attempt",
-                              stacklevel=2)
+                              GraphCaptureWarning, stacklevel=2)
                 return fn(*inputs, *persistent)
             self.pool = g.pool
             self.graphs[key] = g
         return g(*inputs)
 
 
-__all__ = ["GraphCache", "GraphedFn"]
+__all__ = ["GraphCache", "GraphCaptureWarning", "GraphedFn"]

@@ -43,10 +43,10 @@ _PLAIN_CAUSAL: contextvars.ContextVar[bool] = contextvars.ContextVar("plain_caus
 
 
 def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """``per_token_nll`` in the model's own precision (float64 stays float64), as MAGIC needs."""
+    """``per_token_nll`` with the engine's plain-causal marker set when no mask is given."""
     token = _PLAIN_CAUSAL.set(attention_mask is None)
     try:
-        return per_token_nll(model, input_ids, attention_mask, max_dtype=None)
+        return per_token_nll(model, input_ids, attention_mask)
     finally:
         _PLAIN_CAUSAL.reset(token)
 
