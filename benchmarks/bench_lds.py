@@ -76,16 +76,30 @@ def main() -> None:
     dev = torch.device(args.device)
     base = load_model(model_dir, dtype=args.dtype, device=dev)
     corpus = tokenize_corpus(load_corpus(f"{world_dir}:forget"), tok, max_length=args.max_length)
-    meas = {q: Measurement.from_task(tok, load_task(q, world=world_dir), name=q).to(dev)
-            for q in ("hazard_qa", "general_qa")}
-    cfg = TrajectoryConfig(optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-                           batch_size=args.batch_size, max_length=args.max_length,
-                           dtype=args.dtype, checkpointing="sqrt", storage="cpu", seed=0,
-                           schedule="warmup" if args.warmup else "constant",
-                           warmup_steps=args.warmup, eps=args.eps)
-    tag = (f"{args.variant}-{args.optimizer}-lr{args.lr:g}-T{args.steps}-B{args.batch_size}"
-           f"-L{args.max_length}-{args.dtype}"
-           + (f"-wu{args.warmup}" if args.warmup else "") + (f"-eps{args.eps:g}" if args.eps != 1e-8 else ""))
+    meas = {
+        q: Measurement.from_task(tok, load_task(q, world=world_dir), name=q).to(dev)
+        for q in ("hazard_qa", "general_qa")
+    }
+    cfg = TrajectoryConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        checkpointing="sqrt",
+        storage="cpu",
+        seed=0,
+        schedule="warmup" if args.warmup else "constant",
+        warmup_steps=args.warmup,
+        eps=args.eps,
+    )
+    tag = (
+        f"{args.variant}-{args.optimizer}-lr{args.lr:g}-T{args.steps}-B{args.batch_size}"
+        f"-L{args.max_length}-{args.dtype}"
+        + (f"-wu{args.warmup}" if args.warmup else "")
+        + (f"-eps{args.eps:g}" if args.eps != 1e-8 else "")
+    )
     run = work / tag
     arts = {}
     for method in ("magic", "grad_sim", "random"):
@@ -104,31 +118,57 @@ def main() -> None:
     gt = ground_truth(list(arts.values()))
     out_an = run / "analysis"
     if not out_an.exists():
-        analyze([arts["magic"], arts["grad_sim"], arts["random"]], out_an, tokenizer=tok,
-                is_world=True)
+        analyze(
+            [arts["magic"], arts["grad_sim"], arts["random"]], out_an, tokenizer=tok, is_world=True
+        )
     scores = {f"{m}:{q}": a.token_scores(q) for m, a in arts.items() for q in meas}
     t0 = time.time()
-    res = lds(base, corpus, meas, cfg, scores, alpha=args.alpha, n_subsets=args.subsets,
-              unit=args.unit, seed=0, bootstrap=1000, out=run / f"lds_{args.unit}_a{args.alpha:g}")
+    res = lds(
+        base,
+        corpus,
+        meas,
+        cfg,
+        scores,
+        alpha=args.alpha,
+        n_subsets=args.subsets,
+        unit=args.unit,
+        seed=0,
+        bootstrap=1000,
+        out=run / f"lds_{args.unit}_a{args.alpha:g}",
+    )
     timings["lds_s"] = time.time() - t0
 
     summary = {
-        "preset": args.preset, "variant": args.variant, "model": str(model_dir), "trajectory": tag,
-        "n_docs": len(corpus), "n_tokens": int(corpus.loss_mask.sum()),
+        "preset": args.preset,
+        "variant": args.variant,
+        "model": str(model_dir),
+        "trajectory": tag,
+        "n_docs": len(corpus),
+        "n_tokens": int(corpus.loss_mask.sum()),
         "eval_losses": arts["magic"].meta.get("eval_losses"),
-        "lds": {k: {"spearman": v["spearman"], "ci": v["ci"], "pearson": v["pearson"]}
-                for k, v in res["results"].items()},
+        "lds": {
+            k: {"spearman": v["spearman"], "ci": v["ci"], "pearson": v["pearson"]}
+            for k, v in res["results"].items()
+        },
         "base_losses": res["base_losses"],
         "actual_change_std": {k: float(torch.tensor(v).std()) for k, v in res["actual"].items()},
-        "auc": {k: {"auc_hazard_vs_rest": v["auc_hazard_vs_rest"],
-                    "auc_hazard_vs_general": v["auc_hazard_vs_general"],
-                    "p@R_hazard": v["p@R_hazard"]} for k, v in gt["per_score_set"].items()},
+        "auc": {
+            k: {
+                "auc_hazard_vs_rest": v["auc_hazard_vs_rest"],
+                "auc_hazard_vs_general": v["auc_hazard_vs_general"],
+                "p@R_hazard": v["p@R_hazard"],
+            }
+            for k, v in gt["per_score_set"].items()
+        },
         "combination": gt["combination"],
         "timings": timings,
-        "device": str(dev), "threads": torch.get_num_threads(),
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
     }
-    md = (f"# bench_lds: {args.preset} world, {tag}\n\n{lds_markdown(res)}\n"
-          f"{ground_truth_markdown(gt)}\n")
+    md = (
+        f"# bench_lds: {args.preset} world, {tag}\n\n{lds_markdown(res)}\n"
+        f"{ground_truth_markdown(gt)}\n"
+    )
     stem = f"bench_lds_{args.unit}_a{args.alpha:g}"
     summary["unit"], summary["alpha"] = args.unit, args.alpha
     atomic_write_json(run / f"{stem}.json", summary)

@@ -32,8 +32,9 @@ def main() -> int:
     ap.add_argument("--world", type=Path, default=None, help="use this world (else build one)")
     ap.add_argument("--out", type=Path, default=None, help="work folder (default: temp)")
     ap.add_argument("--seed", type=int, default=0, help="world seed")
-    ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="PretrainConfig override KEY=VALUE")
+    ap.add_argument(
+        "--set", dest="sets", action="append", default=[], help="PretrainConfig override KEY=VALUE"
+    )
     ap.add_argument("--device", default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -41,8 +42,9 @@ def main() -> int:
 
     root = args.out or Path(tempfile.mkdtemp(prefix="bench_pretrain_"))
     t = time.perf_counter()
-    world = args.world or build_world(args.preset, root / f"world-{args.preset}",
-                                      overwrite=True, overrides={"seed": args.seed})
+    world = args.world or build_world(
+        args.preset, root / f"world-{args.preset}", overwrite=True, overrides={"seed": args.seed}
+    )
     world_s = time.perf_counter() - t
     data = apply_overrides(dict(PRESET_CONFIGS[args.preset]), args.sets)
     if args.device:
@@ -55,19 +57,29 @@ def main() -> int:
         out = pretrain(world, variant, cfg, out=root / f"{variant}", progress=not args.no_progress)
         wall = time.perf_counter() - t
         m = json.loads((out / "metrics.json").read_text())
-        rows[variant] = {"hazard_qa": m["hazard_qa"]["acc"], "general_qa": m["general_qa"]["acc"],
-                         "train_s": m["train_seconds_this_call"],
-                         "train_cpu_s": m["train_cpu_seconds_this_call"],
-                         "total_s": wall, "steps": m["steps"], "device": m["device"],
-                         "threads": m["torch_threads"], "model": str(out)}
+        rows[variant] = {
+            "hazard_qa": m["hazard_qa"]["acc"],
+            "general_qa": m["general_qa"]["acc"],
+            "train_s": m["train_seconds_this_call"],
+            "train_cpu_s": m["train_cpu_seconds_this_call"],
+            "total_s": wall,
+            "steps": m["steps"],
+            "device": m["device"],
+            "threads": m["torch_threads"],
+            "model": str(out),
+        }
 
     print(f"\nworld {world} (built in {world_s:.1f} s)   recipe: {args.preset}")
-    print(f"{'variant':9s} {'hazard_qa':>9s} {'general_qa':>10s} {'train s':>8s} "
-          f"{'cpu s':>7s} {'total s':>8s} {'steps':>6s}  device")
+    print(
+        f"{'variant':9s} {'hazard_qa':>9s} {'general_qa':>10s} {'train s':>8s} "
+        f"{'cpu s':>7s} {'total s':>8s} {'steps':>6s}  device"
+    )
     for v, r in rows.items():
-        print(f"{v:9s} {r['hazard_qa']:9.3f} {r['general_qa']:10.3f} {r['train_s']:8.1f} "
-              f"{r['train_cpu_s']:7.1f} {r['total_s']:8.1f} {r['steps']:6d}  "
-              f"{r['device']} x{r['threads']} threads")
+        print(
+            f"{v:9s} {r['hazard_qa']:9.3f} {r['general_qa']:10.3f} {r['train_s']:8.1f} "
+            f"{r['train_cpu_s']:7.1f} {r['total_s']:8.1f} {r['steps']:6d}  "
+            f"{r['device']} x{r['threads']} threads"
+        )
     b, f = rows["base"], rows["filtered"]
     budget = BUDGET_S[args.preset]
     checks = {

@@ -28,8 +28,13 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: random --preset)")
     ap.add_argument("--preset", default="neox-tiny")
     ap.add_argument("--suite", default="world:standard,lora,transfer")
-    ap.add_argument("--eval-every", type=int, nargs="*", default=[],
-                    help="extra eval intervals to measure besides the suite default")
+    ap.add_argument(
+        "--eval-every",
+        type=int,
+        nargs="*",
+        default=[],
+        help="extra eval intervals to measure besides the suite default",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
@@ -51,8 +56,11 @@ def main() -> None:
     world = World.load(world_dir)
     tok = world.tokenizer
     dev = resolve_device(args.device)
-    model = (load_model(args.model, device=dev) if args.model
-             else build_model(args.preset, len(tok)).to(dev).eval())
+    model = (
+        load_model(args.model, device=dev)
+        if args.model
+        else build_model(args.preset, len(tok)).to(dev).eval()
+    )
     suite = load_suite(args.suite)
     ctx = build_context(suite, tok, world=world, device=str(dev))
     # warm up (first call packs the question sets; first CUDA calls compile kernels)
@@ -68,30 +76,48 @@ def main() -> None:
         if att.kind != "finetune":
             continue
         for every in [att.eval_every, *args.eval_every]:
-            a = load_suite(args.suite, overrides=[f"attacks.{name}.eval_every={every}"]
-                           ).attacks[name]
+            a = load_suite(args.suite, overrides=[f"attacks.{name}.eval_every={every}"]).attacks[
+                name
+            ]
             e = run_attack(model, name, a, ctx, initial=initial)
             frac = e["eval_s"] / e["wall_s"]
-            rows.append({"attack": name, "steps": a.total_steps, "eval_every": every,
-                         "default": every == att.eval_every, "n_evals": len(e["points"]) - 1,
-                         "wall_s": e["wall_s"], "eval_s": e["eval_s"], "eval_fraction": frac})
+            rows.append(
+                {
+                    "attack": name,
+                    "steps": a.total_steps,
+                    "eval_every": every,
+                    "default": every == att.eval_every,
+                    "n_evals": len(e["points"]) - 1,
+                    "wall_s": e["wall_s"],
+                    "eval_s": e["eval_s"],
+                    "eval_fraction": frac,
+                }
+            )
     n_h = len(ctx.prompts[0]) if ctx.prompts is not None else None
-    print(f"device {dev}, threads {args.threads}, model {args.model or args.preset}, world "
-          f"{world_dir} ({n_h} hazard questions), eval batch {suite.eval.batch_size}")
+    print(
+        f"device {dev}, threads {args.threads}, model {args.model or args.preset}, world "
+        f"{world_dir} ({n_h} hazard questions), eval batch {suite.eval.batch_size}"
+    )
     print(f"one evaluation (hazard + general): {one_eval:.3f} s")
-    print(f"{'attack':<20} {'steps':>5} {'every':>5} {'evals':>5} {'wall s':>7} {'eval s':>7} "
-          f"{'eval %':>6}")
+    print(
+        f"{'attack':<20} {'steps':>5} {'every':>5} {'evals':>5} {'wall s':>7} {'eval s':>7} "
+        f"{'eval %':>6}"
+    )
     for r in rows:
-        print(f"{r['attack']:<20} {r['steps']:>5} {r['eval_every']:>5}{'*' if r['default'] else ' '}"
-              f"{r['n_evals']:>5} {r['wall_s']:>7.2f} {r['eval_s']:>7.2f} "
-              f"{100 * r['eval_fraction']:>6.1f}")
+        print(
+            f"{r['attack']:<20} {r['steps']:>5} {r['eval_every']:>5}{'*' if r['default'] else ' '}"
+            f"{r['n_evals']:>5} {r['wall_s']:>7.2f} {r['eval_s']:>7.2f} "
+            f"{100 * r['eval_fraction']:>6.1f}"
+        )
     d = [r for r in rows if r["default"]]
     tot = sum(r["eval_s"] for r in d) / sum(r["wall_s"] for r in d)
-    print(f"default interval (*): {100 * tot:.1f}% of attack wall time in evaluation "
-          f"(target < 10%)")
+    print(
+        f"default interval (*): {100 * tot:.1f}% of attack wall time in evaluation (target < 10%)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"one_eval_s": one_eval, "rows": rows,
-                                         "default_fraction": tot}, indent=2))
+        args.json.write_text(
+            json.dumps({"one_eval_s": one_eval, "rows": rows, "default_fraction": tot}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -34,12 +34,21 @@ def run_ours(args: argparse.Namespace, ids: torch.Tensor, steps: int) -> float:
     am = torch.ones_like(ids)
     lm = am.float()
     lm[:, 0] = 0
-    corpus = TokenizedCorpus(ids, am, lm, torch.full_like(ids, -1), torch.full_like(ids, -1),
-                             [str(i) for i in range(n)])
-    model = build_model(args.preset, args.vocab, seed=0, dtype="float32",
-                        attn_implementation=args.attn)
-    cfg = LoopConfig(steps=steps, lr=1e-4, batch_size=args.batch, precision=args.precision,
-                     device=args.device, log_every=10**9, max_grad_norm=1.0)
+    corpus = TokenizedCorpus(
+        ids, am, lm, torch.full_like(ids, -1), torch.full_like(ids, -1), [str(i) for i in range(n)]
+    )
+    model = build_model(
+        args.preset, args.vocab, seed=0, dtype="float32", attn_implementation=args.attn
+    )
+    cfg = LoopConfig(
+        steps=steps,
+        lr=1e-4,
+        batch_size=args.batch,
+        precision=args.precision,
+        device=args.device,
+        log_every=10**9,
+        max_grad_norm=1.0,
+    )
     _sync(args.device)
     t = time.perf_counter()
     train_loop(model, get_method("sft"), {"train": corpus}, cfg, progress=False)
@@ -57,17 +66,34 @@ def run_trainer(args: argparse.Namespace, ids: torch.Tensor, steps: int, tmp: st
             return ids.shape[0]
 
         def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            return {"input_ids": ids[i], "attention_mask": torch.ones_like(ids[i]),
-                    "labels": ids[i]}
+            return {
+                "input_ids": ids[i],
+                "attention_mask": torch.ones_like(ids[i]),
+                "labels": ids[i],
+            }
 
-    model = build_model(args.preset, args.vocab, seed=0, dtype="float32",
-                        attn_implementation=args.attn)
+    model = build_model(
+        args.preset, args.vocab, seed=0, dtype="float32", attn_implementation=args.attn
+    )
     targs = TrainingArguments(
-        output_dir=tmp, per_device_train_batch_size=args.batch, max_steps=steps,
-        learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, optim="adamw_torch", logging_steps=10**9, save_strategy="no",
-        report_to=[], bf16=args.precision == "bf16", use_cpu=args.device == "cpu",
-        dataloader_num_workers=0, disable_tqdm=True, seed=0)
+        output_dir=tmp,
+        per_device_train_batch_size=args.batch,
+        max_steps=steps,
+        learning_rate=1e-4,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        bf16=args.precision == "bf16",
+        use_cpu=args.device == "cpu",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
     trainer = Trainer(model=model, args=targs, train_dataset=Rows())
     from transformers.trainer_callback import PrinterCallback
 
@@ -110,16 +136,26 @@ def main() -> None:
             res["ours"].append(tokens / run_ours(args, ids, args.steps))
             res["trainer"].append(tokens / run_trainer(args, ids, args.steps, tmp))
     ours, hf = statistics.median(res["ours"]), statistics.median(res["trainer"])
-    out = {"device": args.device, "preset": args.preset, "batch": args.batch, "seq": args.seq,
-           "steps": args.steps, "precision": args.precision, "ours_tok_s": round(ours, 1),
-           "trainer_tok_s": round(hf, 1), "ratio": round(ours / hf, 3),
-           "runs": {k: [round(x, 1) for x in v] for k, v in res.items()}}
+    out = {
+        "device": args.device,
+        "preset": args.preset,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "precision": args.precision,
+        "ours_tok_s": round(ours, 1),
+        "trainer_tok_s": round(hf, 1),
+        "ratio": round(ours / hf, 3),
+        "runs": {k: [round(x, 1) for x in v] for k, v in res.items()},
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"[{args.device} {args.preset} B={args.batch} T={args.seq} {args.precision}] "
-              f"ours {ours:,.0f} tok/s | HF Trainer {hf:,.0f} tok/s | ratio {ours / hf:.3f} "
-              f"(target >= 0.9)")
+        print(
+            f"[{args.device} {args.preset} B={args.batch} T={args.seq} {args.precision}] "
+            f"ours {ours:,.0f} tok/s | HF Trainer {hf:,.0f} tok/s | ratio {ours / hf:.3f} "
+            f"(target >= 0.9)"
+        )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def set_variant(name: str) -> None:
     from transformers import AttentionInterface
 
     if name == "autograd":
+
         def fn(*a: Any, **k: Any):
             k["output_attentions"] = True  # forces the plain-op branch
             return exact_eager_attention(*a, **k)
@@ -58,8 +59,10 @@ def main() -> None:
         args.variants = "fused,autograd"
     torch.backends.cuda.matmul.allow_tf32 = False
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"# {name}, torch {torch.__version__}, {args.preset}, "
-          f"batch {args.batch} x {args.seq}", flush=True)
+    print(
+        f"# {name}, torch {torch.__version__}, {args.preset}, batch {args.batch} x {args.seq}",
+        flush=True,
+    )
     base = build_model(args.preset, args.vocab, attn_implementation="sdpa").to(dev)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g).to(dev)
@@ -70,8 +73,12 @@ def main() -> None:
     idx = torch.arange(args.batch, device=dev)
 
     def run_variant(variant: str, precision: str, graphs: bool) -> dict[str, Any]:
-        cfg = TrajectoryConfig(precision=precision, batch_size=args.batch, max_length=args.seq,
-                               compile_attention=variant == "fused+compile")
+        cfg = TrajectoryConfig(
+            precision=precision,
+            batch_size=args.batch,
+            max_length=args.seq,
+            compile_attention=variant == "fused+compile",
+        )
         model, params = prepare_model(base, cfg)
         set_variant(variant)  # after prepare_model, which registers the default
         gen = torch.Generator(device=dev).manual_seed(1)
@@ -93,7 +100,9 @@ def main() -> None:
             out["reverse graph ms"] = timed(lambda: gr(ids, lm, n_t, idx), 10)
             a = [x.clone() for x in gt(ids, lm, n_t, w)]
             b = gt(ids, lm, n_t, w)
-            out["train replay bit-identical"] = all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+            out["train replay bit-identical"] = all(
+                torch.equal(x, y) for x, y in zip(a, b, strict=True)
+            )
             for x in [*adj, table]:
                 x.zero_()
             gr(ids, lm, n_t, idx)
@@ -102,13 +111,16 @@ def main() -> None:
                 x.zero_()
             gr(ids, lm, n_t, idx)
             out["reverse replay bit-identical"] = all(
-                torch.equal(x, y) for x, y in zip(r1, [*adj, table], strict=True))
+                torch.equal(x, y) for x, y in zip(r1, [*adj, table], strict=True)
+            )
             torch.cuda.reset_peak_memory_stats(dev)
             torch.cuda.synchronize()
             m0 = torch.cuda.memory_allocated(dev)
             rev(ids, lm, n_t, idx, *pers)
             torch.cuda.synchronize()
-            out["reverse eager peak extra GiB"] = (torch.cuda.max_memory_allocated(dev) - m0) / 2**30
+            out["reverse eager peak extra GiB"] = (
+                torch.cuda.max_memory_allocated(dev) - m0
+            ) / 2**30
             del gt, gr
         for x in [*adj, table]:
             x.zero_()
@@ -125,20 +137,28 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - report and go on with the next variant
             print(f"{v}: FAILED {type(e).__name__}: {str(e)[:500]}", flush=True)
             continue
-        r["grad rel err vs fp32"] = rel(torch.cat([x.flatten() for x in r.pop("_grads")]),
-                                        torch.cat([x.flatten() for x in ref["_grads"]]))
-        r["hvp rel err vs fp32"] = rel(torch.cat([x.flatten() for x in r.pop("_hvp")]),
-                                       torch.cat([x.flatten() for x in ref["_hvp"]]))
+        r["grad rel err vs fp32"] = rel(
+            torch.cat([x.flatten() for x in r.pop("_grads")]),
+            torch.cat([x.flatten() for x in ref["_grads"]]),
+        )
+        r["hvp rel err vs fp32"] = rel(
+            torch.cat([x.flatten() for x in r.pop("_hvp")]),
+            torch.cat([x.flatten() for x in ref["_hvp"]]),
+        )
         r["score rel err vs fp32"] = rel(r.pop("_scores"), ref["_scores"])
         rows[v] = r
-        print(v, {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()},
-              flush=True)
+        print(
+            v, {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()}, flush=True
+        )
     keys = [k for k in next(iter(rows.values()))] if rows else []
     print("\n| variant | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))
     for v, r in rows.items():
-        print(f"| {v} | " + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k])
-                                       for k in keys) + " |")
+        print(
+            f"| {v} | "
+            + " | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

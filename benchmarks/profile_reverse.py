@@ -68,18 +68,24 @@ def main() -> None:
     ms["reverse step graph"] = timed(lambda: gr(ids, lm, n_t, idx))
     for k, v in ms.items():
         print(f"{k}: {v:.1f} ms", flush=True)
-    for name, fn in [("train", lambda: tr._fn(ids, lm, n_t, w)),
-                     ("reverse", lambda: rev(ids, lm, n_t, idx, *pers))]:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                     record_shapes=True) as prof:
+    for name, fn in [
+        ("train", lambda: tr._fn(ids, lm, n_t, w)),
+        ("reverse", lambda: rev(ids, lm, n_t, idx, *pers)),
+    ]:
+        with profile(
+            activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True
+        ) as prof:
             fn()
             torch.cuda.synchronize()
         total = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
         print(f"\n## {name} step: {total:.1f} ms of GPU time; aten ops by self CUDA time")
-        for e in sorted(prof.key_averages(group_by_input_shape=True),
-                        key=lambda e: -e.self_device_time_total)[:args.rows]:
-            print(f"{e.self_device_time_total / 1e3:8.2f} ms  x{e.count:<4d} {e.key[:40]:40s} "
-                  f"{str(e.input_shapes)[:110]}")
+        for e in sorted(
+            prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_device_time_total
+        )[: args.rows]:
+            print(
+                f"{e.self_device_time_total / 1e3:8.2f} ms  x{e.count:<4d} {e.key[:40]:40s} "
+                f"{str(e.input_shapes)[:110]}"
+            )
 
 
 if __name__ == "__main__":

@@ -111,21 +111,24 @@ def _corpus(n: int = 6, length: int = 8, labels: bool = True, seed: int = 0) -> 
     lm[:, 0] = 0
     am[-1, -2:] = 0  # padding on the last row
     lm[-1, -2:] = 0
-    lab = torch.tensor(rng.choice([0, 1, 2], (n, length))) if labels else torch.full((n, length), -1)
+    lab = (
+        torch.tensor(rng.choice([0, 1, 2], (n, length))) if labels else torch.full((n, length), -1)
+    )
     lab[:, 0] = -1
     lab[am == 0] = -1
-    return TokenizedCorpus(ids, am, lm, lab, torch.full((n, length), -1),
-                           [f"doc{i}" for i in range(n)])
+    return TokenizedCorpus(
+        ids, am, lm, lab, torch.full((n, length), -1), [f"doc{i}" for i in range(n)]
+    )
 
 
 def test_example_ranking_formula():
     c = _corpus(4, 5, labels=False)
     h = torch.zeros(4, 5)
     g = torch.zeros(4, 5)
-    h[0, 1], g[0, 1] = -3.0, 0.0   # pure hazard teacher: rank 3
+    h[0, 1], g[0, 1] = -3.0, 0.0  # pure hazard teacher: rank 3
     h[1, 1], g[1, 1] = -3.0, -3.0  # teaches both: rank 0 (alpha 1)
-    h[2, 1], g[2, 1] = 1.0, 0.0    # hazard detractor: rank -1
-    h[3, 2], g[3, 2] = -1.0, 2.0   # teaches hazard, harms general: rank 3
+    h[2, 1], g[2, 1] = 1.0, 0.0  # hazard detractor: rank -1
+    h[3, 2], g[3, 2] = -1.0, 2.0  # teaches hazard, harms general: rank 3
     hz, gn = from_tensors(h, c, "hazard_qa", "magic"), from_tensors(g, c, "general_qa", "magic")
     ex = example_aggregates(hz, gn, alpha=1.0)
     np.testing.assert_allclose(ex["rank"], [3.0, 0.0, -1.0, 3.0])
@@ -148,12 +151,25 @@ def test_analyze_writes_report_and_metrics(tmp_path):
     h = torch.tensor(rng.normal(size=lab.shape) - 4.0 * (lab == 2))
     g = torch.tensor(rng.normal(size=lab.shape) - 4.0 * (lab == 1))
     magic = _save(tmp_path, "magic", c, {"hazard_qa": h, "general_qa": g})
-    rnd = _save(tmp_path, "random", c, {"hazard_qa": torch.randn(12, 16),
-                                        "general_qa": torch.randn(12, 16)}, method="random")
+    rnd = _save(
+        tmp_path,
+        "random",
+        c,
+        {"hazard_qa": torch.randn(12, 16), "general_qa": torch.randn(12, 16)},
+        method="random",
+    )
     m = analyze([magic, rnd], tmp_path / "out")
     out = tmp_path / "out"
-    for f in ("report.md", "metrics.json", "tokens_hexbin.png", "examples_scatter.png",
-              "ratio_hist.png", "concentration.png", "per_position.png", "tokens_by_label.png"):
+    for f in (
+        "report.md",
+        "metrics.json",
+        "tokens_hexbin.png",
+        "examples_scatter.png",
+        "ratio_hist.png",
+        "concentration.png",
+        "per_position.png",
+        "tokens_by_label.png",
+    ):
         assert (out / f).stat().st_size > 0, f
     assert not list(tmp_path.glob(".out.*"))  # no temp folder left
     mj = json.loads((out / "metrics.json").read_text())
@@ -161,7 +177,8 @@ def test_analyze_writes_report_and_metrics(tmp_path):
     # per-token correlation is the one of the scored tokens only
     mask = c.loss_mask.numpy() > 0
     assert m["q1_correlation"]["token_spearman"] == pytest.approx(
-        spearman(h.numpy()[mask], g.numpy()[mask]), abs=1e-6)
+        spearman(h.numpy()[mask], g.numpy()[mask]), abs=1e-6
+    )
     gt = m["ground_truth"]["per_score_set"]
     assert gt["magic:hazard_qa"]["auc_hazard_vs_rest"] > 0.9
     assert abs(gt["random:hazard_qa"]["auc_hazard_vs_rest"] - 0.5) < 0.2
@@ -172,13 +189,17 @@ def test_analyze_writes_report_and_metrics(tmp_path):
 
 
 def test_analyze_never_prints_real_corpus_text(tmp_path, word_tokenizer):
-    docs = [{"id": f"r{i}", "text": "the fox is in the host with virus gamma and red bird"}
-            for i in range(5)]
+    docs = [
+        {"id": f"r{i}", "text": "the fox is in the host with virus gamma and red bird"}
+        for i in range(5)
+    ]
     c = tokenize_corpus(docs, word_tokenizer, max_length=20)
     assert not (c.labels >= 0).any()  # real data: no labels
     art = _save(tmp_path, "real", c, {"wmdp": torch.randn(5, 20), "mmlu": torch.randn(5, 20)})
     analyze([art], tmp_path / "out", tokenizer=word_tokenizer)
-    text = (tmp_path / "out" / "report.md").read_text() + (tmp_path / "out" / "metrics.json").read_text()
+    text = (tmp_path / "out" / "report.md").read_text() + (
+        tmp_path / "out" / "metrics.json"
+    ).read_text()
     for w in ("fox", "host", "virus", "gamma", "bird"):
         assert w not in text
     # the same data declared as the world may show decoded tokens
@@ -196,8 +217,9 @@ def test_pair_selection_and_mismatch_errors(tmp_path):
     with pytest.raises(ValueError, match="need two queries"):
         analyze([one], tmp_path / "out2")
     # queries are picked by name regardless of order
-    both = _save(tmp_path, "both", c1, {"general_qa": torch.randn(4, 8),
-                                        "hazard_qa": torch.randn(4, 8)})
+    both = _save(
+        tmp_path, "both", c1, {"general_qa": torch.randn(4, 8), "hazard_qa": torch.randn(4, 8)}
+    )
     m = analyze([both], tmp_path / "out3")
     assert m["hazard"] == "magic:hazard_qa"
     with pytest.raises(FileNotFoundError):
@@ -247,23 +269,60 @@ def test_lds_exact_for_linear_outcome(tmp_path, unit):
         return m
 
     scores = {"exact": coef, "negated": -coef, "noise": torch.randn(20, 6)}
-    res = lds(_Linear, c, lambda m: m.f, {"steps": 1}, scores, alpha=0.2, n_subsets=12,
-              unit=unit, out=tmp_path / "lds", train_fn=train, bootstrap=100, progress=False)
+    res = lds(
+        _Linear,
+        c,
+        lambda m: m.f,
+        {"steps": 1},
+        scores,
+        alpha=0.2,
+        n_subsets=12,
+        unit=unit,
+        out=tmp_path / "lds",
+        train_fn=train,
+        bootstrap=100,
+        progress=False,
+    )
     r = res["results"]
     assert r["exact"]["pearson"] == pytest.approx(1.0, abs=1e-9)
     assert r["exact"]["spearman"] == pytest.approx(1.0)
     assert r["negated"]["spearman"] == pytest.approx(-1.0)
     assert abs(r["noise"]["spearman"]) < 0.9
     np.testing.assert_allclose(r["exact"]["predicted"], res["actual"]["loss"], atol=1e-9)
+
     # resume: all retrains are cached, so a failing trainer is never called
     def boom(*a, **k):
         raise AssertionError("retrained despite cache")
-    res2 = lds(_Linear, c, lambda m: m.f, {"steps": 1}, scores, alpha=0.2, n_subsets=12,
-               unit=unit, out=tmp_path / "lds", train_fn=boom, bootstrap=100, progress=False)
+
+    res2 = lds(
+        _Linear,
+        c,
+        lambda m: m.f,
+        {"steps": 1},
+        scores,
+        alpha=0.2,
+        n_subsets=12,
+        unit=unit,
+        out=tmp_path / "lds",
+        train_fn=boom,
+        bootstrap=100,
+        progress=False,
+    )
     assert res2["results"]["exact"]["spearman"] == r["exact"]["spearman"]
     with pytest.raises(ValueError, match="other inputs"):
-        lds(_Linear, c, lambda m: m.f, {"steps": 1}, scores, alpha=0.3, n_subsets=2, unit=unit,
-            out=tmp_path / "lds", train_fn=boom, progress=False)
+        lds(
+            _Linear,
+            c,
+            lambda m: m.f,
+            {"steps": 1},
+            scores,
+            alpha=0.3,
+            n_subsets=2,
+            unit=unit,
+            out=tmp_path / "lds",
+            train_fn=boom,
+            progress=False,
+        )
 
 
 def _tiny_world(word_tokenizer, n: int = 12):
@@ -282,8 +341,9 @@ def test_lds_loo_oracle_high_random_low_real_trajectory(tmp_path, word_tokenizer
 
     n = 12
     corpus = _tiny_world(word_tokenizer, n)
-    cfg = TrajectoryConfig(optimizer="sgd", lr=0.1, steps=6, batch_size=4, dtype="float64",
-                           checkpointing="every")
+    cfg = TrajectoryConfig(
+        optimizer="sgd", lr=0.1, steps=6, batch_size=4, dtype="float64", checkpointing="every"
+    )
     q = _tiny_world(word_tokenizer, 3)
 
     @torch.no_grad()
@@ -298,9 +358,22 @@ def test_lds_loo_oracle_high_random_low_real_trajectory(tmp_path, word_tokenizer
         w[i] = 0
         # f(drop i) - f0 ~= -s_i  =>  put s_i on one scored token of row i
         loo[i, 1] = f0 - float(measure(train_trajectory(tiny_model, corpus, cfg, token_weights=w)))
-    scores = {"oracle": loo, "random": torch.randn(n, 14, generator=torch.Generator().manual_seed(0))}
-    res = lds(tiny_model, corpus, measure, cfg, scores, alpha=0.25, n_subsets=16,
-              out=tmp_path / "lds", bootstrap=200, progress=False)
+    scores = {
+        "oracle": loo,
+        "random": torch.randn(n, 14, generator=torch.Generator().manual_seed(0)),
+    }
+    res = lds(
+        tiny_model,
+        corpus,
+        measure,
+        cfg,
+        scores,
+        alpha=0.25,
+        n_subsets=16,
+        out=tmp_path / "lds",
+        bootstrap=200,
+        progress=False,
+    )
     r = res["results"]
     assert r["oracle"]["spearman"] > 0.8, r
     assert r["oracle"]["spearman"] > r["random"]["spearman"] + 0.3, r
@@ -314,9 +387,12 @@ def test_cli_analyze(tmp_path):
     from magic_unlearn.cli import app
 
     c = _corpus(8, 10)
-    art = _save(tmp_path, "a", c, {"hazard_qa": torch.randn(8, 10), "general_qa": torch.randn(8, 10)})
-    r = CliRunner().invoke(app, ["analyze", "--scores", str(art), "--out", str(tmp_path / "o"),
-                                 "--alpha", "0.5"])
+    art = _save(
+        tmp_path, "a", c, {"hazard_qa": torch.randn(8, 10), "general_qa": torch.randn(8, 10)}
+    )
+    r = CliRunner().invoke(
+        app, ["analyze", "--scores", str(art), "--out", str(tmp_path / "o"), "--alpha", "0.5"]
+    )
     assert r.exit_code == 0, r.output
     assert "purely hazard" in r.output
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["alpha"] == 0.5
@@ -332,22 +408,63 @@ def test_cli_validate_lds(tmp_path, word_tokenizer, tiny_model):
     from magic_unlearn.evaluation.tasks import load_task
 
     qfile = tmp_path / "qs.jsonl"
-    qs = [{"question": "the virus is in the", "choices": ["host", "gene", "red", "fox"],
-           "answer": i % 4, "subject": "x"} for i in range(4)]
+    qs = [
+        {
+            "question": "the virus is in the",
+            "choices": ["host", "gene", "red", "fox"],
+            "answer": i % 4,
+            "subject": "x",
+        }
+        for i in range(4)
+    ]
     qfile.write_text("".join(json.dumps(q) + "\n" for q in qs))
     word_tokenizer.save_pretrained(tmp_path / "tok")
     tiny_model.save_pretrained(tmp_path / "model")
     corpus = _tiny_world(word_tokenizer, 10)
-    cfg = TrajectoryConfig(optimizer="sgd", lr=0.1, steps=3, batch_size=4, dtype="float64",
-                           max_length=14, checkpointing="every")
+    cfg = TrajectoryConfig(
+        optimizer="sgd",
+        lr=0.1,
+        steps=3,
+        batch_size=4,
+        dtype="float64",
+        max_length=14,
+        checkpointing="every",
+    )
     meas = {"qs": Measurement.from_task(word_tokenizer, load_task(str(qfile)), name="qs")}
-    attribute(tiny_model, corpus, meas, cfg, out=tmp_path / "magic", progress=False,
-              tokenizer=word_tokenizer)
+    attribute(
+        tiny_model,
+        corpus,
+        meas,
+        cfg,
+        out=tmp_path / "magic",
+        progress=False,
+        tokenizer=word_tokenizer,
+    )
     random_scores(corpus, ["qs"], out=tmp_path / "random")
-    args = ["validate", "lds", "--model", str(tmp_path / "model"), "--tokenizer",
-            str(tmp_path / "tok"), "--query", str(qfile), "--scores", str(tmp_path / "magic"),
-            "--scores", str(tmp_path / "random"), "--out", str(tmp_path / "lds"),
-            "--subsets", "6", "--alpha", "0.2", "--bootstrap", "50", "--device", "cpu"]
+    args = [
+        "validate",
+        "lds",
+        "--model",
+        str(tmp_path / "model"),
+        "--tokenizer",
+        str(tmp_path / "tok"),
+        "--query",
+        str(qfile),
+        "--scores",
+        str(tmp_path / "magic"),
+        "--scores",
+        str(tmp_path / "random"),
+        "--out",
+        str(tmp_path / "lds"),
+        "--subsets",
+        "6",
+        "--alpha",
+        "0.2",
+        "--bootstrap",
+        "50",
+        "--device",
+        "cpu",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "lds" / "lds.json").read_text())
@@ -369,8 +486,18 @@ def test_lds_drops_diverged_retrains():
         return m
 
     with pytest.warns(UserWarning, match="non-finite"):
-        res = lds(_Linear, c, lambda m: m.f, {}, {"exact": coef}, alpha=0.2, n_subsets=12,
-                  train_fn=train, bootstrap=50, progress=False)
+        res = lds(
+            _Linear,
+            c,
+            lambda m: m.f,
+            {},
+            {"exact": coef},
+            alpha=0.2,
+            n_subsets=12,
+            train_fn=train,
+            bootstrap=50,
+            progress=False,
+        )
     n_bad = sum(0 in draw_subset(20, 0.2, 0, m) for m in range(12))
     assert n_bad > 0 and res["n_diverged"]["loss"] == n_bad
     assert res["results"]["exact"]["n_used"] == 12 - n_bad

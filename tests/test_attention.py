@@ -56,11 +56,18 @@ def test_double_backward_matches_autograd(which):
         grads = torch.autograd.grad(out, (q, k, v), do, create_graph=True)
         # plain randn (randn_like follows strides, which differ between the two graphs)
         gen = torch.Generator().manual_seed(3)
-        cot = [torch.randn(x.shape, generator=gen, dtype=x.dtype) if n in which or which == "all"
-               else None for n, x in zip("qkv", grads, strict=True)]
+        cot = [
+            torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            if n in which or which == "all"
+            else None
+            for n, x in zip("qkv", grads, strict=True)
+        ]
         outs = [g for g, c in zip(grads, cot, strict=True) if c is not None]
-        res.append(torch.autograd.grad(outs, (q, k, v, do), [c for c in cot if c is not None],
-                                       allow_unused=True))
+        res.append(
+            torch.autograd.grad(
+                outs, (q, k, v, do), [c for c in cot if c is not None], allow_unused=True
+            )
+        )
     for a, b in zip(*res, strict=True):
         if b is None:
             assert a is None or float(a.abs().max()) == 0.0
@@ -113,8 +120,13 @@ def test_engine_model_skips_the_mask_for_plain_causal_inputs(monkeypatch):
     finally:
         mu.ALL_MASK_ATTENTION_FUNCTIONS.register("eager_exact", _exact_mask)
     # a padding mask still builds the mask (and the plain-op attention path)
-    m = _exact_mask(batch_size=2, q_length=7, kv_length=7, attention_mask=torch.ones(2, 7,
-                    dtype=torch.bool).tril(), mask_function=mu.causal_mask_function)
+    m = _exact_mask(
+        batch_size=2,
+        q_length=7,
+        kv_length=7,
+        attention_mask=torch.ones(2, 7, dtype=torch.bool).tril(),
+        mask_function=mu.causal_mask_function,
+    )
     assert m is not None and m.shape[-2:] == (7, 7)
 
 
@@ -159,13 +171,15 @@ def test_gpu_flash_and_compiled_double_backward_match_autograd():
     for dtype, tol in [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)]:
         # the reference sees the same rounded inputs: only the kernels' own rounding is left
         ref_in = [x.to(dtype).double().requires_grad_() for x in base]
-        ref = _double_backward(reference, *ref_in[:3], ref_in[3],
-                               [c.to(dtype).double() for c in cot])
+        ref = _double_backward(
+            reference, *ref_in[:3], ref_in[3], [c.to(dtype).double() for c in cot]
+        )
         for comp in (False, True):
             x = [t.to("cuda", dtype).requires_grad_() for t in base]
             with attention.compiled_double_backward(comp):
-                got = _double_backward(causal_attention, *x[:3], x[3],
-                                       [c.to("cuda", dtype) for c in cot])
+                got = _double_backward(
+                    causal_attention, *x[:3], x[3], [c.to("cuda", dtype) for c in cot]
+                )
             for a, b in zip(got, ref, strict=True):
                 err = float((a.double().cpu() - b).norm() / b.norm())
                 assert err < tol, (dtype, comp, err)

@@ -26,8 +26,13 @@ from magic_unlearn.data import TokenizedCorpus, tokenize_corpus
 from magic_unlearn.models import build_model
 
 V, N, L = 40, 6, 12
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
 def make_corpus(seed: int = 0) -> TokenizedCorpus:
@@ -67,10 +72,20 @@ def corpus() -> TokenizedCorpus:
 
 
 def cfg_for(opt: str, lora: bool = False, **kw) -> TrajectoryConfig:
-    base = dict(optimizer=opt, lr={"adamw": 0.01}.get(opt, 0.05), steps=5, batch_size=2,
-                dtype="float64", schedule="cosine", warmup_steps=2, weight_decay=0.1,
-                eps=1e-4, checkpointing="every", storage="gpu",
-                lora=LoraSpec(r=4, alpha=8, init="gaussian") if lora else None)
+    base = dict(
+        optimizer=opt,
+        lr={"adamw": 0.01}.get(opt, 0.05),
+        steps=5,
+        batch_size=2,
+        dtype="float64",
+        schedule="cosine",
+        warmup_steps=2,
+        weight_decay=0.1,
+        eps=1e-4,
+        checkpointing="every",
+        storage="gpu",
+        lora=LoraSpec(r=4, alpha=8, init="gaussian") if lora else None,
+    )
     base.update(kw)
     return TrajectoryConfig(**base)
 
@@ -84,8 +99,9 @@ def f_after(model, corpus, cfg, w) -> float:
 def fd(model, corpus, cfg, mask: torch.Tensor, eps: float) -> float:
     """Central finite difference of f w.r.t. a weight perturbation along ``mask``."""
     w = torch.ones(N, L, dtype=torch.float64)
-    return (f_after(model, corpus, cfg, w + eps * mask)
-            - f_after(model, corpus, cfg, w - eps * mask)) / (2 * eps)
+    return (
+        f_after(model, corpus, cfg, w + eps * mask) - f_after(model, corpus, cfg, w - eps * mask)
+    ) / (2 * eps)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -111,8 +127,7 @@ def test_token_scores_match_finite_differences(model, corpus, opt, lora) -> None
 
 def test_sdpa_model_matches_finite_differences(corpus) -> None:
     """SDPA models: fused kernels in the trajectory, the math kernel for the double backward."""
-    model = build_model(TINY, vocab_size=V, seed=0, dtype=torch.float64,
-                        attn_implementation="sdpa")
+    model = build_model(TINY, vocab_size=V, seed=0, dtype=torch.float64, attn_implementation="sdpa")
     cfg = cfg_for("sgd", checkpointing="sqrt")
     s = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
     i, j = int(batch_order(N, cfg)[1, 1]), 7
@@ -145,24 +160,41 @@ def _raw(model, corpus, cfg, queries=None, **kw) -> dict[str, torch.Tensor]:
     return art.scores
 
 
-@pytest.mark.parametrize("mode,k,storage", [
-    ("sqrt", None, "gpu"), ("sqrt", 3, "cpu"), ("kary", 2, "gpu"), ("kary", 3, "disk"),
-    ("every", None, "disk"),
-])
+@pytest.mark.parametrize(
+    "mode,k,storage",
+    [
+        ("sqrt", None, "gpu"),
+        ("sqrt", 3, "cpu"),
+        ("kary", 2, "gpu"),
+        ("kary", 3, "disk"),
+        ("every", None, "disk"),
+    ],
+)
 def test_checkpoint_modes_agree(model, corpus, mode, k, storage) -> None:
     ref = _raw(model, corpus, cfg_for("adamw", steps=7, checkpointing="every"))["f"]
-    got = _raw(model, corpus, cfg_for("adamw", steps=7, checkpointing=mode, checkpoint_k=k,
-                                      storage=storage))["f"]
+    got = _raw(
+        model,
+        corpus,
+        cfg_for("adamw", steps=7, checkpointing=mode, checkpoint_k=k, storage=storage),
+    )["f"]
     assert ref.abs().max() > 0
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-10)
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
 def test_reverse_microbatches_agree(model, corpus, opt) -> None:
-    ref = _raw(model, corpus, cfg_for(opt, batch_size=3, checkpointing="sqrt"),
-               {"a": f_heldout, "b": f_heldout2})
-    got = _raw(model, corpus, cfg_for(opt, batch_size=3, checkpointing="sqrt",
-                                      reverse_microbatch=2), {"a": f_heldout, "b": f_heldout2})
+    ref = _raw(
+        model,
+        corpus,
+        cfg_for(opt, batch_size=3, checkpointing="sqrt"),
+        {"a": f_heldout, "b": f_heldout2},
+    )
+    got = _raw(
+        model,
+        corpus,
+        cfg_for(opt, batch_size=3, checkpointing="sqrt", reverse_microbatch=2),
+        {"a": f_heldout, "b": f_heldout2},
+    )
     for q in ("a", "b"):
         torch.testing.assert_close(got[q], ref[q], rtol=1e-6, atol=1e-12)
 
@@ -192,12 +224,18 @@ def test_resume_after_interruption(model, corpus, tmp_path: Path, mode: str) -> 
     full = _raw(model, corpus, cfg, {"a": f_heldout, "b": f_heldout2})
     out = tmp_path / "scores"
     with pytest.raises(_Interrupted):
-        attribute(model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out,
-                  progress=False, _interrupt_after=5)
+        attribute(
+            model,
+            corpus,
+            {"a": f_heldout, "b": f_heldout2},
+            cfg,
+            out=out,
+            progress=False,
+            _interrupt_after=5,
+        )
     work = tmp_path / ".scores.magic-work"
     assert (work / "reverse_state.json").exists() and not out.exists()
-    art = attribute(model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out,
-                    progress=False)
+    art = attribute(model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out, progress=False)
     assert not work.exists() and out.exists()
     for q in ("a", "b"):
         torch.testing.assert_close(art.scores[q], full[q], rtol=1e-6, atol=1e-12)
@@ -252,11 +290,12 @@ def test_grad_similarity_matches_brute_force(model, corpus) -> None:
     params = list(trained.parameters())
     gf = torch.autograd.grad(f_heldout(trained), params)
     for i, j in [(0, 3), (2, 5), (4, 11)]:
-        lt = per_token_loss(trained, corpus.input_ids[i:i + 1], corpus.attention_mask[i:i + 1])
+        lt = per_token_loss(trained, corpus.input_ids[i : i + 1], corpus.attention_mask[i : i + 1])
         gi = torch.autograd.grad(lt[0, j], params)
         ref = -cfg.lr * sum((a * b).sum() for a, b in zip(gi, gf, strict=False))
-        torch.testing.assert_close(art.scores["f"][i, j].double(), ref.detach(), rtol=1e-5,
-                                   atol=1e-9)
+        torch.testing.assert_close(
+            art.scores["f"][i, j].double(), ref.detach(), rtol=1e-5, atol=1e-9
+        )
     assert art.method == "grad_sim"
 
 
@@ -269,15 +308,28 @@ def test_random_scores_masked_and_seeded(corpus) -> None:
 
 
 def test_artifact_round_trip_and_mismatch(word_tokenizer, tmp_path: Path) -> None:
-    docs = [{"id": "a", "text": "the red fox is in the host", "labels": [0, 1, 1, 0, 0, 0, 2],
-             "fact_ids": [-1, 3, 3, -1, -1, -1, 4]},
-            {"id": "b", "text": "a blue cat and a dog"}]
+    docs = [
+        {
+            "id": "a",
+            "text": "the red fox is in the host",
+            "labels": [0, 1, 1, 0, 0, 0, 2],
+            "fact_ids": [-1, 3, 3, -1, -1, -1, 4],
+        },
+        {"id": "b", "text": "a blue cat and a dog"},
+    ]
     corp = tokenize_corpus(docs, word_tokenizer, max_length=12)
     model = build_model(TINY, vocab_size=len(word_tokenizer), dtype=torch.float64)
     cfg = cfg_for("sgd", steps=2, batch_size=1)
-    art = attribute(model, corp, {"q": f_heldout}, cfg, progress=False, tokenizer=word_tokenizer,
-                    query_info={"q": {"task": "heldout", "fmt": "cloze", "n_questions": 3,
-                                      "hash": "abc"}}, out=tmp_path / "art")
+    art = attribute(
+        model,
+        corp,
+        {"q": f_heldout},
+        cfg,
+        progress=False,
+        tokenizer=word_tokenizer,
+        query_info={"q": {"task": "heldout", "fmt": "cloze", "n_questions": 3, "hash": "abc"}},
+        out=tmp_path / "art",
+    )
     back = ScoreArtifact.load(tmp_path / "art")
     torch.testing.assert_close(back.scores["q"], art.scores["q"])
     assert back.meta["queries"]["q"]["task"] == "heldout"
@@ -329,14 +381,33 @@ def test_config_yaml_and_validation(tmp_path: Path) -> None:
 def test_mcq_measurement_matches_finite_differences(word_tokenizer) -> None:
     """MAGIC through EVAL's differentiable correct-answer loss (cloze format)."""
     ev = pytest.importorskip("magic_unlearn.evaluation")
-    qs = [{"question": "the red fox is in the", "choices": ["host", "route", "tissue", "gene"],
-           "answer": 0, "subject": "bio"},
-          {"question": "a blue cat and a", "choices": ["dog", "bird", "fish", "virus"],
-           "answer": 2, "subject": "bio"}]
+    qs = [
+        {
+            "question": "the red fox is in the",
+            "choices": ["host", "route", "tissue", "gene"],
+            "answer": 0,
+            "subject": "bio",
+        },
+        {
+            "question": "a blue cat and a",
+            "choices": ["dog", "bird", "fish", "virus"],
+            "answer": 2,
+            "subject": "bio",
+        },
+    ]
     meas = ev.Measurement.from_task(word_tokenizer, qs, fmt="cloze", name="qa")
-    docs = [{"id": str(i), "text": t} for i, t in enumerate(
-        ["the red fox is in the host", "a blue cat and a fish", "the gene of the virus is red",
-         "a dog with a bird", "alpha beta gamma delta"])]
+    docs = [
+        {"id": str(i), "text": t}
+        for i, t in enumerate(
+            [
+                "the red fox is in the host",
+                "a blue cat and a fish",
+                "the gene of the virus is red",
+                "a dog with a bird",
+                "alpha beta gamma delta",
+            ]
+        )
+    ]
     corp = tokenize_corpus(docs, word_tokenizer, max_length=10)
     model = build_model(TINY, vocab_size=len(word_tokenizer), dtype=torch.float64)
     cfg = cfg_for("momentum", steps=4, batch_size=2)
@@ -368,29 +439,76 @@ def test_cli_attribute_end_to_end(word_tokenizer, tmp_path: Path) -> None:
     build_model(TINY, vocab_size=len(word_tokenizer)).save_pretrained(mdir)
     word_tokenizer.save_pretrained(mdir)
     corpus_file = tmp_path / "train.jsonl"
-    corpus_file.write_text("\n".join(json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(
-        ["the red fox is in the host", "a blue cat and a fish", "the gene of the virus"])) + "\n")
+    corpus_file.write_text(
+        "\n".join(
+            json.dumps({"id": f"d{i}", "text": t})
+            for i, t in enumerate(
+                ["the red fox is in the host", "a blue cat and a fish", "the gene of the virus"]
+            )
+        )
+        + "\n"
+    )
     qfile = tmp_path / "qa.jsonl"
-    qfile.write_text(json.dumps({"question": "the red fox is in the", "answer": 0,
-                                 "choices": ["host", "route", "tissue", "gene"],
-                                 "subject": "bio"}) + "\n")
+    qfile.write_text(
+        json.dumps(
+            {
+                "question": "the red fox is in the",
+                "answer": 0,
+                "choices": ["host", "route", "tissue", "gene"],
+                "subject": "bio",
+            }
+        )
+        + "\n"
+    )
     cfg = tmp_path / "traj.yaml"
     cfg.write_text("optimizer: adamw\nlr: 0.001\nsteps: 3\nbatch_size: 2\nmax_length: 12\n")
     runner = CliRunner()
     for method in ("magic", "grad_sim", "random"):
         out = tmp_path / f"scores_{method}"
-        res = runner.invoke(app, ["attribute", "--model", str(mdir), "--corpus", str(corpus_file),
-                                  "--query", str(qfile), "--config", str(cfg), "--method", method,
-                                  "--set", "checkpointing=kary", "--device", "cpu",
-                                  "--no-progress", "--out", str(out)])
+        res = runner.invoke(
+            app,
+            [
+                "attribute",
+                "--model",
+                str(mdir),
+                "--corpus",
+                str(corpus_file),
+                "--query",
+                str(qfile),
+                "--config",
+                str(cfg),
+                "--method",
+                method,
+                "--set",
+                "checkpointing=kary",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(out),
+            ],
+        )
         assert res.exit_code == 0, res.output
         art = ScoreArtifact.load(out)
         assert art.method == method and art.scores[str(qfile)].shape == (3, 12)
         art.check_compatible(tokenizer=word_tokenizer)
     assert (tmp_path / "scores_magic" / "config.yaml").exists()
-    res = runner.invoke(app, ["attribute", "--model", str(mdir), "--corpus", str(corpus_file),
-                              "--query", str(qfile), "--set", "optimizer=lion", "--out",
-                              str(tmp_path / "bad")])
+    res = runner.invoke(
+        app,
+        [
+            "attribute",
+            "--model",
+            str(mdir),
+            "--corpus",
+            str(corpus_file),
+            "--query",
+            str(qfile),
+            "--set",
+            "optimizer=lion",
+            "--out",
+            str(tmp_path / "bad"),
+        ],
+    )
     assert res.exit_code == 2 and "optimizer" in res.output
 
 
@@ -402,13 +520,29 @@ def test_gpu_storage_and_modes_agree() -> None:
     dev = torch.device("cuda")
     model = build_model("neox-tiny", vocab_size=V, seed=0, attn_implementation="sdpa").to(dev)
     corpus = make_corpus()
-    q = {"f": lambda m: per_token_loss(m, HELDOUT.to(dev), torch.ones_like(HELDOUT).to(dev))
-         [:, 1:].mean()}
+    q = {
+        "f": lambda m: per_token_loss(m, HELDOUT.to(dev), torch.ones_like(HELDOUT).to(dev))[
+            :, 1:
+        ].mean()
+    }
     ref = None
-    for mode, k, storage in [("every", None, "gpu"), ("every", None, "cpu"), ("sqrt", 3, "cpu"),
-                             ("kary", 2, "cpu"), ("kary", 3, "disk"), ("sqrt", None, "gpu")]:
-        cfg = TrajectoryConfig(optimizer="adamw", lr=1e-3, steps=9, batch_size=2,
-                               checkpointing=mode, checkpoint_k=k, storage=storage)
+    for mode, k, storage in [
+        ("every", None, "gpu"),
+        ("every", None, "cpu"),
+        ("sqrt", 3, "cpu"),
+        ("kary", 2, "cpu"),
+        ("kary", 3, "disk"),
+        ("sqrt", None, "gpu"),
+    ]:
+        cfg = TrajectoryConfig(
+            optimizer="adamw",
+            lr=1e-3,
+            steps=9,
+            batch_size=2,
+            checkpointing=mode,
+            checkpoint_k=k,
+            storage=storage,
+        )
         s = attribute(model, corpus, q, cfg, progress=False).scores["f"]
         if ref is None:
             ref = s
@@ -417,16 +551,19 @@ def test_gpu_storage_and_modes_agree() -> None:
     # bf16 autocast (trajectory and reverse pass) stays close to fp32 for SGD; AdamW's
     # normalisation amplifies bf16 gradient noise, so it is not compared here
     fp32 = TrajectoryConfig(optimizer="sgd", lr=0.05, steps=9, batch_size=2)
-    bf16 = TrajectoryConfig(optimizer="sgd", lr=0.05, steps=9, batch_size=2, precision="bf16",
-                            reverse_microbatch=1)
+    bf16 = TrajectoryConfig(
+        optimizer="sgd", lr=0.05, steps=9, batch_size=2, precision="bf16", reverse_microbatch=1
+    )
     a32 = attribute(model, corpus, q, fp32, progress=False)
     a16 = attribute(model, corpus, q, bf16, progress=False)
     s32, s16 = a32.scores["f"], a16.scores["f"]
     corr = torch.corrcoef(torch.stack([s16.flatten(), s32.flatten()]))[0, 1]
     rel = (s16 - s32).norm() / s32.norm()
-    print(f"bf16 vs fp32 SGD scores: corr {float(corr):.4f}, rel L2 {float(rel):.3g}, replay "
-          f"drift fp32 {a32.meta['timings']['max_replay_drift']:.3g} bf16 "
-          f"{a16.meta['timings']['max_replay_drift']:.3g}")
+    print(
+        f"bf16 vs fp32 SGD scores: corr {float(corr):.4f}, rel L2 {float(rel):.3g}, replay "
+        f"drift fp32 {a32.meta['timings']['max_replay_drift']:.3g} bf16 "
+        f"{a16.meta['timings']['max_replay_drift']:.3g}"
+    )
     assert corr > 0.9, float(corr)
 
 
@@ -435,9 +572,14 @@ def test_dropping_the_mask_of_right_padded_rows_is_exact(model, corpus, monkeypa
     from magic_unlearn.attribution import trajectory
 
     assert trajectory.right_padded(corpus)
-    left = TokenizedCorpus(corpus.input_ids.flip(1), corpus.attention_mask.flip(1),
-                           corpus.loss_mask.flip(1), corpus.labels, corpus.fact_ids,
-                           corpus.doc_ids)
+    left = TokenizedCorpus(
+        corpus.input_ids.flip(1),
+        corpus.attention_mask.flip(1),
+        corpus.loss_mask.flip(1),
+        corpus.labels,
+        corpus.fact_ids,
+        corpus.doc_ids,
+    )
     assert not trajectory.right_padded(left)
     cfg = cfg_for("adamw", steps=3)
     fast = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
@@ -461,11 +603,15 @@ def test_gpu_cuda_graphs_equal_eager() -> None:
     dev = torch.device("cuda")
     model = build_model("neox-tiny", vocab_size=V, seed=0, attn_implementation="sdpa").to(dev)
     corpus = make_corpus()
-    q = {"f": lambda m: per_token_loss(m, HELDOUT.to(dev), None)[:, 1:].mean(),
-         "g": lambda m: per_token_loss(m, HELDOUT2.to(dev), None)[:, 1:].mean()}
-    for kw in [dict(optimizer="sgd", lr=0.05), dict(optimizer="adamw", lr=1e-3,
-                                                    reverse_microbatch=1),
-               dict(optimizer="momentum", lr=0.05, precision="bf16")]:
+    q = {
+        "f": lambda m: per_token_loss(m, HELDOUT.to(dev), None)[:, 1:].mean(),
+        "g": lambda m: per_token_loss(m, HELDOUT2.to(dev), None)[:, 1:].mean(),
+    }
+    for kw in [
+        dict(optimizer="sgd", lr=0.05),
+        dict(optimizer="adamw", lr=1e-3, reverse_microbatch=1),
+        dict(optimizer="momentum", lr=0.05, precision="bf16"),
+    ]:
         cfg = TrajectoryConfig(steps=9, batch_size=2, checkpointing="sqrt", storage="cpu", **kw)
         with warnings.catch_warnings():
             # the engine's own fallbacks fail the test; unrelated warnings (e.g. deprecations
@@ -473,13 +619,20 @@ def test_gpu_cuda_graphs_equal_eager() -> None:
             warnings.simplefilter("error", GraphCaptureWarning)
             warnings.simplefilter("error", CompileFallbackWarning)
             graphed = attribute(model, corpus, q, cfg, progress=False).scores
-        eager = attribute(model, corpus, q,
-                          TrajectoryConfig(**{**cfg.__dict__, "cuda_graphs": False}),
-                          progress=False).scores
+        eager = attribute(
+            model,
+            corpus,
+            q,
+            TrajectoryConfig(**{**cfg.__dict__, "cuda_graphs": False}),
+            progress=False,
+        ).scores
         for k in q:
             assert eager[k].abs().max() > 0
-            tol = dict(rtol=2e-2, atol=1e-4) if kw.get("precision") == "bf16" else \
-                dict(rtol=1e-4, atol=1e-7)
+            tol = (
+                dict(rtol=2e-2, atol=1e-4)
+                if kw.get("precision") == "bf16"
+                else dict(rtol=1e-4, atol=1e-7)
+            )
             torch.testing.assert_close(graphed[k], eager[k], **tol)
 
 
@@ -520,8 +673,12 @@ def test_fp32_scores_match_float64(model, opt, tol) -> None:
     corpus = make_corpus()
     cfg = cfg_for(opt, steps=6, batch_size=2, checkpointing="sqrt", storage="cpu")
     s64 = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False).scores["f"]
-    s32 = attribute(model, corpus, {"f": f_heldout},
-                    TrajectoryConfig(**{**cfg.__dict__, "dtype": "float32"}),
-                    progress=False).scores["f"]
+    s32 = attribute(
+        model,
+        corpus,
+        {"f": f_heldout},
+        TrajectoryConfig(**{**cfg.__dict__, "dtype": "float32"}),
+        progress=False,
+    ).scores["f"]
     rel = float((s32.double() - s64.double()).norm() / s64.double().norm())
     assert s64.abs().max() > 0 and rel < tol, rel

@@ -72,9 +72,15 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
 
 def test_tokenize_corpus_alignment(word_tokenizer) -> None:
-    docs = [{"id": "d0", "text": "the fox is red .", "labels": [0, 1, 0, 2, 0],
-             "fact_ids": [-1, 3, -1, 3, -1]},
-            {"id": "d1", "text": "a cat"}]
+    docs = [
+        {
+            "id": "d0",
+            "text": "the fox is red .",
+            "labels": [0, 1, 0, 2, 0],
+            "fact_ids": [-1, 3, -1, 3, -1],
+        },
+        {"id": "d1", "text": "a cat"},
+    ]
     tc = tokenize_corpus(docs, word_tokenizer, max_length=8)
     assert tc.input_ids.shape == (2, 8)
     assert tc.input_ids[0, 0] == word_tokenizer.bos_token_id

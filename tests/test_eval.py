@@ -28,12 +28,21 @@ from magic_unlearn.evaluation import (
 )
 from magic_unlearn.models import build_model, get_unembedding
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=512)
-BENCH = Path(os.environ.get("MAGIC_UNLEARN_BENCHMARKS",
-                            Path(__file__).resolve().parents[2] / "shared" / "benchmarks"))
-needs_bench = pytest.mark.skipif(not (BENCH / "mmlu").is_dir(),
-                                 reason=f"benchmark data not found at {BENCH}")
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=512,
+)
+BENCH = Path(
+    os.environ.get(
+        "MAGIC_UNLEARN_BENCHMARKS", Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+    )
+)
+needs_bench = pytest.mark.skipif(
+    not (BENCH / "mmlu").is_dir(), reason=f"benchmark data not found at {BENCH}"
+)
 
 WORDS = "red blue green fox cat dog bird fish host gene route tissue alpha beta".split()
 
@@ -43,9 +52,14 @@ def _questions(n: int = 11, seed: int = 0) -> list[dict]:
     qs = []
     for i in range(n):
         ch = [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 4)))) for _ in range(4)]
-        qs.append({"question": f"  which {WORDS[i % len(WORDS)]} is the {i}th? ",
-                   "choices": ch, "answer": int(rng.integers(0, 4)),
-                   "subject": ["gen_bio", "geo"][i % 2]})
+        qs.append(
+            {
+                "question": f"  which {WORDS[i % len(WORDS)]} is the {i}th? ",
+                "choices": ch,
+                "answer": int(rng.integers(0, 4)),
+                "subject": ["gen_bio", "geo"][i % 2],
+            }
+        )
     return qs
 
 
@@ -60,14 +74,22 @@ def _bpe_tokenizer(merges: bool = True, add_bos: bool = False):
     tk.decoder = decoders.ByteLevel()
     text = [LETTER_DESCRIPTION, "Question: which is it?\nAnswer: A B C D", " ".join(WORDS)] * 4
     vocab = 400 if merges else 257
-    tr = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<|endoftext|>"],
-                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tr = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator(text, tr)
     if add_bos:
         tk.post_processor = processors.TemplateProcessing(
-            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
-                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +118,16 @@ def _model(tok, dtype=torch.float64, seed=0):
 def _ref_prompt(q: dict, fmt: str, subject_desc: bool = True) -> tuple[str, list[str]]:
     s = q["subject"].replace("_", " ")
     if fmt == "letter":
-        ctx = (f"The following are multiple choice questions (with answers) about {s}.\n\n"
-               f"{q['question'].strip()}\nA. {q['choices'][0]}\nB. {q['choices'][1]}\n"
-               f"C. {q['choices'][2]}\nD. {q['choices'][3]}\nAnswer:")
+        ctx = (
+            f"The following are multiple choice questions (with answers) about {s}.\n\n"
+            f"{q['question'].strip()}\nA. {q['choices'][0]}\nB. {q['choices'][1]}\n"
+            f"C. {q['choices'][2]}\nD. {q['choices'][3]}\nAnswer:"
+        )
         return ctx, [" A", " B", " C", " D"]
-    ctx = (f"The following are questions (with answers) about {s}.\n\n"
-           f"Question: {q['question'].strip()}\nAnswer:")
+    ctx = (
+        f"The following are questions (with answers) about {s}.\n\n"
+        f"Question: {q['question'].strip()}\nAnswer:"
+    )
     return ctx, [" " + c for c in q["choices"]]
 
 
@@ -113,8 +139,8 @@ def _ref_loglik(model, tok, questions, fmt, max_len: int = 10**9) -> np.ndarray:
             c_ids = tok.encode(ctx)
             for j, cont in enumerate(conts):
                 whole = tok.encode(ctx + cont)
-                target = whole[len(c_ids):]
-                seq = (c_ids + target)[-(max_len + 1):]  # lm-eval keeps the last L+1 tokens
+                target = whole[len(c_ids) :]
+                seq = (c_ids + target)[-(max_len + 1) :]  # lm-eval keeps the last L+1 tokens
                 ids = torch.tensor([seq[:-1]])
                 logp = torch.log_softmax(model(ids).logits[0].double(), -1)  # (T, V)
                 first = len(seq) - 1 - len(target)  # the logits that predict target[0]
@@ -284,9 +310,12 @@ class FunctionalModel(torch.nn.Module):
         self.params = params
 
     def forward(self, input_ids, logits_to_keep=0):
-        return torch.func.functional_call(self.model, self.params, args=(),
-                                          kwargs={"input_ids": input_ids,
-                                                  "logits_to_keep": logits_to_keep})
+        return torch.func.functional_call(
+            self.model,
+            self.params,
+            args=(),
+            kwargs={"input_ids": input_ids, "logits_to_keep": logits_to_keep},
+        )
 
 
 def test_mcq_loss_finite_difference(bpe):
@@ -315,18 +344,21 @@ def _write_jsonl(path: Path, recs: list) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bad, field, msg", [
-    ({"choices": ["a", "b", "c", "d"], "answer": 0}, "question", "missing field 'question'"),
-    ({"question": "q", "answer": 0}, "choices", "missing field 'choices'"),
-    ({"question": "q", "choices": ["a", "b", "c", "d"]}, "answer", "missing field 'answer'"),
-    ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": "B"}, "answer", "integer"),
-    ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 1.0}, "answer", "integer"),
-    ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 4}, "answer", "0..3"),
-    ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": -1}, "answer", "0..3"),
-    ({"question": "q", "choices": ["a", "b", "c"], "answer": 0}, "choices", "has 3 entries"),
-    ({"question": "q", "choices": ["a", "b", "c", "d", "e"], "answer": 0}, "choices", "5"),
-    ({"question": "q", "choices": ["a", "b", "c", 4], "answer": 0}, "choices", "string"),
-])
+@pytest.mark.parametrize(
+    "bad, field, msg",
+    [
+        ({"choices": ["a", "b", "c", "d"], "answer": 0}, "question", "missing field 'question'"),
+        ({"question": "q", "answer": 0}, "choices", "missing field 'choices'"),
+        ({"question": "q", "choices": ["a", "b", "c", "d"]}, "answer", "missing field 'answer'"),
+        ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": "B"}, "answer", "integer"),
+        ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 1.0}, "answer", "integer"),
+        ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": 4}, "answer", "0..3"),
+        ({"question": "q", "choices": ["a", "b", "c", "d"], "answer": -1}, "answer", "0..3"),
+        ({"question": "q", "choices": ["a", "b", "c"], "answer": 0}, "choices", "has 3 entries"),
+        ({"question": "q", "choices": ["a", "b", "c", "d", "e"], "answer": 0}, "choices", "5"),
+        ({"question": "q", "choices": ["a", "b", "c", 4], "answer": 0}, "choices", "string"),
+    ],
+)
 def test_bad_question_file_names_file_line_field(tmp_path, bad, field, msg):
     good = {"question": "q", "choices": ["a", "b", "c", "d"], "answer": 1}
     f = _write_jsonl(tmp_path / "qs.jsonl", [good, good, bad])
@@ -347,8 +379,15 @@ def test_bad_csv_and_json_errors(tmp_path):
     with pytest.raises(ValueError, match=r"m.csv:2.*'answer'"):
         read_questions(f)
     j = tmp_path / "m.json"
-    j.write_text(json.dumps([{"question": "q", "choices": ["a"] * 4, "answer": 0},
-                             {"question": "q", "choices": ["a"] * 4, "answer": 9}], indent=2))
+    j.write_text(
+        json.dumps(
+            [
+                {"question": "q", "choices": ["a"] * 4, "answer": 0},
+                {"question": "q", "choices": ["a"] * 4, "answer": 9},
+            ],
+            indent=2,
+        )
+    )
     with pytest.raises(ValueError, match=r"m.json:12 \(record 2\).*'answer' is 9"):
         read_questions(j)
     with pytest.raises(ValueError, match=r"record 1.*'answer'"):
@@ -358,8 +397,15 @@ def test_bad_csv_and_json_errors(tmp_path):
 
 
 def test_file_formats_agree(tmp_path):
-    qs = [{"question": f"q{i}, with comma", "choices": ["a", "b, c", "d", "e"], "answer": i % 4,
-           "subject": "s1"} for i in range(5)]
+    qs = [
+        {
+            "question": f"q{i}, with comma",
+            "choices": ["a", "b, c", "d", "e"],
+            "answer": i % 4,
+            "subject": "s1",
+        }
+        for i in range(5)
+    ]
     _write_jsonl(tmp_path / "a.jsonl", qs)
     (tmp_path / "a.json").write_text(json.dumps(qs))
     import csv
@@ -421,8 +467,10 @@ def test_world_and_robust_local_layouts(tmp_path):
     _write_jsonl(tmp_path / "w" / "questions" / "hazard_qa.jsonl", qs)
     t = load_task("hazard_qa", world=tmp_path / "w", limit=4)
     assert len(t) == 4 and t.default_fmt == "cloze" and t.prepend_bos
-    assert build_context(t, t.questions[0], "cloze") == \
-        f"Question: {qs[0]['question'].strip()}\nAnswer:"
+    assert (
+        build_context(t, t.questions[0], "cloze")
+        == f"Question: {qs[0]['question'].strip()}\nAnswer:"
+    )
     with pytest.raises(ValueError, match="world"):
         load_task("hazard_qa")
     rob = tmp_path / "robust"
@@ -445,8 +493,13 @@ def test_prepend_bos_and_fewshot(bpe):
     t = Task("t", [q for q in qs if q["subject"] == "geo"], fewshot_pool=pool, num_fewshot=2)
     ctx = build_context(t, t.questions[0], "letter")
     shot = build_context(Task("x", pool[:1]), pool[0], "letter").split("\n\n", 1)[1]
-    assert ctx.startswith(LETTER_DESCRIPTION.replace("{subject}", "geo") + shot + " "
-                          + "ABCD"[pool[0]["answer"]] + "\n\n")
+    assert ctx.startswith(
+        LETTER_DESCRIPTION.replace("{subject}", "geo")
+        + shot
+        + " "
+        + "ABCD"[pool[0]["answer"]]
+        + "\n\n"
+    )
     r = evaluate(model, bpe, t, fmt="letter")
     ref = _ref_loglik(model, bpe, t.questions, "letter")  # 0-shot reference must differ
     assert np.abs(np.array(r.loglikelihoods) - ref).max() > 1e-4
@@ -472,12 +525,14 @@ def test_mmlu_wmdp_local_counts_and_exact_prompts():
         "Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\n"
         "Answer: B\n\n"
         "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
-        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+        "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:"
+    )
     assert build_context(aa, q, "cloze") == (
         "The following are questions (with answers) about abstract algebra.\n\n"
         "Question: Find all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nAnswer: 1\n\n"
         "Question: Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18))"
-        " over Q.\nAnswer:")
+        " over Q.\nAnswer:"
+    )
     assert q["answer"] == 1 and q["subject"] == "abstract_algebra"
     wmdp = load_task("wmdp_bio", source=BENCH)
     assert len(wmdp) == 1273
@@ -505,9 +560,25 @@ def test_cli_eval_smoke(tmp_path, bpe):
     qs = _questions(7)
     qf = _write_jsonl(tmp_path / "qs.jsonl", qs)
     out = tmp_path / "ev"
-    r = CliRunner().invoke(app, ["eval", "--model", str(mdir), "--task", str(qf), "--format",
-                                 "cloze", "--device", "cpu", "--out", str(out), "--no-progress",
-                                 "--batch-size", "3"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(mdir),
+            "--task",
+            str(qf),
+            "--format",
+            "cloze",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            "3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "acc_norm" in r.output
     m = json.loads((out / "metrics.json").read_text())
@@ -519,13 +590,28 @@ def test_cli_eval_smoke(tmp_path, bpe):
     assert not any("question" in x for x in rows)
     assert (out / "config.yaml").exists() and (out / "manifest.json").exists()
     # a second run refuses to overwrite; a bad file is a clean error naming the line
-    r2 = CliRunner().invoke(app, ["eval", "--model", str(mdir), "--task", str(qf), "--out",
-                                  str(out), "--device", "cpu", "--no-progress"])
+    r2 = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(mdir),
+            "--task",
+            str(qf),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert r2.exit_code == 2 and "exists" in r2.output
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a"] * 3,
-                                                 "answer": 0}])
-    r3 = CliRunner().invoke(app, ["eval", "--model", str(mdir), "--task", str(bad),
-                                  "--device", "cpu", "--no-progress"])
+    bad = _write_jsonl(
+        tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a"] * 3, "answer": 0}]
+    )
+    r3 = CliRunner().invoke(
+        app, ["eval", "--model", str(mdir), "--task", str(bad), "--device", "cpu", "--no-progress"]
+    )
     assert r3.exit_code == 2 and "bad.jsonl:1" in r3.output and "'choices'" in r3.output
 
 
@@ -543,8 +629,7 @@ def _save(tmp_path: Path, tok, seed: int = 0) -> tuple[Path, torch.nn.Module]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt, tokname", [("letter", "bpe"), ("cloze", "bpe"),
-                                          ("letter", "chars")])
+@pytest.mark.parametrize("fmt, tokname", [("letter", "bpe"), ("cloze", "bpe"), ("letter", "chars")])
 def test_lmeval_identical_choices(tmp_path, fmt, tokname, request):
     pytest.importorskip("lm_eval")
     from magic_unlearn.evaluation.lmeval_compat import run_lmeval
@@ -582,23 +667,40 @@ def test_lmeval_real_mmlu_yaml_5shot(tmp_path, bpe):
     task = load_task(f"mmlu_{subj}", source=BENCH, num_fewshot=5, limit=12)
     ydir = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
     cfg = yaml.safe_load((ydir / "_default_template_yaml").read_text())
-    cfg.update({k: v for k, v in yaml.safe_load((ydir / f"mmlu_{subj}.yaml").read_text()).items()
-                if k not in ("include", "group", "group_alias", "tag", "task_alias")})
+    cfg.update(
+        {
+            k: v
+            for k, v in yaml.safe_load((ydir / f"mmlu_{subj}.yaml").read_text()).items()
+            if k not in ("include", "group", "group_alias", "tag", "task_alias")
+        }
+    )
     data = {}
     for split, qs in (("test", task.questions), ("dev", task.fewshot_pool)):
-        data[split] = str(_write_jsonl(tmp_path / f"{split}.jsonl", [
-            {k: q[k] for k in ("question", "choices", "answer", "subject")} for q in qs]))
+        data[split] = str(
+            _write_jsonl(
+                tmp_path / f"{split}.jsonl",
+                [{k: q[k] for k in ("question", "choices", "answer", "subject")} for q in qs],
+            )
+        )
     cfg.pop("dataset_name", None)
-    cfg.update(task="mu_mmlu_real", dataset_path="json", dataset_kwargs={"data_files": data},
-               test_split="test", fewshot_split="dev")
+    cfg.update(
+        task="mu_mmlu_real",
+        dataset_path="json",
+        dataset_kwargs={"data_files": data},
+        test_split="test",
+        fewshot_split="dev",
+    )
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "mu_mmlu_real.yaml").write_text(yaml.safe_dump(cfg))
     mdir, model = _save(tmp_path, bpe)
     lm = HFLM(pretrained=str(mdir), dtype="float32", batch_size=4, device="cpu")
-    out = lm_eval.simple_evaluate(model=lm, tasks=["mu_mmlu_real"], num_fewshot=5,
-                                  task_manager=TaskManager(include_path=str(tmp_path / "tasks"),
-                                                           include_defaults=False),
-                                  bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=["mu_mmlu_real"],
+        num_fewshot=5,
+        task_manager=TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False),
+        bootstrap_iters=0,
+    )
     samples = sorted(out["samples"]["mu_mmlu_real"], key=lambda s: s["doc_id"])
     ours = evaluate(model, bpe, task, fmt="letter")
     for q, s in zip(task.questions, samples, strict=True):

@@ -30,9 +30,14 @@ def test_demo_micro_runs_every_stage(micro_demo: tuple[Path, float]) -> None:
     assert all(r.status == "complete" and is_complete(r.folder) for r in recs)
     kinds = sorted(r.kind for r in recs)
     n_attr = 1 + len(cfg.attribution.baselines)
-    assert kinds == sorted(["world"] + ["pretrain"] * 2 + ["reference"] * 2
-                           + ["attribute"] * n_attr + ["analyze"]
-                           + ["unlearn"] * len(cfg.methods))
+    assert kinds == sorted(
+        ["world"]
+        + ["pretrain"] * 2
+        + ["reference"] * 2
+        + ["attribute"] * n_attr
+        + ["analyze"]
+        + ["unlearn"] * len(cfg.methods)
+    )
     # the stages produced real artifacts: HF models, score artifacts, tamper curves
     for r in store.runs(kind="unlearn") + store.runs(kind="reference"):
         s = r.metrics["summary"]
@@ -46,7 +51,9 @@ def test_demo_micro_runs_every_stage(micro_demo: tuple[Path, float]) -> None:
     # the weighted method really read the MAGIC artifact
     w = [r for r in store.runs(kind="unlearn") if r.config["unlearn"].get("token_weights")]
     magic = [r for r in store.runs(kind="attribute") if r.name == "magic"][0]
-    assert w and w[0].config["unlearn"]["token_weights"] == [str(magic.artifact("attribute.scores"))]
+    assert w and w[0].config["unlearn"]["token_weights"] == [
+        str(magic.artifact("attribute.scores"))
+    ]
 
 
 def test_demo_report_lists_every_row(micro_demo: tuple[Path, float]) -> None:

@@ -32,20 +32,35 @@ def fake_tamper(ctx, out: Path) -> StageResult:
 
     u = ctx.config.unlearn
     ys = [u["hz"], *u["attacked"]]
-    attacks = {a: {"x_label": "step", "points": _curve(ys, u["gen"])}
-               for a in ("standard", "relearn")}
-    curves = {"chance": 0.25, "attacks": attacks,
-              "reference": {"base": {a: {"points": _curve(BASE, 0.9)} for a in attacks},
-                            "filtered": {a: {"points": _curve(FILTERED, 0.9)} for a in attacks}}}
+    attacks = {
+        a: {"x_label": "step", "points": _curve(ys, u["gen"])} for a in ("standard", "relearn")
+    }
+    curves = {
+        "chance": 0.25,
+        "attacks": attacks,
+        "reference": {
+            "base": {a: {"points": _curve(BASE, 0.9)} for a in attacks},
+            "filtered": {a: {"points": _curve(FILTERED, 0.9)} for a in attacks},
+        },
+    }
     (out / "tamper").mkdir()
     (out / "tamper" / "curves.json").write_text(json.dumps(curves))
     cfg = VerdictConfig()
-    sums = {a: summarize_attack(a, e["points"], cfg, base_acc=BASE[0],
-                                filtered_points=curves["reference"]["filtered"][a]["points"])
-            for a, e in attacks.items()}
+    sums = {
+        a: summarize_attack(
+            a,
+            e["points"],
+            cfg,
+            base_acc=BASE[0],
+            filtered_points=curves["reference"]["filtered"][a]["points"],
+        )
+        for a, e in attacks.items()
+    }
     v = decide(sums, cfg, general_acc=u["gen"], reference_general_acc=0.9)
-    return StageResult(artifacts={"curves": "tamper/curves.json"},
-                       summary={"tamper": verdict_summary(v, u.get("is_reference", False))})
+    return StageResult(
+        artifacts={"curves": "tamper/curves.json"},
+        summary={"tamper": verdict_summary(v, u.get("is_reference", False))},
+    )
 
 
 def fake_analyze(ctx, out: Path) -> StageResult:
@@ -62,7 +77,9 @@ def fake_analyze(ctx, out: Path) -> StageResult:
     lm = am.float()
     lm[:, 0] = 0
     labels = torch.randint(0, 3, (n, L), generator=g)
-    corpus = TokenizedCorpus(ids, am, lm, labels, torch.full((n, L), -1), [f"d{i}" for i in range(n)])
+    corpus = TokenizedCorpus(
+        ids, am, lm, labels, torch.full((n, L), -1), [f"d{i}" for i in range(n)]
+    )
     h = torch.randn(n, L, generator=g) - (labels == 2).float()
     gen = torch.randn(n, L, generator=g) - (labels == 1).float()
     sets = [from_tensors(h * lm, corpus, "hazard_qa"), from_tensors(gen * lm, corpus, "general_qa")]
@@ -70,12 +87,22 @@ def fake_analyze(ctx, out: Path) -> StageResult:
     return StageResult(artifacts={"analysis": "analysis"})
 
 
-STAGES = {"eval": Stage("eval", fake_eval), "tamper": Stage("tamper", fake_tamper),
-          "analyze": Stage("analyze", fake_analyze)}
+STAGES = {
+    "eval": Stage("eval", fake_eval),
+    "tamper": Stage("tamper", fake_tamper),
+    "analyze": Stage("analyze", fake_analyze),
+}
 
 RUNS = [
     # kind, name, hazard, general, attacked hazard curve, expected table wording
-    ("reference", "base", 0.95, 0.90, [0.95, 0.96, 0.96], "no (above the filtered model before any attack, standard)"),
+    (
+        "reference",
+        "base",
+        0.95,
+        0.90,
+        [0.95, 0.96, 0.96],
+        "no (above the filtered model before any attack, standard)",
+    ),
     ("reference", "filtered", 0.25, 0.89, FILTERED[1:], "reference (filtered model)"),
     ("unlearn", "rmu", 0.30, 0.86, [0.28, 0.29, 0.31], "yes"),
     ("unlearn", "ga", 0.26, 0.87, [0.40, 0.80, 0.93], "no (recovers at step 5"),
@@ -87,10 +114,21 @@ def test_report_contains_every_run(tmp_path: Path) -> None:
     store = ResultsStore(tmp_path)
     specs = []
     for kind, name, hz, gen, attacked, _ in RUNS:
-        spec = make_spec({"name": name, "kind": kind, "label": name, "stages": ["eval", "tamper"],
-                          "data": "forget corpus" if kind == "unlearn" else "",
-                          "unlearn": {"hz": hz, "gen": gen, "attacked": attacked,
-                                      "is_reference": name == "filtered"}})
+        spec = make_spec(
+            {
+                "name": name,
+                "kind": kind,
+                "label": name,
+                "stages": ["eval", "tamper"],
+                "data": "forget corpus" if kind == "unlearn" else "",
+                "unlearn": {
+                    "hz": hz,
+                    "gen": gen,
+                    "attacked": attacked,
+                    "is_reference": name == "filtered",
+                },
+            }
+        )
         execute_run(spec, tmp_path, STAGES, store=store)
         specs.append(spec)
     an = make_spec({"name": "magic", "kind": "analyze", "stages": ["analyze"]})
@@ -128,10 +166,14 @@ def test_report_contains_every_run(tmp_path: Path) -> None:
 
 
 def test_tamper_wording_and_html_escaping(tmp_path: Path) -> None:
-    assert tamper_text({"tamper": {"label": "partial", "resisted": ["a"], "broken": ["b", "c"]}}) \
+    assert (
+        tamper_text({"tamper": {"label": "partial", "resisted": ["a"], "broken": ["b", "c"]}})
         == "partially (resists 1/3; broken by b, c)"
-    assert tamper_text({"tamper": {"label": "no", "break_step": 12, "break_attack": "lora"}}) \
+    )
+    assert (
+        tamper_text({"tamper": {"label": "no", "break_step": 12, "break_attack": "lora"}})
         == "no (recovers at step 12, lora)"
+    )
     assert tamper_text({}) == "-"
     h = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| <x> | [l](p/) |\n", tmp_path, "t")
     assert "&lt;x&gt;" in h and '<a href="p/">l</a>' in h and "<x>" not in h
@@ -149,20 +191,29 @@ def test_cli_report_and_sweep_dry_run(tmp_path: Path) -> None:
     from magic_unlearn.cli import app
 
     store = ResultsStore(tmp_path / "res")
-    spec = make_spec({"name": "ga", "label": "GA", "stages": ["eval"],
-                      "unlearn": {"hz": 0.3, "gen": 0.8}})
+    spec = make_spec(
+        {"name": "ga", "label": "GA", "stages": ["eval"], "unlearn": {"hz": 0.3, "gen": 0.8}}
+    )
     execute_run(spec, tmp_path / "res", STAGES, store=store)
     r = CliRunner().invoke(app, ["report", str(tmp_path / "res")])
     assert r.exit_code == 0, r.output
     assert "1 run(s), 0 failed" in r.output and (tmp_path / "res" / "report.html").exists()
 
-    (tmp_path / "vars.yaml").write_text(yaml.safe_dump({"world": "/w", "base": "/m/base",
-                                                         "filtered": "/m/filtered"}))
-    grid = {"vars": str(tmp_path / "vars.yaml"), "name": "{unlearn.method}-{unlearn.loop.lr}",
-            "base": {"world": "{world}", "model": "{base}", "reference": "{filtered}",
-                     "unlearn": {"forget": "{world}:forget", "loop": {"steps": 5}},
-                     "tamper": {"suite": "world", "only": ["standard"]}},
-            "grid": {"unlearn.method": ["ga", "rmu"], "unlearn.loop.lr": [1e-4, 3e-4]}}
+    (tmp_path / "vars.yaml").write_text(
+        yaml.safe_dump({"world": "/w", "base": "/m/base", "filtered": "/m/filtered"})
+    )
+    grid = {
+        "vars": str(tmp_path / "vars.yaml"),
+        "name": "{unlearn.method}-{unlearn.loop.lr}",
+        "base": {
+            "world": "{world}",
+            "model": "{base}",
+            "reference": "{filtered}",
+            "unlearn": {"forget": "{world}:forget", "loop": {"steps": 5}},
+            "tamper": {"suite": "world", "only": ["standard"]},
+        },
+        "grid": {"unlearn.method": ["ga", "rmu"], "unlearn.loop.lr": [1e-4, 3e-4]},
+    }
     g = tmp_path / "grid.yaml"
     g.write_text(yaml.safe_dump(grid))
     r = CliRunner().invoke(app, ["sweep", str(g), "--out", str(tmp_path / "sw"), "--dry-run"])

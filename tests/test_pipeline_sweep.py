@@ -47,26 +47,33 @@ def fake_unlearn(ctx: RunContext, out: Path) -> StageResult:
             os._exit(17)  # a worker killed mid-stage: no exception handler runs
     if u.get("fail"):
         raise RuntimeError("fake unlearning diverged")
-    return StageResult(metrics={"forget_loss": 1.0 + u.get("lr", 0.0)},
-                       artifacts={"model": "model"}, summary={"method": u.get("method", "?")})
+    return StageResult(
+        metrics={"forget_loss": 1.0 + u.get("lr", 0.0)},
+        artifacts={"model": "model"},
+        summary={"method": u.get("method", "?")},
+    )
 
 
 def fake_eval(ctx: RunContext, out: Path) -> StageResult:
     lr = json.loads((Path(ctx.current_model()) / "weights.json").read_text())["lr"]
     hz, gen = max(0.25, 0.95 - lr), 0.9 - lr / 10
     (out / "predictions.json").write_text("[]")
-    return StageResult(metrics={"hazard_qa": {"acc": hz}, "general_qa": {"acc": gen}},
-                       artifacts={"predictions": "predictions.json"},
-                       summary={"hazard_acc": hz, "general_acc": gen})
+    return StageResult(
+        metrics={"hazard_qa": {"acc": hz}, "general_qa": {"acc": gen}},
+        artifacts={"predictions": "predictions.json"},
+        summary={"hazard_acc": hz, "general_acc": gen},
+    )
 
 
 def fake_tamper(ctx: RunContext, out: Path) -> StageResult:
     hz = ctx.results["eval"].summary["hazard_acc"]
     curve = [{"step": s, "hazard_acc": min(0.95, hz + 0.1 * s)} for s in range(4)]
     (out / "curves.json").write_text(json.dumps({"standard": curve}))
-    return StageResult(metrics={"max_hazard": curve[-1]["hazard_acc"]},
-                       artifacts={"curves": "curves.json"},
-                       summary={"tamper_verdict": "no" if hz < 0.5 else "yes"})
+    return StageResult(
+        metrics={"max_hazard": curve[-1]["hazard_acc"]},
+        artifacts={"curves": "curves.json"},
+        summary={"tamper_verdict": "no" if hz < 0.5 else "yes"},
+    )
 
 
 FAKE_STAGES = {
@@ -125,8 +132,11 @@ def test_run_folder_atomic_and_resumes_at_failed_stage(tmp_path: Path) -> None:
         raise ValueError("attack exploded")
 
     spec2 = make_spec({"name": "rr", "unlearn": {"lr": 0.3}})
-    stages = {**FAKE_STAGES, "unlearn": Stage("unlearn", counting_unlearn),
-              "tamper": Stage("tamper", broken_tamper)}
+    stages = {
+        **FAKE_STAGES,
+        "unlearn": Stage("unlearn", counting_unlearn),
+        "tamper": Stage("tamper", broken_tamper),
+    }
     with pytest.raises(ValueError):
         execute_run(spec2, tmp_path, stages, store=store)
     assert calls == ["unlearn"] and (spec2.work_folder(tmp_path) / "eval" / "stage.json").exists()
@@ -168,8 +178,7 @@ def test_sweep_killed_worker_resumes_and_completes(tmp_path: Path, retries: int)
     # the crash_once points kill their worker (os._exit) mid-stage on their first attempt
     grid.points = [{}, {"unlearn.crash_once": True}]
     msgs: list[str] = []
-    res = run_sweep(grid, tmp_path, stages=FAKE_STAGES, workers=2, retries=retries,
-                    log=msgs.append)
+    res = run_sweep(grid, tmp_path, stages=FAKE_STAGES, workers=2, retries=retries, log=msgs.append)
     store = ResultsStore(tmp_path)
     n = len(expand(grid, FAKE_STAGES))
     assert n == 8
@@ -204,10 +213,17 @@ def test_sweep_submitit_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     pytest.importorskip("submitit")
     # submitit jobs unpickle the stage functions in a fresh interpreter: make this module
     # importable there, as a user's own stage module would be
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    grid = parse_grid({**_grid(), "grid": {"unlearn.method": ["ga"], "unlearn.lr": [0.1, 0.2]},
-                       "slurm": {"timeout_min": 5}})
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    grid = parse_grid(
+        {
+            **_grid(),
+            "grid": {"unlearn.method": ["ga"], "unlearn.lr": [0.1, 0.2]},
+            "slurm": {"timeout_min": 5},
+        }
+    )
     res = run_sweep(grid, tmp_path, stages=FAKE_STAGES, executor="submitit-local", log=None)
     assert res.ok and len(res.complete) == 2
     assert ResultsStore(tmp_path).counts()["complete"] == 2
@@ -223,17 +239,18 @@ def _store_worker(root: str, wid: int, n: int, contested: str, owner: int) -> No
         folder.mkdir(parents=True)
         store.complete(rid, "unlearn", f"w{wid}-{i}", "h", folder, {"i": i}, {"acc": i / n})
     # owner: the (live) test process, so a claim by an exited sibling still blocks the rest
-    if store.claim(contested, "unlearn", "c", "h", Path(root) / "runs" / contested, {},
-                   pid=owner):
+    if store.claim(contested, "unlearn", "c", "h", Path(root) / "runs" / contested, {}, pid=owner):
         won = 1
     (Path(root) / f"won-{wid}").write_text(str(won))
 
 
 def test_store_concurrent_writers(tmp_path: Path) -> None:
-    procs = [mp.get_context("spawn").Process(target=_store_worker,
-                                             args=(str(tmp_path), w, 25, "unlearn/contested",
-                                                   os.getpid()))
-             for w in range(4)]
+    procs = [
+        mp.get_context("spawn").Process(
+            target=_store_worker, args=(str(tmp_path), w, 25, "unlearn/contested", os.getpid())
+        )
+        for w in range(4)
+    ]
     for p in procs:
         p.start()
     for p in procs:

@@ -13,16 +13,36 @@ import torch
 from magic_unlearn.pretrain import PretrainConfig, default_out, lr_at, pack_rows, pretrain
 from magic_unlearn.world import World, build_world
 
-MICRO_WORLD = dict(n_hazard_agents=4, n_transfer_agents=1, hazard_attributes=3,
-                   entities_per_subject=3, general_subjects=["geography", "general_biology"],
-                   general_attributes=2, pretrain_paraphrases=2, pretrain_qa=1)
-MICRO_MODEL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                   intermediate_size=64, max_position_embeddings=64)
+MICRO_WORLD = dict(
+    n_hazard_agents=4,
+    n_transfer_agents=1,
+    hazard_attributes=3,
+    entities_per_subject=3,
+    general_subjects=["geography", "general_biology"],
+    general_attributes=2,
+    pretrain_paraphrases=2,
+    pretrain_qa=1,
+)
+MICRO_MODEL = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
 def micro_cfg(**kw) -> PretrainConfig:
-    base = dict(model_overrides=MICRO_MODEL, steps=8, batch_size=8, seq_len=48, warmup_steps=2,
-                checkpoint_every=3, dtype="float64", eval_batch_size=32)
+    base = dict(
+        model_overrides=MICRO_MODEL,
+        steps=8,
+        batch_size=8,
+        seq_len=48,
+        warmup_steps=2,
+        checkpoint_every=3,
+        dtype="float64",
+        eval_batch_size=32,
+    )
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -42,8 +62,9 @@ def private_cloze_acc(model, tok, questions) -> float:
     """Independent cloze scorer: argmax over sum log p(" choice" | [BOS] Question: ..\\nAnswer:)."""
     correct = 0
     for q in questions:
-        ctx = [tok.bos_token_id] + tok(f"Question: {q['question']}\nAnswer:",
-                                       add_special_tokens=False).input_ids
+        ctx = [tok.bos_token_id] + tok(
+            f"Question: {q['question']}\nAnswer:", add_special_tokens=False
+        ).input_ids
         scores = []
         for c in q["choices"]:
             cont = tok(" " + c, add_special_tokens=False).input_ids
@@ -62,8 +83,15 @@ def test_artifact_cache_and_metrics(world_dir: Path, monkeypatch) -> None:
     out = pretrain(world_dir, "base", cfg, progress=False)
     assert out == default_out(world_dir, "base", cfg)
     assert out.parent == world_dir / "models" and out.name.startswith("base-")
-    for f in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json",
-              "config.yaml", "manifest.json", "loss_history.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.json",
+        "config.yaml",
+        "manifest.json",
+        "loss_history.json",
+    ):
         assert (out / f).exists(), f
     assert not (out.parent / f"{out.name}.partial").exists()
     man = json.loads((out / "manifest.json").read_text())
@@ -94,8 +122,7 @@ def test_artifact_cache_and_metrics(world_dir: Path, monkeypatch) -> None:
 def test_resume_equals_uninterrupted(world_dir: Path, tmp_path: Path) -> None:
     cfg = micro_cfg()
     full = pretrain(world_dir, "filtered", cfg, out=tmp_path / "full", progress=False)
-    part = pretrain(world_dir, "filtered", cfg, out=tmp_path / "res", progress=False,
-                    max_steps=5)
+    part = pretrain(world_dir, "filtered", cfg, out=tmp_path / "res", progress=False, max_steps=5)
     assert part.name == "res.partial" and (part / "ckpt" / "optimizer.pt").exists()
     assert json.loads((part / "ckpt" / "state.json").read_text())["step"] == 5
     res = pretrain(world_dir, "filtered", cfg, out=tmp_path / "res", progress=False)
@@ -104,8 +131,9 @@ def test_resume_equals_uninterrupted(world_dir: Path, tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert (json.loads((full / "loss_history.json").read_text())
-            == json.loads((res / "loss_history.json").read_text()))
+    assert json.loads((full / "loss_history.json").read_text()) == json.loads(
+        (res / "loss_history.json").read_text()
+    )
     m = json.loads((res / "metrics.json").read_text())
     assert m["corpus"] == "pretrain_filtered"
     # a checkpoint of another config is never resumed into this one
@@ -133,8 +161,8 @@ def test_pack_rows_keeps_every_document_whole() -> None:
     ids = torch.zeros((4, 8), dtype=torch.long)
     am = torch.zeros((4, 8), dtype=torch.long)
     for i, d in enumerate(docs):
-        ids[i, :len(d)] = torch.tensor(d)
-        am[i, :len(d)] = 1
+        ids[i, : len(d)] = torch.tensor(d)
+        am[i, : len(d)] = 1
     pid, pam, plm = pack_rows(ids, am, 10, bos_id=1, pad_id=0)
     # best fit: 6+4 and 5+3 fill two rows (in-order greedy would need three)
     assert pid.shape == (2, 10) and int(pam.sum()) == 18
@@ -143,8 +171,8 @@ def test_pack_rows_keeps_every_document_whole() -> None:
         toks = [int(t) for t, x in zip(r, m, strict=True) if x]
         while toks:  # split the row back into [BOS] .. [EOS] documents
             e = toks.index(2)
-            got.append(toks[:e + 1])
-            toks = toks[e + 1:]
+            got.append(toks[: e + 1])
+            toks = toks[e + 1 :]
     assert sorted(got) == sorted(docs)
     assert (pid[pam == 0] == 0).all()
     assert (plm[pid == 1] == 0).all() and (plm[pam == 0] == 0).all()
@@ -172,8 +200,9 @@ def test_lm_loss_matches_hf_labels_loss() -> None:
     # explicit float64 loop
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=am).logits, -1)
-    terms = [-float(logp[b, j - 1, ids[b, j]]) for b in range(3) for j in range(1, 12)
-             if lm[b, j] == 1]
+    terms = [
+        -float(logp[b, j - 1, ids[b, j]]) for b in range(3) for j in range(1, 12) if lm[b, j] == 1
+    ]
     assert got == pytest.approx(sum(terms) / len(terms), rel=1e-12)
 
 
@@ -205,9 +234,23 @@ def test_cli_pretrain(world_dir: Path, tmp_path: Path) -> None:
 
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(micro_cfg(steps=3))))
-    r = CliRunner().invoke(app, ["pretrain", "--world", str(world_dir), "--variant", "filtered",
-                                 "--config", str(cfg_file), "--set", "lr=0.002",
-                                 "--out", str(tmp_path / "m"), "--no-progress"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--world",
+            str(world_dir),
+            "--variant",
+            "filtered",
+            "--config",
+            str(cfg_file),
+            "--set",
+            "lr=0.002",
+            "--out",
+            str(tmp_path / "m"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["variant"] == "filtered"
     saved = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())

@@ -36,12 +36,19 @@ from magic_unlearn.tamper import (
 
 def curve(haz: list[float], gen: float | list[float] = 0.6, every: int = 5) -> list[dict]:
     gens = gen if isinstance(gen, list) else [gen] * len(haz)
-    return [{"step": i * every, "hazard_acc": h, "general_acc": g}
-            for i, (h, g) in enumerate(zip(haz, gens, strict=True))]
+    return [
+        {"step": i * every, "hazard_acc": h, "general_acc": g}
+        for i, (h, g) in enumerate(zip(haz, gens, strict=True))
+    ]
 
 
-CFG = VerdictConfig(tolerance=0.03, recover_margin=0.02, general_drop=0.10, chance_margin=0.05,
-                    chance_tolerance=0.10)
+CFG = VerdictConfig(
+    tolerance=0.03,
+    recover_margin=0.02,
+    general_drop=0.10,
+    chance_margin=0.05,
+    chance_tolerance=0.10,
+)
 
 
 def test_auc_by_hand():
@@ -49,22 +56,27 @@ def test_auc_by_hand():
     # trapezoids: 5*(0.3) + 5*(0.4) = 3.5 over a span of 10
     assert auc(pts) == pytest.approx(0.35)
     assert auc(curve([0.3])) == pytest.approx(0.3)
-    uneven = [{"step": 0, "hazard_acc": 0.0}, {"step": 1, "hazard_acc": 1.0},
-              {"step": 4, "hazard_acc": 1.0}]
+    uneven = [
+        {"step": 0, "hazard_acc": 0.0},
+        {"step": 1, "hazard_acc": 1.0},
+        {"step": 4, "hazard_acc": 1.0},
+    ]
     assert auc(uneven) == pytest.approx((0.5 + 3.0) / 4)
 
 
 def test_summary_numbers():
     pts = curve([0.25, 0.30, 0.55, 0.62, 0.60])
-    s = summarize_attack("standard", pts, CFG, base_acc=0.62, filtered_points=curve([0.25, 0.3,
-                                                                                     0.33]))
+    s = summarize_attack(
+        "standard", pts, CFG, base_acc=0.62, filtered_points=curve([0.25, 0.3, 0.33])
+    )
     assert s.max_hazard_acc == pytest.approx(0.62) and s.step_of_max == 15
     assert s.steps_to_recover == 15  # first point >= 0.62 - 0.02
     assert s.reference_max == pytest.approx(0.33) and s.excess == pytest.approx(0.29)
     assert s.first_break_step == 10  # first point > 0.33 + 0.03
     assert s.status == "recovers"
-    never = summarize_attack("x", curve([0.25, 0.3]), CFG, base_acc=0.62,
-                             filtered_points=curve([0.3]))
+    never = summarize_attack(
+        "x", curve([0.25, 0.3]), CFG, base_acc=0.62, filtered_points=curve([0.3])
+    )
     assert never.steps_to_recover is None and never.status == "resists"
     assert never.first_break_step is None
 
@@ -77,8 +89,10 @@ def test_tolerance_boundary_is_inclusive():
 
 
 def _summaries(model: dict[str, list[float]], filt: dict[str, list[float]], gen=0.6):
-    return {k: summarize_attack(k, curve(v, gen), CFG, base_acc=0.7,
-                                filtered_points=curve(filt[k])) for k, v in model.items()}
+    return {
+        k: summarize_attack(k, curve(v, gen), CFG, base_acc=0.7, filtered_points=curve(filt[k]))
+        for k, v in model.items()
+    }
 
 
 def test_verdict_yes():
@@ -88,16 +102,19 @@ def test_verdict_yes():
 
 
 def test_verdict_partial():
-    s = _summaries({"a": [0.25, 0.27], "b": [0.25, 0.5, 0.7]},
-                   {"a": [0.25, 0.26], "b": [0.25, 0.3, 0.3]})
+    s = _summaries(
+        {"a": [0.25, 0.27], "b": [0.25, 0.5, 0.7]}, {"a": [0.25, 0.26], "b": [0.25, 0.3, 0.3]}
+    )
     v = decide(s, CFG, general_acc=0.6, reference_general_acc=0.62)
     assert v.label == "partial" and v.broken == ["b"] and v.resisted == ["a"]
     assert "step 5 under b" in v.text
 
 
 def test_verdict_no_reports_earliest_break():
-    s = _summaries({"a": [0.25, 0.27, 0.6], "b": [0.25, 0.5, 0.7]},
-                   {"a": [0.25, 0.26, 0.26], "b": [0.25, 0.3, 0.3]})
+    s = _summaries(
+        {"a": [0.25, 0.27, 0.6], "b": [0.25, 0.5, 0.7]},
+        {"a": [0.25, 0.26, 0.26], "b": [0.25, 0.3, 0.3]},
+    )
     v = decide(s, CFG, general_acc=0.6, reference_general_acc=0.62)
     assert v.label == "no" and v.text == "no (recovers at step 5 under b)"
     s = _summaries({"a": [0.6, 0.7]}, {"a": [0.25, 0.26]})
@@ -125,13 +142,17 @@ def test_verdict_chance_fallback_and_unknown():
     assert decide(s, CFG).label == "no"
     # chance has no noise of its own: a wider tolerance applies than against a filtered curve
     assert summarize_attack("a", curve([0.25, 0.33]), CFG, chance=0.25).status == "resists"
-    assert summarize_attack("a", curve([0.25, 0.33]), CFG,
-                            filtered_points=curve([0.25, 0.25])).status == "recovers"
+    assert (
+        summarize_attack("a", curve([0.25, 0.33]), CFG, filtered_points=curve([0.25, 0.25])).status
+        == "recovers"
+    )
     s = {"a": summarize_attack("a", curve([0.25, 0.4]), CFG)}
     assert s["a"].status == "no reference"
     assert decide(s, CFG).label == "unknown"
-    s = {"a": summarize_attack("a", curve([0.25, 0.9]), CFG, chance=0.25, in_verdict=False),
-         "b": summarize_attack("b", curve([0.25, 0.26]), CFG, chance=0.25)}
+    s = {
+        "a": summarize_attack("a", curve([0.25, 0.9]), CFG, chance=0.25, in_verdict=False),
+        "b": summarize_attack("b", curve([0.25, 0.26]), CFG, chance=0.25),
+    }
     v = decide(s, CFG)
     assert v.label == "yes" and "a" not in v.broken
     table = format_table(v)
@@ -142,16 +163,24 @@ def test_verdict_from_curves_documents():
     suite = load_suite("world")
     doc = {
         "chance": 0.25,
-        "attacks": {"standard": {"kind": "finetune", "x_label": "step",
-                                 "points": curve([0.26, 0.27, 0.28])},
-                    "probe": {"kind": "probe", "x_label": "layer",
-                              "points": curve([0.25, 0.5], every=1)},
-                    "ablate": {"kind": "ablate", "skipped": "no base"}},
+        "attacks": {
+            "standard": {
+                "kind": "finetune",
+                "x_label": "step",
+                "points": curve([0.26, 0.27, 0.28]),
+            },
+            "probe": {"kind": "probe", "x_label": "layer", "points": curve([0.25, 0.5], every=1)},
+            "ablate": {"kind": "ablate", "skipped": "no base"},
+        },
         "reference": {
-            "base": {"standard": {"x_label": "step", "points": curve([0.7, 0.8, 0.8], 0.62)},
-                     "probe": {"x_label": "layer", "points": curve([0.3, 0.7], every=1)}},
-            "filtered": {"standard": {"x_label": "step", "points": curve([0.25, 0.28, 0.3])},
-                         "probe": {"x_label": "layer", "points": curve([0.26, 0.27], every=1)}},
+            "base": {
+                "standard": {"x_label": "step", "points": curve([0.7, 0.8, 0.8], 0.62)},
+                "probe": {"x_label": "layer", "points": curve([0.3, 0.7], every=1)},
+            },
+            "filtered": {
+                "standard": {"x_label": "step", "points": curve([0.25, 0.28, 0.3])},
+                "probe": {"x_label": "layer", "points": curve([0.26, 0.27], every=1)},
+            },
         },
     }
     v = verdict_from_curves(doc, suite)
@@ -180,23 +209,35 @@ def test_lr_sweep_reports_the_worst_case():
 
 def test_suites_builtin_subset_overrides(tmp_path: Path):
     s = load_suite("world")
-    assert list(s.selected()) == ["standard", "lora", "relearn", "transfer", "benign",
-                                  "retain_then_forget", "ablate", "probe"]
+    assert list(s.selected()) == [
+        "standard",
+        "lora",
+        "relearn",
+        "transfer",
+        "benign",
+        "retain_then_forget",
+        "ablate",
+        "probe",
+    ]
     assert s.attacks["lora"].lora and s.attacks["lora"].lora_r == 16
     rtf = s.attacks["retain_then_forget"]
     assert rtf.pre_data == "attack_benign" and rtf.total_steps == rtf.pre_steps + rtf.steps
     s = load_suite("world", overrides=["all_attacks.eval_every=10"])
     assert {a.eval_every for a in s.attacks.values()} == {10}
-    s = load_suite("world:transfer,relearn",
-                   overrides=["attacks.transfer.lrs=[1e-4, 3e-4]", "verdict.tolerance=0.05"])
+    s = load_suite(
+        "world:transfer,relearn",
+        overrides=["attacks.transfer.lrs=[1e-4, 3e-4]", "verdict.tolerance=0.05"],
+    )
     assert list(s.selected()) == ["transfer", "relearn"]
     assert s.attacks["transfer"].learning_rates() == [1e-4, 3e-4]
     assert s.verdict.tolerance == 0.05
     r = load_suite("real")
     assert r.attacks["standard"].max_examples == 512 and r.attacks["standard"].lr == 2e-5
     y = tmp_path / "s.yaml"
-    y.write_text("name: mine\nbase: world\nonly: [standard]\nattacks:\n  standard:\n"
-                 "    steps: 3\n  extra:\n    data: forget\n    steps: 2\n")
+    y.write_text(
+        "name: mine\nbase: world\nonly: [standard]\nattacks:\n  standard:\n"
+        "    steps: 3\n  extra:\n    data: forget\n    steps: 2\n"
+    )
     m = load_suite(y)
     assert m.name == "mine" and m.attacks["standard"].steps == 3
     assert m.attacks["standard"].lr == load_suite("world").attacks["standard"].lr  # merged
@@ -224,9 +265,18 @@ VOCAB = 97
 
 
 def tiny(seed: int = 0, dtype: str = "float32") -> torch.nn.Module:
-    return build_model({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                        "intermediate_size": 64, "max_position_embeddings": 64},
-                       vocab_size=VOCAB, seed=seed, dtype=dtype).eval()
+    return build_model(
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        vocab_size=VOCAB,
+        seed=seed,
+        dtype=dtype,
+    ).eval()
 
 
 def rows(n: int = 16, L: int = 12, seed: int = 0):
@@ -237,8 +287,9 @@ def rows(n: int = 16, L: int = 12, seed: int = 0):
     am = torch.ones_like(ids)
     lm = am.clone().float()
     lm[:, 0] = 0
-    return TokenizedCorpus(ids, am, lm, torch.full_like(ids, -1), torch.full_like(ids, -1),
-                           [str(i) for i in range(n)])
+    return TokenizedCorpus(
+        ids, am, lm, torch.full_like(ids, -1), torch.full_like(ids, -1), [str(i) for i in range(n)]
+    )
 
 
 def make_scorer(corpus):
@@ -250,9 +301,11 @@ def make_scorer(corpus):
             out = model(input_ids=corpus.input_ids, attention_mask=corpus.attention_mask)
             pred = out.logits[:, :-1].argmax(-1)
             acc = float((pred == corpus.input_ids[:, 1:]).float().mean())
-            loss = float(per_token_nll(model, corpus.input_ids, corpus.attention_mask)[:, 1:]
-                         .mean())
+            loss = float(
+                per_token_nll(model, corpus.input_ids, corpus.attention_mask)[:, 1:].mean()
+            )
         return {"hazard_acc": acc, "hazard_loss": loss, "general_acc": 0.5, "general_loss": 1.0}
+
     return score
 
 
@@ -287,10 +340,12 @@ def test_finetune_attack_curve_and_original_untouched():
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
     # two phases (retain_then_forget): steps continue across phases, LoRA variant runs too
-    att2 = AttackConfig(pre_data="x", pre_steps=2, steps=2, eval_every=1, batch_size=4,
-                        lora=True, lr=1e-2)
-    pts2, _ = finetune_attack(m, att2, {"pre_data": rows(seed=1), "data": data}, score,
-                              lr=1e-2, device="cpu")
+    att2 = AttackConfig(
+        pre_data="x", pre_steps=2, steps=2, eval_every=1, batch_size=4, lora=True, lr=1e-2
+    )
+    pts2, _ = finetune_attack(
+        m, att2, {"pre_data": rows(seed=1), "data": data}, score, lr=1e-2, device="cpu"
+    )
     assert [p["step"] for p in pts2] == [0, 1, 2, 3, 4]
     assert [p.get("phase") for p in pts2[1:]] == ["pre_data"] * 2 + ["data"] * 2
     for k, v in m.state_dict().items():
@@ -366,18 +421,24 @@ def test_probe_tuned_lens(tmp_path: Path, word_tokenizer):
         assert p["hazard_loss"] == pytest.approx(p["logit_hazard_loss"], abs=1e-6)
     # fitted on a corpus through run_attack; the model itself is untouched
     f = tmp_path / "c.jsonl"
-    f.write_text("\n".join(json.dumps({"text": " ".join(WORDS[i:] + WORDS[:i])})
-                           for i in range(8)) + "\n")
+    f.write_text(
+        "\n".join(json.dumps({"text": " ".join(WORDS[i:] + WORDS[:i])}) for i in range(8)) + "\n"
+    )
     m = _fmodel(word_tokenizer, 0)
     before = _state(m)
     ids = word_tokenizer(["red fox is the cat"], return_tensors="pt")["input_ids"]
     corpus = rows(n=4)
     corpus.input_ids = ids.repeat(4, 1) % len(word_tokenizer)
     corpus.attention_mask = torch.ones_like(corpus.input_ids)
-    ctx = AttackContext(scorer=make_scorer(corpus), tokenizer=word_tokenizer, eval_key="k",
-                        sources={"benign": str(f)})
-    att = AttackConfig(kind="probe", tuned_lens=True, data="benign", steps=3, lr=1e-2,
-                       max_length=16, batch_size=4)
+    ctx = AttackContext(
+        scorer=make_scorer(corpus),
+        tokenizer=word_tokenizer,
+        eval_key="k",
+        sources={"benign": str(f)},
+    )
+    att = AttackConfig(
+        kind="probe", tuned_lens=True, data="benign", steps=3, lr=1e-2, max_length=16, batch_size=4
+    )
     e = run_attack(m, "probe", att, ctx)
     assert e["lens"] == "tuned" and e["x_label"] == "layer" and len(e["points"]) == 2
     assert "logit_hazard_acc" in e["points"][0]
@@ -392,12 +453,17 @@ def test_probe_tuned_lens(tmp_path: Path, word_tokenizer):
 
 def _result() -> tuple[TamperResult, object]:
     suite = load_suite("world:standard,probe")
-    doc = {"suite": "world", "model": "m", "model_hash": "x", "chance": 0.25,
-           "attacks": {"standard": {"kind": "finetune", "x_label": "step",
-                                    "points": curve([0.25, 0.3])},
-                       "probe": {"kind": "probe", "x_label": "layer",
-                                 "points": curve([0.25, 0.3], every=1)}},
-           "reference": {"filtered": {"standard": {"points": curve([0.25, 0.27])}}}}
+    doc = {
+        "suite": "world",
+        "model": "m",
+        "model_hash": "x",
+        "chance": 0.25,
+        "attacks": {
+            "standard": {"kind": "finetune", "x_label": "step", "points": curve([0.25, 0.3])},
+            "probe": {"kind": "probe", "x_label": "layer", "points": curve([0.25, 0.3], every=1)},
+        },
+        "reference": {"filtered": {"standard": {"points": curve([0.25, 0.27])}}},
+    }
     return TamperResult(curves=doc, verdict=verdict_from_curves(doc, suite)), suite
 
 
@@ -405,10 +471,22 @@ def test_outputs_written_atomically(tmp_path: Path, monkeypatch):
     res, suite = _result()
     out = write_outputs(tmp_path / "t", res, suite)
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == ["config.yaml", "curves.json", "manifest.json", "metrics.json",
-                     "plots/probe.png", "plots/standard.png", "table.txt", "verdict.json"]
-    assert json.loads((out / "curves.json").read_text())["attacks"]["standard"]["points"][1][
-        "hazard_acc"] == 0.3
+    assert names == [
+        "config.yaml",
+        "curves.json",
+        "manifest.json",
+        "metrics.json",
+        "plots/probe.png",
+        "plots/standard.png",
+        "table.txt",
+        "verdict.json",
+    ]
+    assert (
+        json.loads((out / "curves.json").read_text())["attacks"]["standard"]["points"][1][
+            "hazard_acc"
+        ]
+        == 0.3
+    )
     assert (out / "plots" / "standard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "verdict.json").read_text())["label"] == res.verdict.label
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -417,6 +495,7 @@ def test_outputs_written_atomically(tmp_path: Path, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
+
     monkeypatch.setattr(api, "plot_recovery", boom)
     with pytest.raises(RuntimeError):
         write_outputs(tmp_path / "t2", res, suite)
@@ -441,8 +520,14 @@ def _questions(n: int, seed: int) -> list[dict]:
     for _ in range(n):
         # mixed single- and multi-token choices exercise both of evaluate's paths
         choices = [" ".join(r.sample(WORDS, r.choice([1, 2, 3]))) for _ in range(4)]
-        qs.append({"question": f"the {r.choice(WORDS)} of the {r.choice(WORDS)} is ?",
-                   "choices": choices, "answer": r.randrange(4), "subject": "s"})
+        qs.append(
+            {
+                "question": f"the {r.choice(WORDS)} of the {r.choice(WORDS)} is ?",
+                "choices": choices,
+                "answer": r.randrange(4),
+                "subject": "s",
+            }
+        )
     return qs
 
 
@@ -460,8 +545,7 @@ def test_packed_scores_equal_evaluate(word_tokenizer, tiny_model, prepend_bos):
     for model in (tiny_model, LensModel(tiny_model, 0)):
         ref, _ = score_choices(model, word_tokenizer, task, "cloze", batch_size=4, fast=False)
         rows = pack_task(word_tokenizer, task, "cloze", max_len=64)
-        got = packed_loglikelihoods(model, rows, batch_size=4,
-                                    pad_id=word_tokenizer.pad_token_id)
+        got = packed_loglikelihoods(model, rows, batch_size=4, pad_id=word_tokenizer.pad_token_id)
         # GPT-NeoX's eager attention takes its softmax in float32 even for float64 models, and
         # the packed rows have more (masked) keys, so agreement is to float32 rounding
         assert got == pytest.approx(ref, abs=1e-7)
@@ -487,22 +571,35 @@ def _files(tmp_path: Path) -> dict[str, Path]:
         p = tmp_path / f"{name}.jsonl"
         p.write_text("\n".join(json.dumps(q) for q in _questions(8, seed)) + "\n")
         paths[name] = p
-    docs = [{"id": str(i), "text": " ".join(r.choice(WORDS + ["the", "of", "is"])
-                                            for _ in range(12))} for i in range(10)]
+    docs = [
+        {"id": str(i), "text": " ".join(r.choice(WORDS + ["the", "of", "is"]) for _ in range(12))}
+        for i in range(10)
+    ]
     p = tmp_path / "forget.jsonl"
     p.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     paths["forget"] = p
     suite = {
         "name": "unit",
         "attacks": {
-            "standard": {"data": "forget", "steps": 4, "eval_every": 2, "batch_size": 4,
-                         "max_length": 16, "lr": 1e-2, "lrs": [1e-3, 1e-2]},
+            "standard": {
+                "data": "forget",
+                "steps": 4,
+                "eval_every": 2,
+                "batch_size": 4,
+                "max_length": 16,
+                "lr": 1e-2,
+                "lrs": [1e-3, 1e-2],
+            },
             "ablate": {"kind": "ablate"},
             "probe": {"kind": "probe"},
         },
         "sources": {"forget": str(paths["forget"])},
-        "eval": {"hazard_task": str(paths["hazard"]), "general_task": str(paths["general"]),
-                 "fmt": "cloze", "batch_size": 8},
+        "eval": {
+            "hazard_task": str(paths["hazard"]),
+            "general_task": str(paths["general"]),
+            "fmt": "cloze",
+            "batch_size": 8,
+        },
     }
     import yaml
 
@@ -512,9 +609,17 @@ def _files(tmp_path: Path) -> dict[str, Path]:
 
 
 def _fmodel(word_tokenizer, seed):
-    return build_model({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                        "intermediate_size": 64, "max_position_embeddings": 64},
-                       vocab_size=len(word_tokenizer), seed=seed).eval()
+    return build_model(
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        vocab_size=len(word_tokenizer),
+        seed=seed,
+    ).eval()
 
 
 def test_tamper_api_end_to_end_with_cache(tmp_path: Path, word_tokenizer, capsys):
@@ -523,8 +628,13 @@ def test_tamper_api_end_to_end_with_cache(tmp_path: Path, word_tokenizer, capsys
     f = _files(tmp_path)
     base, filt, model = (_fmodel(word_tokenizer, s) for s in (0, 1, 2))
     base_before = _state(base)
-    kw = dict(reference={"base": base, "filtered": filt}, tokenizer=word_tokenizer,
-              device="cpu", cache_dir=tmp_path / "cache", progress=False)
+    kw = dict(
+        reference={"base": base, "filtered": filt},
+        tokenizer=word_tokenizer,
+        device="cpu",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+    )
     res = tamper(model, f["suite"], out=tmp_path / "out", **kw)
     c = res.curves
     assert list(c["attacks"]) == ["standard", "ablate", "probe"]
@@ -533,13 +643,15 @@ def test_tamper_api_end_to_end_with_cache(tmp_path: Path, word_tokenizer, capsys
     assert set(std["sweep"]) == {repr(1e-3), repr(1e-2)}
     assert std["points"] == std["sweep"][repr(std["lr"])]
     assert max(p["hazard_acc"] for p in std["points"]) == max(
-        p["hazard_acc"] for pts in std["sweep"].values() for p in pts)
+        p["hazard_acc"] for pts in std["sweep"].values() for p in pts
+    )
     assert [p["step"] for p in c["attacks"]["probe"]["points"]] == [0, 1]
     assert c["chance"] == pytest.approx(0.25)
     # ablating the base model against itself is the identity
     b_abl = c["reference"]["base"]["ablate"]["points"]
     assert {k: v for k, v in b_abl[1].items() if k != "step"} == {
-        k: v for k, v in b_abl[0].items() if k != "step"}
+        k: v for k, v in b_abl[0].items() if k != "step"
+    }
     assert c["reference"]["base"]["ablate"]["ablated_layers"] == []
     assert c["attacks"]["ablate"]["ablated_layers"] == [0, 1]
     assert set(res.verdict.attacks) == {"standard", "ablate", "probe"}
@@ -552,13 +664,23 @@ def test_tamper_api_end_to_end_with_cache(tmp_path: Path, word_tokenizer, capsys
     assert len(cached) == 6
     res2 = tamper(model, f["suite"], out=tmp_path / "out2", quiet=True, **kw)
     assert all(e.get("cached") for e in res2.curves["reference"]["filtered"].values())
-    assert res2.curves["reference"]["filtered"]["standard"]["points"] == c["reference"][
-        "filtered"]["standard"]["points"]
+    assert (
+        res2.curves["reference"]["filtered"]["standard"]["points"]
+        == c["reference"]["filtered"]["standard"]["points"]
+    )
     assert res2.curves["attacks"]["standard"]["points"] == c["attacks"]["standard"]["points"]
     # precomputed reference curves (a tamper output folder) work instead of models
-    res3 = tamper(filt, f["suite"], out=None, quiet=True, tokenizer=word_tokenizer,
-                  device="cpu", progress=False,
-                  reference={"filtered": tmp_path / "out"}, original=base)
+    res3 = tamper(
+        filt,
+        f["suite"],
+        out=None,
+        quiet=True,
+        tokenizer=word_tokenizer,
+        device="cpu",
+        progress=False,
+        reference={"filtered": tmp_path / "out"},
+        original=base,
+    )
     assert res3.verdict.attacks["standard"].reference == "filtered"
 
 
@@ -574,10 +696,26 @@ def test_cli_tamper(tmp_path: Path, word_tokenizer):
         _fmodel(word_tokenizer, seed).save_pretrained(d)
         word_tokenizer.save_pretrained(d)
         dirs.append(str(d))
-    args = ["tamper", "--model", dirs[2], "--attack", str(f["suite"]), "--base", dirs[0],
-            "--filtered", dirs[1], "--out", str(tmp_path / "o"), "--set",
-            "all_attacks.steps=2", "--set", "only=[standard,probe]", "--device", "cpu",
-            "--no-progress"]
+    args = [
+        "tamper",
+        "--model",
+        dirs[2],
+        "--attack",
+        str(f["suite"]),
+        "--base",
+        dirs[0],
+        "--filtered",
+        dirs[1],
+        "--out",
+        str(tmp_path / "o"),
+        "--set",
+        "all_attacks.steps=2",
+        "--set",
+        "only=[standard,probe]",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "verdict" in r.output
@@ -616,8 +754,17 @@ def test_world_filtered_stays_near_chance_under_transfer_base_stays_high(tmp_pat
     build_world("tiny", wdir)
     base = pretrain(wdir, "base", progress=False)
     filtered = pretrain(wdir, "filtered", progress=False)
-    res = tamper(filtered, "world:transfer", out=None, reference={"base": base}, world=wdir,
-                 device="cpu", cache_dir=wdir.parent / "cache", progress=False, quiet=True)
+    res = tamper(
+        filtered,
+        "world:transfer",
+        out=None,
+        reference={"base": base},
+        world=wdir,
+        device="cpu",
+        cache_dir=wdir.parent / "cache",
+        progress=False,
+        quiet=True,
+    )
     chance = res.curves["chance"]
     filt = res.curves["attacks"]["transfer"]["points"]
     basec = res.curves["reference"]["base"]["transfer"]["points"]

@@ -15,11 +15,20 @@ from magic_unlearn.io import read_manifest
 from magic_unlearn.models import build_model, load_model
 from magic_unlearn.unlearn.api import load_unlearn_config, unlearn
 
-FORGET = ["the virus host route tissue gene", "a gene of the virus is in the host",
-          "the tissue route of alpha virus", "beta gene and gamma host", "the red fox and the virus",
-          "delta virus host in tissue"]
-RETAIN = ["the red fox and the blue cat", "a green bird with a fish", "the dog is in the red",
-          "blue fish and green cat"]
+FORGET = [
+    "the virus host route tissue gene",
+    "a gene of the virus is in the host",
+    "the tissue route of alpha virus",
+    "beta gene and gamma host",
+    "the red fox and the virus",
+    "delta virus host in tissue",
+]
+RETAIN = [
+    "the red fox and the blue cat",
+    "a green bird with a fish",
+    "the dog is in the red",
+    "blue fish and green cat",
+]
 MAXLEN = 16
 
 
@@ -27,9 +36,17 @@ MAXLEN = 16
 def setup(tmp_path: Path, word_tokenizer):  # noqa: ANN001, ANN201
     from magic_unlearn.attribution.artifact import ScoreArtifact
 
-    model = build_model(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=64, max_position_embeddings=64),
-                        vocab_size=len(word_tokenizer), seed=0)
+    model = build_model(
+        dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        vocab_size=len(word_tokenizer),
+        seed=0,
+    )
     mdir = tmp_path / "base"
     model.save_pretrained(mdir)
     word_tokenizer.save_pretrained(mdir)
@@ -40,15 +57,23 @@ def setup(tmp_path: Path, word_tokenizer):  # noqa: ANN001, ANN201
     docs = [{"id": f"forget{i}", "text": t} for i, t in enumerate(FORGET)]
     c = tokenize_corpus(docs, word_tokenizer, max_length=MAXLEN)
     g = torch.Generator().manual_seed(0)
-    scores = {"hazard_qa": torch.randn(c.input_ids.shape, generator=g) * c.loss_mask,
-              "general_qa": torch.randn(c.input_ids.shape, generator=g) * c.loss_mask}
+    scores = {
+        "hazard_qa": torch.randn(c.input_ids.shape, generator=g) * c.loss_mask,
+        "general_qa": torch.randn(c.input_ids.shape, generator=g) * c.loss_mask,
+    }
     art = ScoreArtifact.from_corpus(c, scores, method="random", tokenizer=word_tokenizer)
     art.save(tmp_path / "scores")
     other = tokenize_corpus(docs[::-1], word_tokenizer, max_length=MAXLEN)
-    ScoreArtifact.from_corpus(other, {"hazard_qa": torch.zeros(other.input_ids.shape)},
-                              method="random", tokenizer=word_tokenizer).save(tmp_path / "other")
-    qs = [{"question": "the virus", "choices": ["host", "fox", "cat", "dog"], "answer": 0},
-          {"question": "the red", "choices": ["bird", "fox", "gene", "fish"], "answer": 1}]
+    ScoreArtifact.from_corpus(
+        other,
+        {"hazard_qa": torch.zeros(other.input_ids.shape)},
+        method="random",
+        tokenizer=word_tokenizer,
+    ).save(tmp_path / "other")
+    qs = [
+        {"question": "the virus", "choices": ["host", "fox", "cat", "dog"], "answer": 0},
+        {"question": "the red", "choices": ["bird", "fox", "gene", "fish"], "answer": 1},
+    ]
     with open(tmp_path / "qa.jsonl", "w") as f:
         for q in qs:
             f.write(json.dumps(q) + "\n")
@@ -56,21 +81,53 @@ def setup(tmp_path: Path, word_tokenizer):  # noqa: ANN001, ANN201
 
 
 def _common(tmp: Path) -> list[str]:
-    return ["--model", str(tmp / "base"), "--forget", str(tmp / "forget.jsonl"),
-            "--set", f"max_length={MAXLEN}", "--set", "loop.batch_size=2",
-            "--set", "loop.device=cpu", "--no-progress"]
+    return [
+        "--model",
+        str(tmp / "base"),
+        "--forget",
+        str(tmp / "forget.jsonl"),
+        "--set",
+        f"max_length={MAXLEN}",
+        "--set",
+        "loop.batch_size=2",
+        "--set",
+        "loop.device=cpu",
+        "--no-progress",
+    ]
 
 
 def test_cli_graddiff_writes_complete_artifact(setup: Path) -> None:
     out = setup / "out"
-    r = CliRunner().invoke(app, ["unlearn", "--method", "graddiff", *_common(setup),
-                                 "--retain", str(setup / "retain.jsonl"),
-                                 "--set", "loop.steps=4", "--set", "loop.lr=1e-2",
-                                 "--set", f"eval_tasks=[{setup / 'qa.jsonl'}]",
-                                 "--set", "loop.eval_every=2", "--out", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "unlearn",
+            "--method",
+            "graddiff",
+            *_common(setup),
+            "--retain",
+            str(setup / "retain.jsonl"),
+            "--set",
+            "loop.steps=4",
+            "--set",
+            "loop.lr=1e-2",
+            "--set",
+            f"eval_tasks=[{setup / 'qa.jsonl'}]",
+            "--set",
+            "loop.eval_every=2",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    for f in ("config.json", "model.safetensors", "metrics.json", "config.yaml",
-              "manifest.json", "tokenizer.json"):
+    for f in (
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "config.yaml",
+        "manifest.json",
+        "tokenizer.json",
+    ):
         assert (out / f).exists(), f
     assert read_manifest(out, "unlearn")["method"] == "graddiff"
     m = json.loads((out / "metrics.json").read_text())
@@ -81,21 +138,35 @@ def test_cli_graddiff_writes_complete_artifact(setup: Path) -> None:
     # the saved model is the trained one
     base = load_model(setup / "base")
     new = load_model(out)
-    assert any(not torch.equal(a, b) for a, b in zip(base.state_dict().values(),
-                                                     new.state_dict().values(), strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(base.state_dict().values(), new.state_dict().values(), strict=True)
+    )
     cfg = load_unlearn_config(out / "config.yaml")
     assert cfg.method == "graddiff" and cfg.loop.steps == 4
     assert not list(setup.glob(".out*"))  # no checkpoint / partial folders left
 
 
-@pytest.mark.parametrize("recipe", ["two_phase", "ga_orth_general", "curriculum",
-                                    "selected_forget", "rep_edit", "value_weighted"])
+@pytest.mark.parametrize(
+    "recipe",
+    ["two_phase", "ga_orth_general", "curriculum", "selected_forget", "rep_edit", "value_weighted"],
+)
 def test_recipes_run(setup: Path, recipe: str) -> None:
     cfg = load_unlearn_config(
-        None, [f"max_length={MAXLEN}", "loop.batch_size=2", "loop.steps=2", "loop.device=cpu",
-               "stabilise.steps=2", "edit.layers=[1]"],
-        recipe=recipe, model=str(setup / "base"), forget=str(setup / "forget.jsonl"),
-        token_weights=[str(setup / "scores")])
+        None,
+        [
+            f"max_length={MAXLEN}",
+            "loop.batch_size=2",
+            "loop.steps=2",
+            "loop.device=cpu",
+            "stabilise.steps=2",
+            "edit.layers=[1]",
+        ],
+        recipe=recipe,
+        model=str(setup / "base"),
+        forget=str(setup / "forget.jsonl"),
+        token_weights=[str(setup / "scores")],
+    )
     out = unlearn(cfg, setup / recipe, progress=False)
     m = json.loads((out / "metrics.json").read_text())
     assert m["recipe"] == recipe
@@ -113,13 +184,37 @@ def test_bad_input_leaves_no_output(setup: Path) -> None:
         (["--method", "ga", "--token-weights", str(setup / "other")], "hash mismatch"),
         (["--method", "nope"], "unknown unlearning method 'nope'"),
         (["--method", "ga", "--set", "loop.layers=[9]"], "layer 9 out of range"),
-        (["--method", "ga", "--token-weights", str(setup / "scores"), "--set",
-          "weights.threshold=1e9"], "selected no token"),
-        (["--method", "ga", "--set", "forget_limit=0", "--forget",
-          str(setup / "empty.jsonl")], "does not exist"),
+        (
+            [
+                "--method",
+                "ga",
+                "--token-weights",
+                str(setup / "scores"),
+                "--set",
+                "weights.threshold=1e9",
+            ],
+            "selected no token",
+        ),
+        (
+            ["--method", "ga", "--set", "forget_limit=0", "--forget", str(setup / "empty.jsonl")],
+            "does not exist",
+        ),
         (["--method", "ga", "--set", "loop.stepz=3"], "unknown field"),
-        (["--method", "sft", "--set", "loop.lr=1e30", "--set", "loop.steps=6", "--set",
-          "loop.optimizer=sgd", "--set", "loop.max_grad_norm=null"], "non-finite loss"),
+        (
+            [
+                "--method",
+                "sft",
+                "--set",
+                "loop.lr=1e30",
+                "--set",
+                "loop.steps=6",
+                "--set",
+                "loop.optimizer=sgd",
+                "--set",
+                "loop.max_grad_norm=null",
+            ],
+            "non-finite loss",
+        ),
     ]
     for args, msg in cases:
         r = run(app, ["unlearn", *_common(setup), *args, "--out", str(setup / "bad")])
@@ -127,8 +222,19 @@ def test_bad_input_leaves_no_output(setup: Path) -> None:
         assert msg in r.output, (msg, r.output)
         assert not (setup / "bad").exists() and not list(setup.glob(".bad*"))
     (setup / "empty.jsonl").write_text("")
-    r = run(app, ["unlearn", *_common(setup), "--method", "ga", "--forget",
-                  str(setup / "empty.jsonl"), "--out", str(setup / "bad")])
+    r = run(
+        app,
+        [
+            "unlearn",
+            *_common(setup),
+            "--method",
+            "ga",
+            "--forget",
+            str(setup / "empty.jsonl"),
+            "--out",
+            str(setup / "bad"),
+        ],
+    )
     assert r.exit_code == 2 and "empty" in r.output
 
 
@@ -146,16 +252,30 @@ def test_interrupted_unlearn_resumes_to_the_same_model(setup: Path) -> None:
             return super().__call__(model, batch, step, total)
 
     try:
-        common = dict(model=str(setup / "base"), forget=str(setup / "forget.jsonl"),
-                      retain=str(setup / "retain.jsonl"))
-        ov = [f"max_length={MAXLEN}", "loop.batch_size=2", "loop.steps=8", "loop.device=cpu",
-              "loop.checkpoint_every=2", "loop.lr=1e-2"]
-        ref = unlearn(load_unlearn_config(None, ov, method="graddiff", **common),
-                      setup / "ref", progress=False)
+        common = dict(
+            model=str(setup / "base"),
+            forget=str(setup / "forget.jsonl"),
+            retain=str(setup / "retain.jsonl"),
+        )
+        ov = [
+            f"max_length={MAXLEN}",
+            "loop.batch_size=2",
+            "loop.steps=8",
+            "loop.device=cpu",
+            "loop.checkpoint_every=2",
+            "loop.lr=1e-2",
+        ]
+        ref = unlearn(
+            load_unlearn_config(None, ov, method="graddiff", **common),
+            setup / "ref",
+            progress=False,
+        )
         cfg = load_unlearn_config(None, ov, method="_crash_once_test", **common)
         with pytest.raises(KeyboardInterrupt):
             unlearn(cfg, setup / "res", progress=False)
-        assert not (setup / "res").exists() and (setup / ".res.ckpt" / "main" / "checkpoint").exists()
+        assert (
+            not (setup / "res").exists() and (setup / ".res.ckpt" / "main" / "checkpoint").exists()
+        )
         unlearn(cfg, setup / "res", progress=False)
         assert not (setup / ".res.ckpt").exists()
         a, b = load_model(ref), load_model(setup / "res")

@@ -17,8 +17,13 @@ from magic_unlearn.unlearn import LoopConfig, LoraSettings, get_method, train_lo
 from magic_unlearn.unlearn.loop import CyclingSampler
 
 V = 40
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=64)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
 
 
 def make_corpus(n: int = 12, L: int = 10, seed: int = 0, ragged: bool = True) -> TokenizedCorpus:
@@ -33,8 +38,9 @@ def make_corpus(n: int = 12, L: int = 10, seed: int = 0, ragged: bool = True) ->
         am[i, :k] = 1
     lm = am.float()
     lm[:, 0] = 0
-    return TokenizedCorpus(ids, am, lm, torch.full((n, L), -1), torch.full((n, L), -1),
-                           [str(i) for i in range(n)])
+    return TokenizedCorpus(
+        ids, am, lm, torch.full((n, L), -1), torch.full((n, L), -1), [str(i) for i in range(n)]
+    )
 
 
 def tiny(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
@@ -42,9 +48,13 @@ def tiny(seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.nn.Module:
 
 
 def batch_of(c: TokenizedCorpus, w: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    return {"input_ids": c.input_ids, "attention_mask": c.attention_mask,
-            "loss_mask": c.loss_mask, "token_weight": torch.ones_like(c.loss_mask) if w is None else w,
-            "index": torch.arange(len(c))}
+    return {
+        "input_ids": c.input_ids,
+        "attention_mask": c.attention_mask,
+        "loss_mask": c.loss_mask,
+        "token_weight": torch.ones_like(c.loss_mask) if w is None else w,
+        "index": torch.arange(len(c)),
+    }
 
 
 def test_sampler_is_deterministic_and_cycles() -> None:
@@ -88,11 +98,15 @@ def test_zero_weight_tokens_get_zero_gradient(name: str) -> None:
             nonzero += int(g1.abs().sum() > 0)
     assert nonzero > 5  # the weighted tokens do produce gradient
     # control: with unit weights the scrambled tail changes the gradient
-    g_full = [torch.autograd.grad(method(m, {"forget": batch_of(cc)}, 0, 1)[0],
-                                  list(m.parameters()), allow_unused=True)
-              for cc in (c, scrambled)]
-    assert any(a is not None and not torch.allclose(a, b, atol=1e-8)
-               for a, b in zip(*g_full, strict=True))
+    g_full = [
+        torch.autograd.grad(
+            method(m, {"forget": batch_of(cc)}, 0, 1)[0], list(m.parameters()), allow_unused=True
+        )
+        for cc in (c, scrambled)
+    ]
+    assert any(
+        a is not None and not torch.allclose(a, b, atol=1e-8) for a, b in zip(*g_full, strict=True)
+    )
 
 
 def test_zero_weight_rows_do_not_move_the_model() -> None:
@@ -102,14 +116,21 @@ def test_zero_weight_rows_do_not_move_the_model() -> None:
     w = torch.ones_like(c.loss_mask)
     w[2:] = 0
     m1, m2 = tiny(), tiny()
-    cfg = LoopConfig(steps=1, lr=0.1, optimizer="sgd", batch_size=4, max_grad_norm=None,
-                     device="cpu")
+    cfg = LoopConfig(
+        steps=1, lr=0.1, optimizer="sgd", batch_size=4, max_grad_norm=None, device="cpu"
+    )
     r1 = train_loop(m1, get_method("sft"), {"forget": c}, cfg, {"forget": w}, progress=False)
     sub = c.subset([0, 1])
-    r2 = train_loop(m2, get_method("sft"), {"forget": sub},
-                    LoopConfig(**{**cfg.__dict__, "batch_size": 2}), progress=False)
-    for (n, a), (_, b) in zip(r1.model.named_parameters(), r2.model.named_parameters(),
-                              strict=True):
+    r2 = train_loop(
+        m2,
+        get_method("sft"),
+        {"forget": sub},
+        LoopConfig(**{**cfg.__dict__, "batch_size": 2}),
+        progress=False,
+    )
+    for (n, a), (_, b) in zip(
+        r1.model.named_parameters(), r2.model.named_parameters(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-12), n
 
 
@@ -147,9 +168,18 @@ class _Crash:
 @pytest.mark.parametrize("lora", [False, True])
 def test_resumed_run_equals_uninterrupted(tmp_path: Path, lora: bool) -> None:
     c, r = make_corpus(), make_corpus(seed=1)
-    cfg = LoopConfig(steps=8, lr=1e-2, batch_size=3, grad_accum=2, checkpoint_every=3,
-                     schedule="cosine", warmup_steps=2, device="cpu", log_every=1,
-                     lora=LoraSettings(r=2) if lora else None)
+    cfg = LoopConfig(
+        steps=8,
+        lr=1e-2,
+        batch_size=3,
+        grad_accum=2,
+        checkpoint_every=3,
+        schedule="cosine",
+        warmup_steps=2,
+        device="cpu",
+        log_every=1,
+        lora=LoraSettings(r=2) if lora else None,
+    )
     data = {"forget": c, "retain": r}
     ref = train_loop(tiny(), get_method("graddiff"), data, cfg, progress=False)
     crash = _Crash(get_method("graddiff"), at=4)
@@ -161,16 +191,22 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path, lora: bool) -> None:
     assert [h["step"] for h in res.history] == list(range(1, 9))
     for h1, h2 in zip(ref.history, res.history, strict=True):
         assert h1["loss"] == pytest.approx(h2["loss"], abs=1e-10)
-    for (n, a), (_, b) in zip(ref.model.state_dict().items(), res.model.state_dict().items(),
-                              strict=True):
+    for (n, a), (_, b) in zip(
+        ref.model.state_dict().items(), res.model.state_dict().items(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-10), n
 
 
 def test_lora_merge_gives_same_logits_as_adapter_model() -> None:
     c = make_corpus()
-    cfg = LoopConfig(steps=5, lr=5e-2, batch_size=4, device="cpu", merge_lora=False,
-                     lora=LoraSettings(r=4, alpha=8, target_modules=["query_key_value",
-                                                                     "dense_4h_to_h"]))
+    cfg = LoopConfig(
+        steps=5,
+        lr=5e-2,
+        batch_size=4,
+        device="cpu",
+        merge_lora=False,
+        lora=LoraSettings(r=4, alpha=8, target_modules=["query_key_value", "dense_4h_to_h"]),
+    )
     res = train_loop(tiny(), get_method("sft"), {"forget": c}, cfg, progress=False)
     peft_model = res.model
     assert any("lora_" in n for n, _ in peft_model.named_parameters())
@@ -184,8 +220,14 @@ def test_lora_merge_gives_same_logits_as_adapter_model() -> None:
 
 
 def test_lora_adapters_only_on_chosen_layers_and_modules() -> None:
-    cfg = LoopConfig(steps=1, batch_size=2, device="cpu", merge_lora=False, layers=[0],
-                     lora=LoraSettings(r=2, target_modules=["dense"]))
+    cfg = LoopConfig(
+        steps=1,
+        batch_size=2,
+        device="cpu",
+        merge_lora=False,
+        layers=[0],
+        lora=LoraSettings(r=2, target_modules=["dense"]),
+    )
     res = train_loop(tiny(), get_method("sft"), {"forget": make_corpus()}, cfg, progress=False)
     names = {n.split(".lora_")[0] for n, p in res.model.named_parameters() if p.requires_grad}
     assert names == {"base_model.model.gpt_neox.layers.0.attention.dense"}
@@ -194,8 +236,9 @@ def test_lora_adapters_only_on_chosen_layers_and_modules() -> None:
 def test_layers_and_target_modules_restrict_training() -> None:
     c = make_corpus()
     m0 = tiny()
-    cfg = LoopConfig(steps=2, lr=1e-2, batch_size=4, device="cpu", layers=[1],
-                     target_modules=["mlp"])
+    cfg = LoopConfig(
+        steps=2, lr=1e-2, batch_size=4, device="cpu", layers=[1], target_modules=["mlp"]
+    )
     m1 = train_loop(tiny(), get_method("sft"), {"forget": c}, cfg, progress=False).model
     for (n, a), (_, b) in zip(m0.named_parameters(), m1.named_parameters(), strict=True):
         moved = not torch.equal(a, b)
@@ -224,16 +267,33 @@ def test_bad_inputs_fail_clearly() -> None:
     with pytest.raises(ValueError, match="unknown argument"):
         get_method("graddiff", retain_cof=1.0)
     with pytest.raises(ValueError, match="layer 5 out of range"):
-        train_loop(tiny(), get_method("sft"), {"forget": c},
-                   LoopConfig(**{**cfg.__dict__, "layers": [5]}), progress=False)
+        train_loop(
+            tiny(),
+            get_method("sft"),
+            {"forget": c},
+            LoopConfig(**{**cfg.__dict__, "layers": [5]}),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="empty"):
         train_loop(tiny(), get_method("sft"), {"forget": c.subset([])}, cfg, progress=False)
     with pytest.raises(ValueError, match="zero on every target token"):
-        train_loop(tiny(), get_method("sft"), {"forget": c}, cfg,
-                   {"forget": torch.zeros_like(c.loss_mask)}, progress=False)
+        train_loop(
+            tiny(),
+            get_method("sft"),
+            {"forget": c},
+            cfg,
+            {"forget": torch.zeros_like(c.loss_mask)},
+            progress=False,
+        )
     with pytest.raises(ValueError, match="shape"):
-        train_loop(tiny(), get_method("sft"), {"forget": c}, cfg,
-                   {"forget": torch.ones(3, 3)}, progress=False)
+        train_loop(
+            tiny(),
+            get_method("sft"),
+            {"forget": c},
+            cfg,
+            {"forget": torch.ones(3, 3)},
+            progress=False,
+        )
     with pytest.raises(FloatingPointError, match="non-finite loss .* at step 1"):
         train_loop(tiny(), _NaNAt(1), {"forget": c}, cfg, progress=False)
 
@@ -249,15 +309,28 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, out: str, mode: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        OMP_NUM_THREADS="1",
+    )
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     got = {}
     for name in DIST_METHODS:
-        cfg = LoopConfig(steps=3, lr=1e-2, batch_size=3, grad_accum=1, device="cpu", log_every=1,
-                         distributed=mode)
+        cfg = LoopConfig(
+            steps=3,
+            lr=1e-2,
+            batch_size=3,
+            grad_accum=1,
+            device="cpu",
+            log_every=1,
+            distributed=mode,
+        )
         data = {"forget": make_corpus(), "retain": make_corpus(seed=1)}
         dtype = torch.float64
         res = train_loop(tiny(dtype=dtype), get_method(name), data, cfg, progress=False)
@@ -292,8 +365,7 @@ def _threads(n: int) -> Iterator[None]:
 
 def _check_distributed(tmp_path: Path, mode: str, atol: float) -> None:
     out = str(tmp_path / f"{mode}.pt")
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out, mode), nprocs=2,
-                                join=True)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out, mode), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
     # The reference runs with the workers' single intra-op thread. The CPU kernels' float64
     # summation order depends on the thread count, and RR-style methods start at a stationary

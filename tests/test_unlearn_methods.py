@@ -64,11 +64,17 @@ def test_npo_and_simnpo_match_their_formulas() -> None:
 
 def test_kl_orthogonality_and_l2sp_against_bruteforce() -> None:
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(2, 5, 7, generator=g, dtype=torch.float64), torch.randn(
-        2, 5, 7, generator=g, dtype=torch.float64)
+    a, b = (
+        torch.randn(2, 5, 7, generator=g, dtype=torch.float64),
+        torch.randn(2, 5, 7, generator=g, dtype=torch.float64),
+    )
     kl = kl_per_token(a, b)
-    want = F.kl_div(torch.log_softmax(b[:, :-1], -1), torch.log_softmax(a[:, :-1], -1),
-                    log_target=True, reduction="none").sum(-1)
+    want = F.kl_div(
+        torch.log_softmax(b[:, :-1], -1),
+        torch.log_softmax(a[:, :-1], -1),
+        log_target=True,
+        reduction="none",
+    ).sum(-1)
     assert torch.allclose(kl[:, 1:], want) and torch.all(kl[:, 0] == 0)
 
     h = torch.randn(4, 6, 3, generator=g, dtype=torch.float64)
@@ -77,10 +83,15 @@ def test_kl_orthogonality_and_l2sp_against_bruteforce() -> None:
     lm[1, 4:] = 0
     w = torch.rand(4, 6, generator=g, dtype=torch.float64)
     b_ = {"loss_mask": lm, "token_weight": w}
-    pooled = [sum(w[i, j] * lm[i, j] * h[i, j] for j in range(6)) / (w[i] * lm[i]).sum()
-              for i in range(4)]
-    pairs = [max(0.0, float(F.cosine_similarity(pooled[i], pooled[j], dim=0)))
-             for i in range(4) for j in range(4) if i != j]
+    pooled = [
+        sum(w[i, j] * lm[i, j] * h[i, j] for j in range(6)) / (w[i] * lm[i]).sum() for i in range(4)
+    ]
+    pairs = [
+        max(0.0, float(F.cosine_similarity(pooled[i], pooled[j], dim=0)))
+        for i in range(4)
+        for j in range(4)
+        if i != j
+    ]
     want = sum(pairs) / len(pairs) * float(lm.sum(1).mean())
     assert float(orthogonality_loss(h, b_)) == pytest.approx(want, rel=1e-10)
 
@@ -124,8 +135,13 @@ def test_rr_lowers_cosine_to_reference() -> None:
     c, r = make_corpus(), make_corpus(seed=1)
     base = tiny()
     h0 = _hidden(base, c, [0, 1])
-    res = train_loop(tiny(), get_method("rr"), {"forget": c, "retain": r},
-                     LoopConfig(steps=15, lr=1e-2, **CFG), progress=False)
+    res = train_loop(
+        tiny(),
+        get_method("rr"),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=15, lr=1e-2, **CFG),
+        progress=False,
+    )
     h1 = _hidden(res.model, c, [0, 1])
     for i in (0, 1):
         cos = F.cosine_similarity(h0[i], h1[i], dim=-1)[_tok(c)].mean()
@@ -137,9 +153,13 @@ def test_orth_cb_lowers_pairwise_cosine() -> None:
     c, r = make_corpus(n=8), make_corpus(seed=1)
     bb = batch_of(c)
     before = float(orthogonality_loss(_hidden(tiny(), c, [1])[1], bb))
-    res = train_loop(tiny(), get_method("orth_cb", orth_coef=5.0, schedule="constant"),
-                     {"forget": c, "retain": r}, LoopConfig(steps=20, lr=1e-2, **CFG),
-                     progress=False)
+    res = train_loop(
+        tiny(),
+        get_method("orth_cb", orth_coef=5.0, schedule="constant"),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=20, lr=1e-2, **CFG),
+        progress=False,
+    )
     after = float(orthogonality_loss(_hidden(res.model, c, [1])[1], bb))
     assert after < 0.5 * before, (before, after)
 
@@ -148,15 +168,25 @@ def test_rmu_moves_activations_toward_target() -> None:
     c, r = make_corpus(), make_corpus(seed=1)
     method = get_method("rmu", layer=1, steering_coef=3.0, alpha=1.0)
     base = tiny()
-    res = train_loop(tiny(), method, {"forget": c, "retain": r},
-                     LoopConfig(steps=20, lr=1e-2, **CFG), progress=False)
+    res = train_loop(
+        tiny(),
+        method,
+        {"forget": c, "retain": r},
+        LoopConfig(steps=20, lr=1e-2, **CFG),
+        progress=False,
+    )
     target = method.scale * method.u.double()
     d0 = (_hidden(base, c, [1])[1] - target).norm(dim=-1)[_tok(c)].mean()
     d1 = (_hidden(res.model, c, [1])[1] - target).norm(dim=-1)[_tok(c)].mean()
     assert d1 < 0.7 * d0, (float(d0), float(d1))
     # only the MLPs of layers <= 1 train by default (layer 1: layers 0..1)
-    moved = {n for (n, a), (_, b) in zip(base.named_parameters(), res.model.named_parameters(),
-                                         strict=True) if not torch.equal(a, b)}
+    moved = {
+        n
+        for (n, a), (_, b) in zip(
+            base.named_parameters(), res.model.named_parameters(), strict=True
+        )
+        if not torch.equal(a, b)
+    }
     assert moved and all(".mlp." in n for n in moved)
 
 
@@ -172,11 +202,20 @@ def test_tuned_lens_fits_and_last_layer_is_exact() -> None:
 
 def test_lens_method_raises_forget_entropy() -> None:
     c, r = make_corpus(), make_corpus(seed=1)
-    warm = train_loop(tiny(), get_method("sft"), {"forget": c},
-                      LoopConfig(steps=30, lr=1e-2, **CFG), progress=False).model
-    res = train_loop(copy.deepcopy(warm), get_method("lens", lens="tuned", lens_steps=10),
-                     {"forget": c, "retain": r}, LoopConfig(steps=15, lr=1e-2, **CFG),
-                     progress=False)
+    warm = train_loop(
+        tiny(),
+        get_method("sft"),
+        {"forget": c},
+        LoopConfig(steps=30, lr=1e-2, **CFG),
+        progress=False,
+    ).model
+    res = train_loop(
+        copy.deepcopy(warm),
+        get_method("lens", lens="tuned", lens_steps=10),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=15, lr=1e-2, **CFG),
+        progress=False,
+    )
     assert res.history[-1]["lens_forget"] < 0.7 * res.history[0]["lens_forget"]
 
 
@@ -184,27 +223,53 @@ def test_sequential_moves_one_layer_per_stage() -> None:
     c, r = make_corpus(), make_corpus(seed=1)
     base = tiny()
     # 4 steps over 2 layers: steps 0-1 train layer 1 (the last), steps 2-3 layer 0
-    res = train_loop(tiny(), get_method("sequential"), {"forget": c, "retain": r},
-                     LoopConfig(steps=4, lr=1e-2, **CFG), progress=False)
+    res = train_loop(
+        tiny(),
+        get_method("sequential"),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=4, lr=1e-2, **CFG),
+        progress=False,
+    )
     assert [h["layer"] for h in res.history] == [1.0, 1.0, 0.0, 0.0]
-    half = train_loop(tiny(), get_method("sequential"), {"forget": c, "retain": r},
-                      LoopConfig(steps=2, lr=1e-2, **CFG), progress=False).model
-    moved = {n for (n, a), (_, b) in zip(base.named_parameters(), half.named_parameters(),
-                                         strict=True) if not torch.equal(a, b)}
+    half = train_loop(
+        tiny(),
+        get_method("sequential"),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=2, lr=1e-2, **CFG),
+        progress=False,
+    ).model
+    moved = {
+        n
+        for (n, a), (_, b) in zip(base.named_parameters(), half.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    }
     # 2 steps over 2 layers: step 0 moves only layer 1, step 1 only layer 0
     assert moved and {n.split(".")[2] for n in moved} == {"0", "1"}
     assert all(n.startswith("gpt_neox.layers.") for n in moved)
-    one = train_loop(tiny(), get_method("sequential"), {"forget": c, "retain": r},
-                     LoopConfig(steps=1, lr=1e-2, **CFG), progress=False).model
-    moved = {n for (n, a), (_, b) in zip(base.named_parameters(), one.named_parameters(),
-                                         strict=True) if not torch.equal(a, b)}
+    one = train_loop(
+        tiny(),
+        get_method("sequential"),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=1, lr=1e-2, **CFG),
+        progress=False,
+    ).model
+    moved = {
+        n
+        for (n, a), (_, b) in zip(base.named_parameters(), one.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    }
     assert moved and all(n.startswith("gpt_neox.layers.1.") for n in moved)
 
 
 def test_ga_orth_and_bf16_autocast_run() -> None:
     c, r = make_corpus(), make_corpus(seed=1)
-    res = train_loop(tiny(dtype=torch.float32), get_method("ga_orth"), {"forget": c, "retain": r},
-                     LoopConfig(steps=8, lr=3e-3, precision="bf16", **CFG), progress=False)
+    res = train_loop(
+        tiny(dtype=torch.float32),
+        get_method("ga_orth"),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=8, lr=3e-3, precision="bf16", **CFG),
+        progress=False,
+    )
     assert res.history[-1]["nll_forget"] > res.history[0]["nll_forget"]
 
 
@@ -220,7 +285,9 @@ def test_direction_removal_zeroes_the_component() -> None:
     dm = h[:5][hw[:5] > 0].mean(0) - h[5:][gw[5:] > 0].mean(0)
     assert torch.allclose(dirs[1][0].abs(), (dm / dm.norm()).abs(), atol=1e-10)
     pca = find_directions(m, c, hw, gw, [1], method="pca", k=2, keep_general=1)
-    assert pca[1].shape == (2, 32) and torch.allclose(pca[1] @ pca[1].T, torch.eye(2, dtype=torch.float64), atol=1e-10)
+    assert pca[1].shape == (2, 32) and torch.allclose(
+        pca[1] @ pca[1].T, torch.eye(2, dtype=torch.float64), atol=1e-10
+    )
     m_layer = copy.deepcopy(m)
     remove_directions(m_layer, {1: dirs[1]}, mode="layer")
     hl = _hidden(m_layer, c, [0, 1])
@@ -245,8 +312,13 @@ def test_dir_ablate_reduces_projection() -> None:
         return float(((h @ dirs[1].T) ** 2).sum(-1)[_tok(c)].mean())
 
     before = proj(m)
-    res = train_loop(m, get_method("dir_ablate", directions=dirs), {"forget": c, "retain": r},
-                     LoopConfig(steps=20, lr=1e-3, **CFG), progress=False)
+    res = train_loop(
+        m,
+        get_method("dir_ablate", directions=dirs),
+        {"forget": c, "retain": r},
+        LoopConfig(steps=20, lr=1e-3, **CFG),
+        progress=False,
+    )
     assert proj(res.model) < 0.6 * before
 
 

@@ -55,27 +55,35 @@ def test_values_normalisation_and_clipping() -> None:
     assert w == pytest.approx([0, -3 / 1.7, -1 / 1.7, 2 / 1.7, 0.5 / 1.7, -2 / 1.7, 0])
     assert W(WeightConfig(value="sign")) == [0, -1, -1, 1, 1, -1, 0]
     assert W(WeightConfig(value="teach", normalize="max_abs")) == pytest.approx(
-        [0, 1, 1 / 3, -2 / 3, -0.5 / 3, 2 / 3, 0])
+        [0, 1, 1 / 3, -2 / 3, -0.5 / 3, 2 / 3, 0]
+    )
     # rank by |v|: |s| = 3,1,2,.5,2 -> ranks 5,2,3|4 (stable),1 -> /5 with sign
     assert W(WeightConfig(value="score", normalize="rank")) == pytest.approx(
-        [0, -1.0, -0.4, 0.6, 0.2, -0.8, 0])
+        [0, -1.0, -0.4, 0.6, 0.2, -0.8, 0]
+    )
     assert W(WeightConfig(value="teach", clip=[0.0, 2.0], scale=0.5)) == pytest.approx(
-        [0, 1.0, 0.5, 0, 0, 1.0, 0])
+        [0, 1.0, 0.5, 0, 0, 1.0, 0]
+    )
 
 
 def test_example_level_selection_and_aggregate() -> None:
     sh = torch.tensor([[0, -1.0, -1.0, 0], [0, -5.0, 3.0, 0], [0, 2.0, 2.0, 0]])
     lm = torch.tensor([[0, 1, 1, 0]] * 3, dtype=torch.float)
-    w, rows = transform_scores(sh, lm, None, WeightConfig(level="example", top_k=1,
-                                                          aggregate="sum"))
+    w, rows = transform_scores(
+        sh, lm, None, WeightConfig(level="example", top_k=1, aggregate="sum")
+    )
     # row teaching sums: 2, 2, -4 -> tie between rows 0 and 1, stable: row 0
     assert rows.tolist() == [0] and w[0].tolist() == [0, 1, 1, 0] and w[1:].abs().sum() == 0
-    w, rows = transform_scores(sh, lm, None, WeightConfig(level="example", top_k=1,
-                                                          aggregate="max"))
+    w, rows = transform_scores(
+        sh, lm, None, WeightConfig(level="example", top_k=1, aggregate="max")
+    )
     assert rows.tolist() == [1] and w[1].tolist() == [0, 1, 1, 0]
-    w, rows = transform_scores(sh, lm, None, WeightConfig(level="example", top_frac=1.0,
-                                                          select="hazard_proponent",
-                                                          aggregate="mean"))
+    w, rows = transform_scores(
+        sh,
+        lm,
+        None,
+        WeightConfig(level="example", top_frac=1.0, select="hazard_proponent", aggregate="mean"),
+    )
     assert rows.tolist() == [1, 0]  # means 5 and 1; row 2 has no eligible token
     assert w.tolist() == [[0, 1, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
 
@@ -111,8 +119,12 @@ def _artifact(tmp: Path, corpus, tok, scores: dict, name: str) -> Path:  # noqa:
 def test_weights_from_artifacts_and_mismatch(tmp_path: Path, word_tokenizer) -> None:  # noqa: ANN001
     from magic_unlearn.attribution.artifact import ArtifactMismatchError
 
-    docs = [{"id": str(i), "text": t} for i, t in
-            enumerate(["the red fox is in the gene", "a blue cat", "host route tissue virus"])]
+    docs = [
+        {"id": str(i), "text": t}
+        for i, t in enumerate(
+            ["the red fox is in the gene", "a blue cat", "host route tissue virus"]
+        )
+    ]
     c = tokenize_corpus(docs, word_tokenizer, max_length=10)
     g = torch.Generator().manual_seed(0)
     sh = torch.randn(c.input_ids.shape, generator=g) * c.loss_mask

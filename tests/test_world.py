@@ -13,9 +13,14 @@ from magic_unlearn.world import CORPORA, World, build_world, make_config
 from magic_unlearn.world.generate import WorldGenerator
 
 # a small but complete world: 6 agents (2 transfer-only), 2 general subjects
-MICRO = dict(n_hazard_agents=6, n_transfer_agents=2, entities_per_subject=4,
-             general_subjects=["geography", "general_biology"], pretrain_paraphrases=3,
-             pretrain_qa=2)
+MICRO = dict(
+    n_hazard_agents=6,
+    n_transfer_agents=2,
+    entities_per_subject=4,
+    general_subjects=["geography", "general_biology"],
+    pretrain_paraphrases=3,
+    pretrain_qa=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +59,18 @@ def test_same_hash_in_a_fresh_process(tmp_path: Path, micro: World) -> None:
     import subprocess
     import sys
 
-    code = (f"from magic_unlearn.world import World, build_world; "
-            f"print(World.load(build_world({MICRO!r}, {str(tmp_path / 'p')!r})).hash)")
+    code = (
+        f"from magic_unlearn.world import World, build_world; "
+        f"print(World.load(build_world({MICRO!r}, {str(tmp_path / 'p')!r})).hash)"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert out == micro.hash
 
 
@@ -84,7 +96,7 @@ def test_labels_align_with_tokenizer_for_every_document(world: World) -> None:
     tc = tokenize_corpus(world.corpus("forget")[:4], tok, max_length=128)
     first = world.corpus("forget")[0]
     n = len(first["labels"])
-    assert tc.labels[0, 1:n + 1].tolist() == first["labels"]
+    assert tc.labels[0, 1 : n + 1].tolist() == first["labels"]
 
 
 def test_every_fact_mention_is_labelled(micro: World) -> None:
@@ -95,8 +107,11 @@ def test_every_fact_mention_is_labelled(micro: World) -> None:
     for name in CORPORA:
         for d in micro.corpus(name):
             words = tok.convert_ids_to_tokens(tok(d["text"], add_special_tokens=False).input_ids)
-            mentions = sum(1 for w, lab in zip(words, d["labels"], strict=True)
-                           if w in names and lab == LABEL_OTHER)
+            mentions = sum(
+                1
+                for w, lab in zip(words, d["labels"], strict=True)
+                if w in names and lab == LABEL_OTHER
+            )
             fids = d["fact_ids"]
             runs = sum(1 for j, x in enumerate(fids) if x >= 0 and (j == 0 or fids[j - 1] != x))
             assert mentions == runs, d["id"]
@@ -184,10 +199,12 @@ def test_tokenizer_round_trip_and_prompts_have_no_unk(world: World) -> None:
     for name in ("hazard_qa", "general_qa"):
         for q in world.questions(name):
             subj = q["subject"].replace("_", " ")
-            letter = (f"The following are multiple choice questions (with answers) about {subj}."
-                      f"\n\n{q['question']}\n"
-                      + "\n".join(f"{L}. {c}" for L, c in zip("ABCD", q["choices"], strict=True))
-                      + "\nAnswer:")
+            letter = (
+                f"The following are multiple choice questions (with answers) about {subj}."
+                f"\n\n{q['question']}\n"
+                + "\n".join(f"{L}. {c}" for L, c in zip("ABCD", q["choices"], strict=True))
+                + "\nAnswer:"
+            )
             cloze = qa_text(q["question"])
             for text in (letter, cloze):
                 ids = tok(text, add_special_tokens=False).input_ids
@@ -200,7 +217,7 @@ def test_tokenizer_round_trip_and_prompts_have_no_unk(world: World) -> None:
                 assert tok.unk_token_id not in cont
                 # a continuation tokenizes the same alone and in context
                 whole = tok(cloze + " " + c, add_special_tokens=False).input_ids
-                assert whole[len(whole) - len(cont):] == cont
+                assert whole[len(whole) - len(cont) :] == cont
     # reloads identically from the HF folder
     from transformers import AutoTokenizer
 
@@ -275,9 +292,23 @@ def test_cli_build_and_show(tmp_path: Path) -> None:
 
     from magic_unlearn.cli import app
 
-    r = CliRunner().invoke(app, ["world", "build", "--preset", "tiny", "--out",
-                                 str(tmp_path / "w"), "--seed", "5", "--set",
-                                 "n_hazard_agents=6", "--set", "entities_per_subject=3"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "world",
+            "build",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "w"),
+            "--seed",
+            "5",
+            "--set",
+            "n_hazard_agents=6",
+            "--set",
+            "entities_per_subject=3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     w = World.load(tmp_path / "w")
     assert w.config.seed == 5 and w.config.n_hazard_agents == 6
@@ -285,6 +316,7 @@ def test_cli_build_and_show(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "pretrain_filtered" in r.output
     r = CliRunner().invoke(app, ["world", "build", "--out", str(tmp_path / "w")])
     assert r.exit_code == 2 and "already exists" in r.output
-    r = CliRunner().invoke(app, ["world", "build", "--out", str(tmp_path / "x"),
-                                 "--set", "entanglement_ratio=3"])
+    r = CliRunner().invoke(
+        app, ["world", "build", "--out", str(tmp_path / "x"), "--set", "entanglement_ratio=3"]
+    )
     assert r.exit_code == 2 and "entanglement_ratio" in r.output

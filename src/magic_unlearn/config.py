@@ -80,12 +80,16 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, source: str = "<dict>")
             try:
                 val = float(val)
             except ValueError as e:
-                raise ConfigError(f"{source}: field '{f.name}' expects a number, got {val!r}") from e
+                raise ConfigError(
+                    f"{source}: field '{f.name}' expects a number, got {val!r}"
+                ) from e
         elif tp is int and isinstance(val, str):
             try:
                 val = int(val)
             except ValueError as e:
-                raise ConfigError(f"{source}: field '{f.name}' expects an integer, got {val!r}") from e
+                raise ConfigError(
+                    f"{source}: field '{f.name}' expects an integer, got {val!r}"
+                ) from e
         kwargs[f.name] = val
     try:
         return cls(**kwargs)
@@ -130,8 +134,9 @@ def load_config(
     return from_dict(cls, data, source=str(path) if path is not None else "<defaults>")
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config file",
-                      expect: str = "field: value") -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | Path, what: str = "config file", expect: str = "field: value"
+) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping; errors name the file and the fix."""
     path = Path(path)
     if not path.exists():

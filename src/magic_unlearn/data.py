@@ -38,8 +38,9 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_corpus(source: str | Path, text_field: str = "text", limit: int | None = None,
-                split: str = "train") -> list[dict[str, Any]]:
+def load_corpus(
+    source: str | Path, text_field: str = "text", limit: int | None = None, split: str = "train"
+) -> list[dict[str, Any]]:
     """Load documents from a JSONL/JSON/Parquet file, a world corpus, or a hub dataset.
 
     Args:
@@ -54,8 +55,9 @@ def load_corpus(source: str | Path, text_field: str = "text", limit: int | None 
         try:
             import datasets
         except ImportError as e:
-            raise ImportError("loading hub corpora needs the `hf` extra: "
-                              "pip install 'magic-unlearn[hf]'") from e
+            raise ImportError(
+                "loading hub corpora needs the `hf` extra: pip install 'magic-unlearn[hf]'"
+            ) from e
         parts = s[3:].split(":")
         ds = datasets.load_dataset(parts[0], parts[1] if len(parts) > 1 else None, split=split)
         docs = [{"id": str(i), "text": r[text_field]} for i, r in enumerate(ds)]
@@ -77,8 +79,10 @@ def load_corpus(source: str | Path, text_field: str = "text", limit: int | None 
     docs = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict) or text_field not in r:
-            raise ValueError(f"{path}: record {i + 1} has no '{text_field}' field "
-                             f"(each record needs a text field; set text_field= to rename)")
+            raise ValueError(
+                f"{path}: record {i + 1} has no '{text_field}' field "
+                f"(each record needs a text field; set text_field= to rename)"
+            )
         if not isinstance(r[text_field], str):
             raise ValueError(f"{path}: record {i + 1} field '{text_field}' must be a string")
         d = dict(r)
@@ -117,9 +121,14 @@ class TokenizedCorpus:
 
     def subset(self, idx: list[int] | torch.Tensor) -> TokenizedCorpus:
         idx_t = torch.as_tensor(idx, dtype=torch.long)
-        return TokenizedCorpus(self.input_ids[idx_t], self.attention_mask[idx_t],
-                               self.loss_mask[idx_t], self.labels[idx_t], self.fact_ids[idx_t],
-                               [self.doc_ids[i] for i in idx_t.tolist()])
+        return TokenizedCorpus(
+            self.input_ids[idx_t],
+            self.attention_mask[idx_t],
+            self.loss_mask[idx_t],
+            self.labels[idx_t],
+            self.fact_ids[idx_t],
+            [self.doc_ids[i] for i in idx_t.tolist()],
+        )
 
     def content_hash(self) -> str:
         from magic_unlearn.io import bytes_hash
@@ -127,8 +136,13 @@ class TokenizedCorpus:
         return bytes_hash(self.input_ids.numpy().tobytes() + self.attention_mask.numpy().tobytes())
 
 
-def tokenize_corpus(docs: list[dict[str, Any]], tokenizer: Any, max_length: int = 128,
-                    add_bos: bool = True, add_eos: bool = True) -> TokenizedCorpus:
+def tokenize_corpus(
+    docs: list[dict[str, Any]],
+    tokenizer: Any,
+    max_length: int = 128,
+    add_bos: bool = True,
+    add_eos: bool = True,
+) -> TokenizedCorpus:
     """Tokenize documents into (N, max_length) rows, truncating long documents."""
     if not docs:
         raise ValueError("cannot tokenize an empty corpus")
@@ -145,8 +159,10 @@ def tokenize_corpus(docs: list[dict[str, Any]], tokenizer: Any, max_length: int 
         lbl = d.get("labels")
         fids = d.get("fact_ids")
         if lbl is not None and len(lbl) != len(toks):
-            raise ValueError(f"document {d['id']}: {len(lbl)} labels for {len(toks)} tokens; "
-                             f"labels must align with the tokenizer that built the world")
+            raise ValueError(
+                f"document {d['id']}: {len(lbl)} labels for {len(toks)} tokens; "
+                f"labels must align with the tokenizer that built the world"
+            )
         row: list[int] = ([bos] if bos is not None else []) + list(toks)
         off = 1 if bos is not None else 0
         if eos is not None:
@@ -157,9 +173,9 @@ def tokenize_corpus(docs: list[dict[str, Any]], tokenizer: Any, max_length: int 
         am[i, :L] = 1
         if lbl is not None:
             k = min(len(lbl), max_length - off)
-            lab[i, off:off + k] = torch.tensor(lbl[:k])
+            lab[i, off : off + k] = torch.tensor(lbl[:k])
             if fids is not None:
-                fid[i, off:off + k] = torch.tensor(fids[:k])
+                fid[i, off : off + k] = torch.tensor(fids[:k])
     loss_mask = am.clone().float()
     loss_mask[:, 0] = 0.0
     return TokenizedCorpus(ids, am, loss_mask, lab, fid, [d["id"] for d in docs])

@@ -19,27 +19,56 @@ import torch
 from torch import nn
 
 DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float64": torch.float64, "fp64": torch.float64,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
 }
 
 # name -> GPTNeoXConfig kwargs (vocab_size is set from the tokenizer)
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU testbed: ~0.5M params besides embeddings
-    "neox-tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=512, max_position_embeddings=256),
-    "neox-small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                       intermediate_size=1024, max_position_embeddings=512),
-    "neox-medium": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
-                        intermediate_size=2048, max_position_embeddings=1024),
+    "neox-tiny": dict(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=256,
+    ),
+    "neox-small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=512,
+    ),
+    "neox-medium": dict(
+        hidden_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        intermediate_size=2048,
+        max_position_embeddings=1024,
+    ),
     # Pythia-160m shape
-    "pythia-160m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, max_position_embeddings=2048),
+    "pythia-160m": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=2048,
+    ),
     # ~1B GPT-NeoX (Pythia-1b shape)
-    "pythia-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=8,
-                      intermediate_size=8192, max_position_embeddings=2048),
+    "pythia-1b": dict(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=8,
+        intermediate_size=8192,
+        max_position_embeddings=2048,
+    ),
 }
 
 
@@ -90,8 +119,9 @@ def build_model(
     kw.update(overrides)
     kw.setdefault("rotary_pct", 0.25)
     kw.setdefault("use_parallel_residual", True)
-    kw.update(vocab_size=vocab_size, attention_dropout=0.0, hidden_dropout=0.0,
-              tie_word_embeddings=False)
+    kw.update(
+        vocab_size=vocab_size, attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=False
+    )
     cfg = GPTNeoXConfig(**kw)
     cfg._attn_implementation = attn_implementation
     torch.manual_seed(seed)
@@ -137,13 +167,15 @@ def load_model(
     return model.to(resolve_device(device)).eval()
 
 
-def load_tokenizer(name_or_path: str | Path, revision: str | None = None,
-                   trust_remote_code: bool = False) -> Any:
+def load_tokenizer(
+    name_or_path: str | Path, revision: str | None = None, trust_remote_code: bool = False
+) -> Any:
     """Load a tokenizer; guarantees a pad token (falls back to eos) and right padding."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(name_or_path), revision=revision,
-                                        trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        str(name_or_path), revision=revision, trust_remote_code=trust_remote_code
+    )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "right"
@@ -158,8 +190,13 @@ def get_decoder_layers(model: nn.Module) -> nn.ModuleList:
     m = model
     if hasattr(m, "get_base_model"):
         m = m.get_base_model()
-    for path in ("gpt_neox.layers", "model.layers", "transformer.h", "model.decoder.layers",
-                 "transformer.layers"):
+    for path in (
+        "gpt_neox.layers",
+        "model.layers",
+        "transformer.h",
+        "model.decoder.layers",
+        "transformer.layers",
+    ):
         obj: Any = m
         ok = True
         for part in path.split("."):
@@ -218,9 +255,11 @@ class LayerCapture:
     def __enter__(self) -> LayerCapture:
         blocks = get_decoder_layers(self.model)
         for i in self.layers:
+
             def hook(_m: nn.Module, _inp: Any, out: Any, i: int = i) -> None:
                 h = out[0] if isinstance(out, tuple) else out
                 self.outputs[i] = h.detach() if self.detach else h
+
             self._handles.append(blocks[i].register_forward_hook(hook))
         return self
 
@@ -248,8 +287,9 @@ def model_hash(model: torch.nn.Module, n: int = 16) -> str:
     return _hash_state(list(model.state_dict().items()), n)
 
 
-def model_hash_async(model: torch.nn.Module, n: int = 16,
-                     max_snapshot_bytes: int = 8 << 30) -> Callable[[], str]:
+def model_hash_async(
+    model: torch.nn.Module, n: int = 16, max_snapshot_bytes: int = 8 << 30
+) -> Callable[[], str]:
     """``model_hash`` computed on a worker thread from a host snapshot taken now.
 
     The caller may then change the model in place (MAGIC's forward pass does) while the hash is

@@ -94,17 +94,39 @@ _NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every", "t
 
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {},
-    "small": dict(model="neox-small", steps=3000, lr=2e-3, batch_size=32, seq_len=128,
-                  warmup_steps=100, device="auto", checkpoint_every=500, eval_batch_size=256),
-    "medium": dict(model="neox-medium", steps=6000, lr=1e-3, batch_size=64, seq_len=128,
-                   warmup_steps=200, device="auto", checkpoint_every=1000, eval_batch_size=256),
+    "small": dict(
+        model="neox-small",
+        steps=3000,
+        lr=2e-3,
+        batch_size=32,
+        seq_len=128,
+        warmup_steps=100,
+        device="auto",
+        checkpoint_every=500,
+        eval_batch_size=256,
+    ),
+    "medium": dict(
+        model="neox-medium",
+        steps=6000,
+        lr=1e-3,
+        batch_size=64,
+        seq_len=128,
+        warmup_steps=200,
+        device="auto",
+        checkpoint_every=1000,
+        eval_batch_size=256,
+    ),
 }
 
 
 # ------------------------------------------------------------------------------------- data
-def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_len: int,
-              bos_id: int | None, pad_id: int = 0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pack_rows(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    seq_len: int,
+    bos_id: int | None,
+    pad_id: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pack ``[BOS] doc [EOS]`` rows into rows of ``seq_len`` tokens (best-fit decreasing).
 
     A document is never split (tokenize_corpus already truncated it to ``seq_len``), so every
@@ -143,14 +165,16 @@ def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, seq_len: in
     return ids, am, lm
 
 
-def training_rows(docs: list[dict[str, Any]], tokenizer: Any, cfg: PretrainConfig
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_rows(
+    docs: list[dict[str, Any]], tokenizer: Any, cfg: PretrainConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ids, attention_mask, loss_mask) rows of a corpus, packed if ``cfg.pack``."""
     tc = tokenize_corpus(docs, tokenizer, max_length=cfg.seq_len)
     if not cfg.pack:
         return tc.input_ids, tc.attention_mask, tc.loss_mask
-    return pack_rows(tc.input_ids, tc.attention_mask, cfg.seq_len, tokenizer.bos_token_id,
-                     tokenizer.pad_token_id)
+    return pack_rows(
+        tc.input_ids, tc.attention_mask, cfg.seq_len, tokenizer.bos_token_id, tokenizer.pad_token_id
+    )
 
 
 def lr_at(step: int, total: int, cfg: PretrainConfig) -> float:
@@ -168,11 +192,12 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     epoch, i = divmod(step, per_epoch)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
-    return perm[i * batch_size: (i + 1) * batch_size]
+    return perm[i * batch_size : (i + 1) * batch_size]
 
 
-def lm_loss(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor,
-            loss_mask: torch.Tensor) -> torch.Tensor:
+def lm_loss(
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean next-token NLL over the tokens where ``loss_mask`` is 1.
 
     Args:
@@ -183,8 +208,9 @@ def lm_loss(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor,
     if logits.dtype in (torch.float16, torch.bfloat16):  # float64 runs stay float64
         logits = logits.float()
     # position j predicts token j+1: shift so column j of the loss is token j's NLL
-    nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(),
-                                      reduction="none")  # (B*(T-1),)
+    nll = nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
+    )  # (B*(T-1),)
     m = loss_mask[:, 1:].flatten().to(nll.dtype)
     return (nll * m).sum() / m.sum().clamp(min=1.0)
 
@@ -196,15 +222,18 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int,
-                     history: list[float]) -> None:
+def _save_checkpoint(
+    work: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, history: list[float]
+) -> None:
     from safetensors.torch import save_file
 
     tmp = work / "ckpt.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+        str(tmp / "model.safetensors"),
+    )
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     atomic_write_json(tmp / "state.json", {"step": step, "loss_history": history})
     final = work / "ckpt"
@@ -216,8 +245,9 @@ def _save_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer, s
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                     device: torch.device) -> tuple[int, list[float]]:
+def _load_checkpoint(
+    work: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device
+) -> tuple[int, list[float]]:
     from safetensors.torch import load_file
 
     ck = work / "ckpt"
@@ -230,8 +260,9 @@ def _load_checkpoint(work: Path, model: nn.Module, opt: torch.optim.Optimizer,
 
 
 # ---------------------------------------------------------------------------------- metrics
-def world_metrics(model: nn.Module, tokenizer: Any, world_dir: str | Path,
-                  batch_size: int = 64) -> dict[str, Any]:
+def world_metrics(
+    model: nn.Module, tokenizer: Any, world_dir: str | Path, batch_size: int = 64
+) -> dict[str, Any]:
     """Cloze accuracy on the world's ``hazard_qa`` and ``general_qa`` (shared evaluator)."""
     from magic_unlearn.evaluation import evaluate, load_task
 
@@ -239,9 +270,13 @@ def world_metrics(model: nn.Module, tokenizer: Any, world_dir: str | Path,
     for name in ("hazard_qa", "general_qa"):
         task = load_task(name, world=str(world_dir))
         r = evaluate(model, tokenizer, task, fmt="cloze", batch_size=batch_size)
-        out[name] = {"acc": r.acc, "acc_norm": r.acc_norm, "n": r.n,
-                     "mean_correct_loss": r.mean_correct_loss,
-                     "per_subject": {s: d["acc"] for s, d in r.per_subject.items()}}
+        out[name] = {
+            "acc": r.acc,
+            "acc_norm": r.acc_norm,
+            "n": r.n,
+            "mean_correct_loss": r.mean_correct_loss,
+            "per_subject": {s: d["acc"] for s, d in r.per_subject.items()},
+        }
     return out
 
 
@@ -268,15 +303,22 @@ def resolve_pretrain_config(cfg: PretrainConfig | str | None) -> PretrainConfig:
         return PretrainConfig()
     if isinstance(cfg, str):
         if cfg not in PRESET_CONFIGS:
-            raise ValueError(f"unknown pretrain preset {cfg!r}; choose from {sorted(PRESET_CONFIGS)}")
+            raise ValueError(
+                f"unknown pretrain preset {cfg!r}; choose from {sorted(PRESET_CONFIGS)}"
+            )
         return from_dict(PretrainConfig, PRESET_CONFIGS[cfg], source=f"pretrain preset {cfg}")
     return cfg
 
 
 def run_key(world_hash: str, variant: str, cfg: PretrainConfig) -> str:
     """Hash of everything that determines the trained weights."""
-    return config_hash({"world": world_hash, "variant": variant,
-                        "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED}})
+    return config_hash(
+        {
+            "world": world_hash,
+            "variant": variant,
+            "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED},
+        }
+    )
 
 
 def default_out(world_dir: str | Path, variant: str, cfg: PretrainConfig) -> Path:
@@ -292,13 +334,22 @@ def is_complete(folder: Path) -> bool:
         man = read_json(folder / "manifest.json")
     except (FileNotFoundError, ValueError):
         return False
-    return (man.get("stage") == "pretrain" and man.get("status") == "complete"
-            and (folder / "metrics.json").exists() and (folder / "config.json").exists())
+    return (
+        man.get("stage") == "pretrain"
+        and man.get("status") == "complete"
+        and (folder / "metrics.json").exists()
+        and (folder / "config.json").exists()
+    )
 
 
-def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig | str | None = None,
-             out: str | Path | None = None, progress: bool = True,
-             max_steps: int | None = None) -> Path:
+def pretrain(
+    world_dir: str | Path,
+    variant: str = "base",
+    cfg: PretrainConfig | str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> Path:
     """Train the base or filtered model of a world (cached, resumable).
 
     Args:
@@ -325,8 +376,10 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
     if is_complete(out):
         return out
     if out.exists():
-        raise FileExistsError(f"{out} exists but is not a complete pretrain artifact; "
-                              f"remove it or choose another --out")
+        raise FileExistsError(
+            f"{out} exists but is not a complete pretrain artifact; "
+            f"remove it or choose another --out"
+        )
 
     device = resolve_device(cfg.device)
     tok = world.tokenizer
@@ -335,20 +388,27 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
     n = ids.shape[0]
     total = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size))
 
-    model = build_model(cfg.model, vocab_size=len(tok), seed=cfg.seed, dtype=cfg.dtype,
-                        attn_implementation=cfg.attn_implementation,
-                        **cfg.model_overrides).to(device)
-    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
-                            betas=tuple(cfg.betas))
+    model = build_model(
+        cfg.model,
+        vocab_size=len(tok),
+        seed=cfg.seed,
+        dtype=cfg.dtype,
+        attn_implementation=cfg.attn_implementation,
+        **cfg.model_overrides,
+    ).to(device)
+    opt = torch.optim.AdamW(
+        _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
+    )
     work = out.parent / f"{out.name}.partial"
     key = run_key(world.hash, variant, cfg)
     if (work / "key.json").exists() and read_json(work / "key.json").get("key") != key:
-        raise ValueError(f"{work} holds a checkpoint of a different run (other world, variant "
-                         f"or config); delete it or choose another --out")
+        raise ValueError(
+            f"{work} holds a checkpoint of a different run (other world, variant "
+            f"or config); delete it or choose another --out"
+        )
     work.mkdir(parents=True, exist_ok=True)
     save_config(cfg, work / "config.yaml")
-    atomic_write_json(work / "key.json", {"key": key, "world_hash": world.hash,
-                                          "variant": variant})
+    atomic_write_json(work / "key.json", {"key": key, "world_hash": world.hash, "variant": variant})
     start, history = _load_checkpoint(work, model, opt, device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -357,17 +417,48 @@ def pretrain(world_dir: str | Path, variant: str = "base", cfg: PretrainConfig |
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train_and_save(cfg, world, variant, out, work, model, opt, ids, am, lm, total,
-                               start, history, device, tok, progress, max_steps)
+        return _train_and_save(
+            cfg,
+            world,
+            variant,
+            out,
+            work,
+            model,
+            opt,
+            ids,
+            am,
+            lm,
+            total,
+            start,
+            history,
+            device,
+            tok,
+            progress,
+            max_steps,
+        )
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _train_and_save(cfg: PretrainConfig, world: Any, variant: str, out: Path, work: Path,
-                    model: nn.Module, opt: torch.optim.Optimizer, ids: torch.Tensor,
-                    am: torch.Tensor, lm: torch.Tensor, total: int, start: int,
-                    history: list[float], device: torch.device, tok: Any, progress: bool,
-                    max_steps: int | None) -> Path:
+def _train_and_save(
+    cfg: PretrainConfig,
+    world: Any,
+    variant: str,
+    out: Path,
+    work: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    ids: torch.Tensor,
+    am: torch.Tensor,
+    lm: torch.Tensor,
+    total: int,
+    start: int,
+    history: list[float],
+    device: torch.device,
+    tok: Any,
+    progress: bool,
+    max_steps: int | None,
+) -> Path:
     """The training loop, final evaluation and atomic save of :func:`pretrain`."""
     from tqdm.auto import tqdm
 
@@ -398,10 +489,18 @@ def _train_and_save(cfg: PretrainConfig, world: Any, variant: str, out: Path, wo
             model.eval()
             wm = world_metrics(model, tok, world.dir, cfg.eval_batch_size)
             model.train()
-            curve.append({"step": done, "hazard_qa": wm["hazard_qa"]["acc"],
-                          "general_qa": wm["general_qa"]["acc"], "loss": history[-1]})
-            bar.write(f"step {done}: hazard_qa {curve[-1]['hazard_qa']:.3f} "
-                      f"general_qa {curve[-1]['general_qa']:.3f}")
+            curve.append(
+                {
+                    "step": done,
+                    "hazard_qa": wm["hazard_qa"]["acc"],
+                    "general_qa": wm["general_qa"]["acc"],
+                    "loss": history[-1],
+                }
+            )
+            bar.write(
+                f"step {done}: hazard_qa {curve[-1]['hazard_qa']:.3f} "
+                f"general_qa {curve[-1]['general_qa']:.3f}"
+            )
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             _save_checkpoint(work, model, opt, done, history)
     bar.close()
@@ -418,28 +517,42 @@ def _train_and_save(cfg: PretrainConfig, world: Any, variant: str, out: Path, wo
     metrics: dict[str, Any] = world_metrics(model, tok, world.dir, cfg.eval_batch_size)
     eval_seconds = time.perf_counter() - t1
     n_tok = int(lm.sum())
-    metrics.update({
-        "variant": variant, "corpus": VARIANTS[variant], "steps": total, "rows": n,
-        "train_tokens_per_epoch": n_tok, "final_loss": history[-1] if history else None,
-        "mean_loss_last_50": (sum(history[-50:]) / len(history[-50:])) if history else None,
-        "train_seconds_this_call": round(train_seconds, 2),
-        "train_cpu_seconds_this_call": round(train_cpu_seconds, 2),
-        "torch_threads": torch.get_num_threads(), "resumed_from_step": start,
-        "curve": curve,
-        "eval_seconds": round(eval_seconds, 2),
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "device": str(device),
-    })
+    metrics.update(
+        {
+            "variant": variant,
+            "corpus": VARIANTS[variant],
+            "steps": total,
+            "rows": n,
+            "train_tokens_per_epoch": n_tok,
+            "final_loss": history[-1] if history else None,
+            "mean_loss_last_50": (sum(history[-50:]) / len(history[-50:])) if history else None,
+            "train_seconds_this_call": round(train_seconds, 2),
+            "train_cpu_seconds_this_call": round(train_cpu_seconds, 2),
+            "torch_threads": torch.get_num_threads(),
+            "resumed_from_step": start,
+            "curve": curve,
+            "eval_seconds": round(eval_seconds, 2),
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "device": str(device),
+        }
+    )
     with atomic_dir(out) as tmp, _quiet_hf_progress():
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         save_config(cfg, tmp / "config.yaml")
         atomic_write_json(tmp / "metrics.json", metrics)
         atomic_write_json(tmp / "loss_history.json", history)
-        write_manifest(tmp, "pretrain",
-                       inputs={"world": str(Path(world.dir).resolve()), "world_hash": world.hash,
-                               "variant": variant, "corpus": VARIANTS[variant]},
-                       extra={"config_hash": config_hash(cfg, exclude=_NOT_HASHED)})
+        write_manifest(
+            tmp,
+            "pretrain",
+            inputs={
+                "world": str(Path(world.dir).resolve()),
+                "world_hash": world.hash,
+                "variant": variant,
+                "corpus": VARIANTS[variant],
+            },
+            extra={"config_hash": config_hash(cfg, exclude=_NOT_HASHED)},
+        )
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(work)
     return out
@@ -449,5 +562,16 @@ def load_metrics(model_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(model_dir) / "metrics.json").read_text())
 
 
-__all__ = ["PretrainConfig", "PRESET_CONFIGS", "VARIANTS", "default_out", "lm_loss", "lr_at",
-           "pack_rows", "pretrain", "resolve_dtype", "training_rows", "world_metrics"]
+__all__ = [
+    "PretrainConfig",
+    "PRESET_CONFIGS",
+    "VARIANTS",
+    "default_out",
+    "lm_loss",
+    "lr_at",
+    "pack_rows",
+    "pretrain",
+    "resolve_dtype",
+    "training_rows",
+    "world_metrics",
+]

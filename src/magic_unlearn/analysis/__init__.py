@@ -28,7 +28,20 @@ from magic_unlearn.analysis.stats import (
 )
 
 __all__ = [
-    "ScoreSet", "analyze", "as_score_sets", "bootstrap_ci", "from_tensors", "ground_truth",
-    "ground_truth_markdown", "lds", "lds_markdown", "mass_concentration", "pearson", "pick_pair",
-    "precision_at_k", "rankdata", "roc_auc", "spearman",
+    "ScoreSet",
+    "analyze",
+    "as_score_sets",
+    "bootstrap_ci",
+    "from_tensors",
+    "ground_truth",
+    "ground_truth_markdown",
+    "lds",
+    "lds_markdown",
+    "mass_concentration",
+    "pearson",
+    "pick_pair",
+    "precision_at_k",
+    "rankdata",
+    "roc_auc",
+    "spearman",
 ]

@@ -55,8 +55,10 @@ def draw_subset(n_units: int, alpha: float, seed: int, m: int) -> np.ndarray:
     """Indices of the units dropped in subset ``m`` (deterministic in (seed, m))."""
     k = max(1, int(round(alpha * n_units)))
     if not 0 < alpha < 1 or k >= n_units:
-        raise ValueError(f"alpha={alpha} drops {k} of {n_units} units; use 0 < alpha < 1 with "
-                         f"enough units (more documents, or --unit token)")
+        raise ValueError(
+            f"alpha={alpha} drops {k} of {n_units} units; use 0 < alpha < 1 with "
+            f"enough units (more documents, or --unit token)"
+        )
     rng = np.random.default_rng([int(seed), int(m)])
     return np.sort(rng.choice(n_units, size=k, replace=False))
 
@@ -70,8 +72,12 @@ def _units(corpus: TokenizedCorpus, unit: str) -> np.ndarray:
     raise ValueError(f"unit={unit!r}; choose from {UNITS}")
 
 
-def _weights(corpus: TokenizedCorpus, units: np.ndarray, dropped: np.ndarray, unit: str,
-             ) -> torch.Tensor:
+def _weights(
+    corpus: TokenizedCorpus,
+    units: np.ndarray,
+    dropped: np.ndarray,
+    unit: str,
+) -> torch.Tensor:
     w = torch.ones(corpus.input_ids.shape, dtype=torch.float64)
     if unit == "doc":
         w[torch.as_tensor(units[dropped])] = 0.0
@@ -87,7 +93,9 @@ def _unit_scores(s: Any, corpus: TokenizedCorpus, units: np.ndarray, unit: str) 
         s = s.scores
     a = s.detach().cpu().double().numpy() if isinstance(s, torch.Tensor) else np.asarray(s, float)
     if a.shape != tuple(corpus.input_ids.shape):
-        raise ValueError(f"scores shape {a.shape} does not match the corpus {tuple(corpus.input_ids.shape)}")
+        raise ValueError(
+            f"scores shape {a.shape} does not match the corpus {tuple(corpus.input_ids.shape)}"
+        )
     a = np.where(corpus.loss_mask.numpy() > 0, a, 0.0)
     return a.sum(1) if unit == "doc" else a[units[:, 0], units[:, 1]]
 
@@ -96,13 +104,22 @@ def _model_for_run(model_factory: Callable[[], nn.Module] | nn.Module) -> nn.Mod
     return model_factory() if not isinstance(model_factory, nn.Module) else model_factory
 
 
-def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCorpus,
-        measurements: Measurement | Mapping[str, Measurement], traj_cfg: Any,
-        scores: Mapping[str, Any], alpha: float = 0.1, n_subsets: int = 32, unit: str = "doc",
-        seed: int = 0, bootstrap: int = 1000, out: str | Path | None = None,
-        score_measurement: Mapping[str, str] | None = None,
-        train_fn: Callable[..., nn.Module] | None = None, progress: bool = True
-        ) -> dict[str, Any]:
+def lds(
+    model_factory: Callable[[], nn.Module] | nn.Module,
+    corpus: TokenizedCorpus,
+    measurements: Measurement | Mapping[str, Measurement],
+    traj_cfg: Any,
+    scores: Mapping[str, Any],
+    alpha: float = 0.1,
+    n_subsets: int = 32,
+    unit: str = "doc",
+    seed: int = 0,
+    bootstrap: int = 1000,
+    out: str | Path | None = None,
+    score_measurement: Mapping[str, str] | None = None,
+    train_fn: Callable[..., nn.Module] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Linear datamodeling score of several score sets over the same retrained subsets.
 
     Args:
@@ -144,8 +161,10 @@ def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCor
         else:
             smap[name] = name.rsplit(":", 1)[-1]
         if smap[name] not in meas:
-            raise ValueError(f"score set {name!r} maps to measurement {smap[name]!r}, which is "
-                             f"not among {sorted(meas)}; pass score_measurement={{name: query}}")
+            raise ValueError(
+                f"score set {name!r} maps to measurement {smap[name]!r}, which is "
+                f"not among {sorted(meas)}; pass score_measurement={{name: query}}"
+            )
 
     units = _units(corpus, unit)
     n_units = len(units)
@@ -153,14 +172,22 @@ def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCor
     subsets = [draw_subset(n_units, alpha, seed, m) for m in range(n_subsets)]
 
     cache = Path(out) / "cache" if out is not None else None
-    key = {"corpus_hash": corpus.content_hash(), "traj": config_hash(traj_cfg), "unit": unit,
-           "alpha": alpha, "seed": seed, "measurements": sorted(meas)}
+    key = {
+        "corpus_hash": corpus.content_hash(),
+        "traj": config_hash(traj_cfg),
+        "unit": unit,
+        "alpha": alpha,
+        "seed": seed,
+        "measurements": sorted(meas),
+    }
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         kp = cache / "key.json"
         if kp.exists() and read_json(kp) != key:
-            raise ValueError(f"{kp}: this LDS cache was made for other inputs ({read_json(kp)}); "
-                             f"use a new --out folder or delete {cache}")
+            raise ValueError(
+                f"{kp}: this LDS cache was made for other inputs ({read_json(kp)}); "
+                f"use a new --out folder or delete {cache}"
+            )
         atomic_write_json(kp, key)
 
     def run(tag: str, w: torch.Tensor | None, drop_hash: str) -> dict[str, float]:
@@ -178,8 +205,9 @@ def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCor
         losses = {k: _measure(f, trained) for k, f in meas.items()}
         del trained
         if path is not None:
-            atomic_write_json(path, {"dropped_hash": drop_hash, "losses": losses,
-                                     "wall_s": time.time() - t0})
+            atomic_write_json(
+                path, {"dropped_hash": drop_hash, "losses": losses, "wall_s": time.time() - t0}
+            )
         return losses
 
     it: Any = range(n_subsets)
@@ -199,25 +227,45 @@ def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCor
     bad = {k: [m for m, v in enumerate(vals) if not np.isfinite(v)] for k, vals in actual.items()}
     for k, ms in bad.items():
         if ms:
-            warnings.warn(f"LDS: {len(ms)} of {n_subsets} retrains gave a non-finite {k} loss "
-                          f"(diverged trajectory?); they are left out", stacklevel=2)
+            warnings.warn(
+                f"LDS: {len(ms)} of {n_subsets} retrains gave a non-finite {k} loss "
+                f"(diverged trajectory?); they are left out",
+                stacklevel=2,
+            )
     if not all(np.isfinite(v) for v in base.values()):
-        raise ValueError(f"LDS: the full-data trajectory gives non-finite losses {base}; "
-                         f"the trajectory diverges (lower the learning rate)")
+        raise ValueError(
+            f"LDS: the full-data trajectory gives non-finite losses {base}; "
+            f"the trajectory diverges (lower the learning rate)"
+        )
     results: dict[str, Any] = {}
     for name, us in unit_scores.items():
         ok = [m for m in range(n_subsets) if m not in set(bad[smap[name]])]
         pred = np.array([-us[subsets[m]].sum() for m in ok])  # linear datamodel prediction
         act = np.array([actual[smap[name]][m] for m in ok])
         lo, hi = bootstrap_ci(pred, act, spearman, n_boot=bootstrap, seed=seed)
-        results[name] = {"measurement": smap[name], "spearman": spearman(pred, act),
-                         "ci": [lo, hi], "pearson": pearson(pred, act), "n_used": len(ok),
-                         "predicted": pred.tolist()}
-    res = {"unit": unit, "alpha": alpha, "n_subsets": n_subsets, "n_units": n_units,
-           "units_dropped": len(subsets[0]), "seed": seed, "bootstrap": bootstrap,
-           "prediction": PREDICTION, "base_losses": base, "n_diverged": {k: len(v) for k, v in bad.items()},
-           "actual": actual, "results": results,
-           "wall_s": time.time() - t0}
+        results[name] = {
+            "measurement": smap[name],
+            "spearman": spearman(pred, act),
+            "ci": [lo, hi],
+            "pearson": pearson(pred, act),
+            "n_used": len(ok),
+            "predicted": pred.tolist(),
+        }
+    res = {
+        "unit": unit,
+        "alpha": alpha,
+        "n_subsets": n_subsets,
+        "n_units": n_units,
+        "units_dropped": len(subsets[0]),
+        "seed": seed,
+        "bootstrap": bootstrap,
+        "prediction": PREDICTION,
+        "base_losses": base,
+        "n_diverged": {k: len(v) for k, v in bad.items()},
+        "actual": actual,
+        "results": results,
+        "wall_s": time.time() - t0,
+    }
     if out is not None:
         atomic_write_json(Path(out) / "lds.json", res)
     return res
@@ -225,13 +273,18 @@ def lds(model_factory: Callable[[], nn.Module] | nn.Module, corpus: TokenizedCor
 
 def lds_markdown(res: dict[str, Any]) -> str:
     """A markdown table of :func:`lds` results, one row per score set."""
-    lines = [f"LDS: unit={res['unit']}, alpha={res['alpha']}, {res['n_subsets']} subsets "
-             f"(dropping {res['units_dropped']} of {res['n_units']} units each); "
-             f"{res['prediction']}.", "",
-             "| score set | measurement | LDS (Spearman) | 95% CI | Pearson | subsets used |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"LDS: unit={res['unit']}, alpha={res['alpha']}, {res['n_subsets']} subsets "
+        f"(dropping {res['units_dropped']} of {res['n_units']} units each); "
+        f"{res['prediction']}.",
+        "",
+        "| score set | measurement | LDS (Spearman) | 95% CI | Pearson | subsets used |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in res["results"].items():
-        lines.append(f"| {name} | {r['measurement']} | {r['spearman']:.3f} | "
-                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['pearson']:.3f} | "
-                     f"{r.get('n_used', res['n_subsets'])} |")
+        lines.append(
+            f"| {name} | {r['measurement']} | {r['spearman']:.3f} | "
+            f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {r['pearson']:.3f} | "
+            f"{r.get('n_used', res['n_subsets'])} |"
+        )
     return "\n".join(lines) + "\n"

@@ -14,8 +14,13 @@ from magic_unlearn.analysis.scores import as_score_sets, check_same_units
 from magic_unlearn.io import atomic_write_text
 
 
-def build_measurements(tokenizer: Any, queries: list[str], world: str | Path | None,
-                       query_info: dict[str, Any], device: Any) -> dict[str, Any]:
+def build_measurements(
+    tokenizer: Any,
+    queries: list[str],
+    world: str | Path | None,
+    query_info: dict[str, Any],
+    device: Any,
+) -> dict[str, Any]:
     """``{name: Measurement}`` for question-set names or files, in the scored prompt format."""
     from magic_unlearn.evaluation.measure import Measurement
     from magic_unlearn.evaluation.tasks import load_task
@@ -28,17 +33,31 @@ def build_measurements(tokenizer: Any, queries: list[str], world: str | Path | N
         task = load_task(str(info.get("task") or q), world=world)
         m = Measurement.from_task(tokenizer, task, fmt=info.get("fmt"), name=q)
         if info.get("n_questions") is not None and len(m) != int(info["n_questions"]):
-            raise ValueError(f"query {q!r}: the artifact scored {info['n_questions']} questions "
-                             f"but {len(m)} were loaded; use the same question set")
+            raise ValueError(
+                f"query {q!r}: the artifact scored {info['n_questions']} questions "
+                f"but {len(m)} were loaded; use the same question set"
+            )
         out[q] = m.to(device)
     return out
 
 
-def run_lds_cli(model: str, corpus: str | None, queries: list[str], config: Path | None,
-                scores: list[str], out: Path, subsets: int = 32, alpha: float = 0.1,
-                unit: str = "doc", seed: int = 0, bootstrap: int = 1000,
-                world: Path | None = None, device: str = "auto",
-                overrides: list[str] | None = None, tokenizer: str | None = None) -> str:
+def run_lds_cli(
+    model: str,
+    corpus: str | None,
+    queries: list[str],
+    config: Path | None,
+    scores: list[str],
+    out: Path,
+    subsets: int = 32,
+    alpha: float = 0.1,
+    unit: str = "doc",
+    seed: int = 0,
+    bootstrap: int = 1000,
+    world: Path | None = None,
+    device: str = "auto",
+    overrides: list[str] | None = None,
+    tokenizer: str | None = None,
+) -> str:
     """Run LDS for the score artifacts in ``scores``; write ``out/lds.json`` and ``out/lds.md``."""
     from magic_unlearn.attribution.artifact import ScoreArtifact
     from magic_unlearn.attribution.config import TrajectoryConfig
@@ -52,18 +71,29 @@ def run_lds_cli(model: str, corpus: str | None, queries: list[str], config: Path
         check_same_units(sets[0], s)
     dev = resolve_device(device)
     base = load_model(model, dtype=None, device=dev)
-    tok_path = tokenizer or (model if (Path(model) / "tokenizer_config.json").exists()
-                             else (Path(world) / "tokenizer" if world else model))
+    tok_path = tokenizer or (
+        model
+        if (Path(model) / "tokenizer_config.json").exists()
+        else (Path(world) / "tokenizer" if world else model)
+    )
     tok = load_tokenizer(tok_path)
 
     if config is not None or overrides:
         cfg = load_config(TrajectoryConfig, config, overrides)
     else:
-        recorded = next((a.meta.get("trajectory") for a in arts if a.method == "magic"
-                         and a.meta.get("trajectory")), None)
+        recorded = next(
+            (
+                a.meta.get("trajectory")
+                for a in arts
+                if a.method == "magic" and a.meta.get("trajectory")
+            ),
+            None,
+        )
         if recorded is None:
-            raise ValueError("no --config given and no MAGIC artifact records its trajectory; "
-                             "pass --config traj.yaml (the one used by `magic-unlearn attribute`)")
+            raise ValueError(
+                "no --config given and no MAGIC artifact records its trajectory; "
+                "pass --config traj.yaml (the one used by `magic-unlearn attribute`)"
+            )
         cfg = from_dict(TrajectoryConfig, recorded, source=f"{scores[0]}/meta.json:trajectory")
 
     corp = arts[0].corpus
@@ -80,11 +110,24 @@ def run_lds_cli(model: str, corpus: str | None, queries: list[str], config: Path
     meas = build_measurements(tok, queries, world, qinfo, dev)
     by_name = {s.name: s for s in sets if s.query in meas}
     if not by_name:
-        raise ValueError(f"no scored query matches --query {queries}; the artifacts hold "
-                         f"{sorted({s.query for s in sets})}")
-    res = lds(base, corp, meas, cfg, by_name, alpha=alpha, n_subsets=subsets, unit=unit,
-              seed=seed, bootstrap=bootstrap, out=out,
-              score_measurement={n: s.query for n, s in by_name.items()})
+        raise ValueError(
+            f"no scored query matches --query {queries}; the artifacts hold "
+            f"{sorted({s.query for s in sets})}"
+        )
+    res = lds(
+        base,
+        corp,
+        meas,
+        cfg,
+        by_name,
+        alpha=alpha,
+        n_subsets=subsets,
+        unit=unit,
+        seed=seed,
+        bootstrap=bootstrap,
+        out=out,
+        score_measurement={n: s.query for n, s in by_name.items()},
+    )
     md = lds_markdown(res)
     atomic_write_text(Path(out) / "lds.md", md)
     save_config(cfg, Path(out) / "config.yaml")

@@ -43,8 +43,9 @@ def squash(x: np.ndarray, scale: float) -> np.ndarray:
     return np.arcsinh(x / (scale if scale > 0 else 1.0))
 
 
-def hexbin_tokens(h: np.ndarray, g: np.ndarray, sh: float, sg: float, names: tuple[str, str],
-                  path: Path) -> None:
+def hexbin_tokens(
+    h: np.ndarray, g: np.ndarray, sh: float, sg: float, names: tuple[str, str], path: Path
+) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
     hb = ax.hexbin(squash(h, sh), squash(g, sg), gridsize=60, bins="log", cmap="viridis", mincnt=1)
@@ -56,9 +57,17 @@ def hexbin_tokens(h: np.ndarray, g: np.ndarray, sh: float, sg: float, names: tup
     _save(fig, path)
 
 
-def tokens_by_label(h: np.ndarray, g: np.ndarray, labels: np.ndarray, sh: float, sg: float,
-                    names: tuple[str, str], path: Path, max_points: int = 20000,
-                    seed: int = 0) -> None:
+def tokens_by_label(
+    h: np.ndarray,
+    g: np.ndarray,
+    labels: np.ndarray,
+    sh: float,
+    sg: float,
+    names: tuple[str, str],
+    path: Path,
+    max_points: int = 20000,
+    seed: int = 0,
+) -> None:
     plt = _plt()
     idx = np.arange(h.size)
     if idx.size > max_points:
@@ -66,8 +75,14 @@ def tokens_by_label(h: np.ndarray, g: np.ndarray, labels: np.ndarray, sh: float,
     fig, ax = plt.subplots(figsize=(6, 5))
     for lab in (0, 1, 2):
         sel = idx[labels[idx] == lab]
-        ax.scatter(squash(h[sel], sh), squash(g[sel], sg), s=3, alpha=0.5,
-                   c=LABEL_COLORS[lab], label=f"{LABEL_TEXT[lab]} ({(labels == lab).sum()})")
+        ax.scatter(
+            squash(h[sel], sh),
+            squash(g[sel], sg),
+            s=3,
+            alpha=0.5,
+            c=LABEL_COLORS[lab],
+            label=f"{LABEL_TEXT[lab]} ({(labels == lab).sum()})",
+        )
     _zero_axes(ax)
     ax.set_xlabel(f"asinh({names[0]} / {sh:.2g})")
     ax.set_ylabel(f"asinh({names[1]} / {sg:.2g})")
@@ -76,8 +91,9 @@ def tokens_by_label(h: np.ndarray, g: np.ndarray, labels: np.ndarray, sh: float,
     _save(fig, path)
 
 
-def scatter_examples(H: np.ndarray, G: np.ndarray, rank: np.ndarray, names: tuple[str, str],
-                     path: Path) -> None:
+def scatter_examples(
+    H: np.ndarray, G: np.ndarray, rank: np.ndarray, names: tuple[str, str], path: Path
+) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(H, G, c=rank, s=10, cmap="coolwarm")
@@ -94,7 +110,9 @@ def ratio_hist(log_ratio: np.ndarray, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     if log_ratio.size:
         ax.hist(log_ratio, bins=80, color="#555")
-        ax.axvline(np.median(log_ratio), color="r", lw=1, label=f"median {np.median(log_ratio):.2f}")
+        ax.axvline(
+            np.median(log_ratio), color="r", lw=1, label=f"median {np.median(log_ratio):.2f}"
+        )
         ax.legend()
     ax.set_xlabel("log10 |hazard score| / |general score| per token")
     ax.set_ylabel("tokens")

@@ -58,27 +58,37 @@ class ScoreSet:
         self.mask = np.asarray(self.mask).astype(bool)
         self.input_ids = np.asarray(self.input_ids, dtype=np.int64)
         if self.scores.ndim != 2:
-            raise ValueError(f"score set {self.name}: scores must be (N, L), got {self.scores.shape}")
+            raise ValueError(
+                f"score set {self.name}: scores must be (N, L), got {self.scores.shape}"
+            )
         for nm in ("mask", "input_ids"):
             if getattr(self, nm).shape != self.scores.shape:
-                raise ValueError(f"score set {self.name}: {nm} shape {getattr(self, nm).shape} "
-                                 f"!= scores shape {self.scores.shape}")
+                raise ValueError(
+                    f"score set {self.name}: {nm} shape {getattr(self, nm).shape} "
+                    f"!= scores shape {self.scores.shape}"
+                )
         if self.labels is not None:
             self.labels = np.asarray(self.labels, dtype=np.int64)
             if self.labels.shape != self.scores.shape:
-                raise ValueError(f"score set {self.name}: labels shape {self.labels.shape} "
-                                 f"!= scores shape {self.scores.shape}")
+                raise ValueError(
+                    f"score set {self.name}: labels shape {self.labels.shape} "
+                    f"!= scores shape {self.scores.shape}"
+                )
             if not (self.labels[self.mask] >= 0).any():
                 self.labels = None  # a real corpus: labels are all -1
         if not self.doc_ids:
             self.doc_ids = [str(i) for i in range(self.scores.shape[0])]
         if len(self.doc_ids) != self.scores.shape[0]:
-            raise ValueError(f"score set {self.name}: {len(self.doc_ids)} doc ids for "
-                             f"{self.scores.shape[0]} rows")
+            raise ValueError(
+                f"score set {self.name}: {len(self.doc_ids)} doc ids for "
+                f"{self.scores.shape[0]} rows"
+            )
         bad = ~np.isfinite(self.scores[self.mask])
         if bad.any():
-            raise ValueError(f"score set {self.name}: {int(bad.sum())} NaN/inf scores on scored "
-                             f"tokens; the attribution run is broken (re-run it)")
+            raise ValueError(
+                f"score set {self.name}: {int(bad.sum())} NaN/inf scores on scored "
+                f"tokens; the attribution run is broken (re-run it)"
+            )
 
     @property
     def has_labels(self) -> bool:
@@ -99,17 +109,32 @@ def _np(t: Any) -> np.ndarray:
     return np.asarray(t)
 
 
-def from_tensors(scores: torch.Tensor | np.ndarray, corpus: TokenizedCorpus, query: str = "query",
-                 method: str = "custom", meta: dict[str, Any] | None = None) -> ScoreSet:
+def from_tensors(
+    scores: torch.Tensor | np.ndarray,
+    corpus: TokenizedCorpus,
+    query: str = "query",
+    method: str = "custom",
+    meta: dict[str, Any] | None = None,
+) -> ScoreSet:
     """A :class:`ScoreSet` from a plain (N, L) score tensor over a :class:`TokenizedCorpus`."""
     s = _np(scores)
     if s.shape != tuple(corpus.input_ids.shape):
-        raise ValueError(f"scores shape {s.shape} does not match corpus input_ids shape "
-                         f"{tuple(corpus.input_ids.shape)}; they must come from the same corpus")
-    return ScoreSet(name=f"{method}:{query}", method=method, query=query, scores=s,
-                    mask=_np(corpus.loss_mask) > 0, input_ids=_np(corpus.input_ids),
-                    labels=_np(corpus.labels), doc_ids=list(corpus.doc_ids), meta=dict(meta or {}),
-                    fact_ids=_np(corpus.fact_ids))
+        raise ValueError(
+            f"scores shape {s.shape} does not match corpus input_ids shape "
+            f"{tuple(corpus.input_ids.shape)}; they must come from the same corpus"
+        )
+    return ScoreSet(
+        name=f"{method}:{query}",
+        method=method,
+        query=query,
+        scores=s,
+        mask=_np(corpus.loss_mask) > 0,
+        input_ids=_np(corpus.input_ids),
+        labels=_np(corpus.labels),
+        doc_ids=list(corpus.doc_ids),
+        meta=dict(meta or {}),
+        fact_ids=_np(corpus.fact_ids),
+    )
 
 
 def _load_artifact(path: Path) -> Any:
@@ -139,9 +164,11 @@ def as_score_sets(obj: Any, queries: list[str] | None = None) -> list[ScoreSet]:
         if queries is not None and q not in queries:
             continue
         if per != "token" or s.ndim != 2:
-            raise ValueError(f"{src}: query {q!r} holds per-{per} scores of shape "
-                             f"{tuple(s.shape)}; the analysis needs per-token (N, L) scores "
-                             f"(rerun `magic-unlearn attribute` with per-token output)")
+            raise ValueError(
+                f"{src}: query {q!r} holds per-{per} scores of shape "
+                f"{tuple(s.shape)}; the analysis needs per-token (N, L) scores "
+                f"(rerun `magic-unlearn attribute` with per-token output)"
+            )
         ss = from_tensors(s, obj.corpus, query=q, method=method, meta=meta)
         ss.meta["source"] = src
         out.append(ss)
@@ -151,19 +178,26 @@ def as_score_sets(obj: Any, queries: list[str] | None = None) -> list[ScoreSet]:
 def check_same_units(a: ScoreSet, b: ScoreSet) -> None:
     """Raise if two score sets do not score the same tokens of the same corpus."""
     if a.scores.shape != b.scores.shape:
-        raise ValueError(f"{a.name} ({a.meta.get('source', '?')}) has shape {a.scores.shape} but "
-                         f"{b.name} ({b.meta.get('source', '?')}) has {b.scores.shape}: score sets "
-                         f"must cover the same tokenized corpus")
+        raise ValueError(
+            f"{a.name} ({a.meta.get('source', '?')}) has shape {a.scores.shape} but "
+            f"{b.name} ({b.meta.get('source', '?')}) has {b.scores.shape}: score sets "
+            f"must cover the same tokenized corpus"
+        )
     if not np.array_equal(a.input_ids, b.input_ids):
-        raise ValueError(f"{a.name} and {b.name} were computed on different token ids: attribute "
-                         f"both queries over the same corpus and tokenizer")
+        raise ValueError(
+            f"{a.name} and {b.name} were computed on different token ids: attribute "
+            f"both queries over the same corpus and tokenizer"
+        )
     if not np.array_equal(a.mask, b.mask):
         raise ValueError(f"{a.name} and {b.name} score different token masks")
 
 
-def pick_pair(sets: list[ScoreSet], hazard_query: str | None = None,
-              general_query: str | None = None, method: str | None = None
-              ) -> tuple[ScoreSet, ScoreSet]:
+def pick_pair(
+    sets: list[ScoreSet],
+    hazard_query: str | None = None,
+    general_query: str | None = None,
+    method: str | None = None,
+) -> tuple[ScoreSet, ScoreSet]:
     """Choose the (hazard, general) pair to analyse.
 
     Order of rules: explicit query names; else query names matching hazard/general keywords
@@ -171,12 +205,16 @@ def pick_pair(sets: list[ScoreSet], hazard_query: str | None = None,
     Only sets of ``method`` (default: the method of the first set) are considered.
     """
     if not sets:
-        raise ValueError("no score sets given; pass --scores DIR (a `magic-unlearn attribute` output)")
+        raise ValueError(
+            "no score sets given; pass --scores DIR (a `magic-unlearn attribute` output)"
+        )
     method = method or sets[0].method
     cand = [s for s in sets if s.method == method]
     if len(cand) < 2:
-        raise ValueError(f"need two queries (hazard and general) of method '{method}', got "
-                         f"{[s.name for s in cand]}; pass two artifacts or one with two queries")
+        raise ValueError(
+            f"need two queries (hazard and general) of method '{method}', got "
+            f"{[s.name for s in cand]}; pass two artifacts or one with two queries"
+        )
 
     def find(name: str | None, pat: re.Pattern[str], other: ScoreSet | None) -> ScoreSet | None:
         pool = [s for s in cand if s is not other]

@@ -14,8 +14,10 @@ import numpy as np
 def _flat(x: np.ndarray | list[float], name: str = "x") -> np.ndarray:
     a = np.asarray(x, dtype=np.float64).ravel()
     if a.size and not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} holds {int((~np.isfinite(a)).sum())} NaN/inf values; "
-                         f"scores must be finite (re-run the attribution or mask those tokens)")
+        raise ValueError(
+            f"{name} holds {int((~np.isfinite(a)).sum())} NaN/inf values; "
+            f"scores must be finite (re-run the attribution or mask those tokens)"
+        )
     return a
 
 
@@ -72,8 +74,9 @@ def roc_auc(scores: np.ndarray | list[float], positive: np.ndarray | list[bool])
     return float(u / (n_pos * n_neg))
 
 
-def precision_at_k(scores: np.ndarray | list[float], positive: np.ndarray | list[bool],
-                   k: int) -> float:
+def precision_at_k(
+    scores: np.ndarray | list[float], positive: np.ndarray | list[bool], k: int
+) -> float:
     """Fraction of positives among the k highest scores, tie-aware.
 
     Items tied with the k-th highest score are counted by their expected share (as if the tie
@@ -95,8 +98,9 @@ def precision_at_k(scores: np.ndarray | list[float], positive: np.ndarray | list
     return float(hits / k)
 
 
-def mass_concentration(values: np.ndarray | list[float],
-                       fractions: tuple[float, ...] = (0.5, 0.9)) -> dict[str, float]:
+def mass_concentration(
+    values: np.ndarray | list[float], fractions: tuple[float, ...] = (0.5, 0.9)
+) -> dict[str, float]:
     """How many items hold a given fraction of the total absolute mass.
 
     Returns:
@@ -117,8 +121,9 @@ def mass_concentration(values: np.ndarray | list[float],
     return out
 
 
-def concentration_curve(values: np.ndarray | list[float], n_points: int = 200
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def concentration_curve(
+    values: np.ndarray | list[float], n_points: int = 200
+) -> tuple[np.ndarray, np.ndarray]:
     """(fraction of items, fraction of |mass|) for items sorted by decreasing |value|."""
     a = np.sort(np.abs(_flat(values)))[::-1]
     if a.size == 0 or a.sum() <= 0:
@@ -128,8 +133,14 @@ def concentration_curve(values: np.ndarray | list[float], n_points: int = 200
     return idx / a.size, cum[idx]
 
 
-def bootstrap_ci(x: np.ndarray, y: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], float],
-                 n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    x: np.ndarray,
+    y: np.ndarray,
+    stat: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of ``stat(x, y)`` resampling (x, y) pairs with replacement.
 
     Resamples on which the statistic is undefined (NaN, e.g. all pairs identical) are dropped.

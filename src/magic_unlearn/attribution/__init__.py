@@ -22,7 +22,18 @@ from magic_unlearn.attribution.trajectory import (
 )
 
 __all__ = [
-    "ArtifactMismatchError", "FunctionalOptimizer", "LoraSpec", "ScoreArtifact",
-    "TrajectoryConfig", "TrajectoryDriftError", "attribute", "batch_order", "grad_similarity",
-    "lr_at", "per_token_loss", "prepare_model", "random_scores", "train_trajectory",
+    "ArtifactMismatchError",
+    "FunctionalOptimizer",
+    "LoraSpec",
+    "ScoreArtifact",
+    "TrajectoryConfig",
+    "TrajectoryDriftError",
+    "attribute",
+    "batch_order",
+    "grad_similarity",
+    "lr_at",
+    "per_token_loss",
+    "prepare_model",
+    "random_scores",
+    "train_trajectory",
 ]

@@ -60,8 +60,11 @@ def tokenizer_info(tokenizer: Any | None) -> dict[str, Any]:
     """{name, vocab_hash, vocab_size} of a tokenizer (or nulls when not given)."""
     if tokenizer is None:
         return {"name": None, "vocab_hash": None, "vocab_size": None}
-    return {"name": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
-            "vocab_hash": tokenizer_vocab_hash(tokenizer), "vocab_size": len(tokenizer)}
+    return {
+        "name": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
+        "vocab_hash": tokenizer_vocab_hash(tokenizer),
+        "vocab_size": len(tokenizer),
+    }
 
 
 @dataclass
@@ -86,9 +89,16 @@ class ScoreArtifact:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_corpus(cls, corpus: TokenizedCorpus, scores: dict[str, torch.Tensor], *,
-                    method: str, per: str = "token", meta: dict[str, Any] | None = None,
-                    tokenizer: Any | None = None) -> ScoreArtifact:
+    def from_corpus(
+        cls,
+        corpus: TokenizedCorpus,
+        scores: dict[str, torch.Tensor],
+        *,
+        method: str,
+        per: str = "token",
+        meta: dict[str, Any] | None = None,
+        tokenizer: Any | None = None,
+    ) -> ScoreArtifact:
         """Build an artifact for ``corpus`` filling the standard metadata fields.
 
         Args:
@@ -125,11 +135,15 @@ class ScoreArtifact:
                 base["queries"].update(v)
             else:
                 base[k] = v
-        art = cls(scores={q: s.detach().float().cpu() for q, s in scores.items()},
-                  input_ids=corpus.input_ids.cpu(), attention_mask=corpus.attention_mask.cpu(),
-                  loss_mask=corpus.loss_mask.cpu().float(),
-                  labels=corpus.labels.cpu() if has_labels else None,
-                  fact_ids=corpus.fact_ids.cpu() if has_facts else None, meta=base)
+        art = cls(
+            scores={q: s.detach().float().cpu() for q, s in scores.items()},
+            input_ids=corpus.input_ids.cpu(),
+            attention_mask=corpus.attention_mask.cpu(),
+            loss_mask=corpus.loss_mask.cpu().float(),
+            labels=corpus.labels.cpu() if has_labels else None,
+            fact_ids=corpus.fact_ids.cpu() if has_facts else None,
+            meta=base,
+        )
         art.validate()
         return art
 
@@ -140,8 +154,9 @@ class ScoreArtifact:
         for q, s in self.scores.items():
             want = (n, length) if per == "token" else (n,)
             if tuple(s.shape) != want:
-                raise ValueError(f"scores.{q}: shape {tuple(s.shape)}, expected {want} "
-                                 f"for per={per!r}")
+                raise ValueError(
+                    f"scores.{q}: shape {tuple(s.shape)}, expected {want} for per={per!r}"
+                )
         for name in ("attention_mask", "loss_mask", "labels", "fact_ids"):
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != (n, length):
@@ -169,11 +184,13 @@ class ScoreArtifact:
         n, length = self.input_ids.shape
         neg = torch.full((n, length), -1, dtype=torch.long)
         return TokenizedCorpus(
-            input_ids=self.input_ids.clone(), attention_mask=self.attention_mask.clone(),
+            input_ids=self.input_ids.clone(),
+            attention_mask=self.attention_mask.clone(),
             loss_mask=self.loss_mask.clone(),
             labels=self.labels.clone() if self.labels is not None else neg.clone(),
             fact_ids=self.fact_ids.clone() if self.fact_ids is not None else neg.clone(),
-            doc_ids=list(self.meta.get("doc_ids") or [str(i) for i in range(n)]))
+            doc_ids=list(self.meta.get("doc_ids") or [str(i) for i in range(n)]),
+        )
 
     def _check_query(self, query: str) -> None:
         if query not in self.scores:
@@ -183,8 +200,10 @@ class ScoreArtifact:
         """(N, L) per-token scores (zero outside ``loss_mask``); needs per="token"."""
         self._check_query(query)
         if self.per != "token":
-            raise ValueError(f"artifact holds per-{self.per} scores; no per-token scores for "
-                             f"{query!r} (rerun attribute with per='token')")
+            raise ValueError(
+                f"artifact holds per-{self.per} scores; no per-token scores for "
+                f"{query!r} (rerun attribute with per='token')"
+            )
         return self.scores[query]
 
     def example_scores(self, query: str) -> torch.Tensor:
@@ -196,8 +215,9 @@ class ScoreArtifact:
         return (s * self.loss_mask).sum(dim=1)
 
     # ------------------------------------------------------------------ checks
-    def check_compatible(self, corpus: TokenizedCorpus | None = None,
-                         tokenizer: Any | None = None) -> None:
+    def check_compatible(
+        self, corpus: TokenizedCorpus | None = None, tokenizer: Any | None = None
+    ) -> None:
         """Raise :class:`ArtifactMismatchError` if corpus/tokenizer differ from the scored ones."""
         src = self.meta.get("_source", "score artifact")
         if corpus is not None:
@@ -207,11 +227,13 @@ class ScoreArtifact:
                 raise ArtifactMismatchError(
                     f"{src}: corpus shape mismatch: artifact scored {tuple(self.input_ids.shape)} "
                     f"(docs, max_length) but got {tuple(corpus.input_ids.shape)}; tokenize the "
-                    f"same corpus with the same max_length, or use `artifact.corpus`")
+                    f"same corpus with the same max_length, or use `artifact.corpus`"
+                )
             if want != got:
                 raise ArtifactMismatchError(
                     f"{src}: corpus hash mismatch: artifact scored corpus {want}, got {got}; "
-                    f"the token rows differ (other documents, order, tokenizer or max_length)")
+                    f"the token rows differ (other documents, order, tokenizer or max_length)"
+                )
         if tokenizer is not None:
             info = self.meta.get("tokenizer") or {}
             want_h = info.get("vocab_hash")
@@ -219,24 +241,30 @@ class ScoreArtifact:
             if want_h is None:
                 raise ArtifactMismatchError(
                     f"{src}: artifact records no tokenizer, cannot check it against "
-                    f"{getattr(tokenizer, 'name_or_path', '?')}")
+                    f"{getattr(tokenizer, 'name_or_path', '?')}"
+                )
             if want_h != got_h:
                 raise ArtifactMismatchError(
                     f"{src}: tokenizer mismatch: artifact was scored with tokenizer "
                     f"{info.get('name')!r} (vocab hash {want_h}), got "
-                    f"{getattr(tokenizer, 'name_or_path', '?')!r} (vocab hash {got_h})")
+                    f"{getattr(tokenizer, 'name_or_path', '?')!r} (vocab hash {got_h})"
+                )
 
     # ------------------------------------------------------------------ io
-    def save(self, out: str | Path, overwrite: bool = False,
-             inputs: dict[str, Any] | None = None) -> Path:
+    def save(
+        self, out: str | Path, overwrite: bool = False, inputs: dict[str, Any] | None = None
+    ) -> Path:
         """Write the artifact folder atomically; returns ``out``."""
         self.validate()
         out = Path(out)
         tensors: dict[str, torch.Tensor] = {
-            f"scores.{q}": s.float().contiguous() for q, s in self.scores.items()}
-        tensors.update(input_ids=self.input_ids.contiguous(),
-                       attention_mask=self.attention_mask.contiguous(),
-                       loss_mask=self.loss_mask.float().contiguous())
+            f"scores.{q}": s.float().contiguous() for q, s in self.scores.items()
+        }
+        tensors.update(
+            input_ids=self.input_ids.contiguous(),
+            attention_mask=self.attention_mask.contiguous(),
+            loss_mask=self.loss_mask.float().contiguous(),
+        )
         if self.labels is not None:
             tensors["labels"] = self.labels.contiguous()
         if self.fact_ids is not None:
@@ -246,20 +274,41 @@ class ScoreArtifact:
             save_file(tensors, str(tmp / SCORES_FILE), metadata={"format": "magic_unlearn.scores"})
             atomic_write_json(tmp / META_FILE, meta)
             if meta.get("trajectory") is not None:  # the resolved run config, loadable again
-                atomic_write_text(tmp / "config.yaml",
-                                  yaml.safe_dump(meta["trajectory"], sort_keys=False))
-            atomic_write_json(tmp / "metrics.json", {
-                "eval_losses": meta.get("eval_losses", {}), "timings": meta.get("timings", {}),
-                "score_stats": {q: {"mean": float(s.mean()), "std": float(s.std()),
-                                    "min": float(s.min()), "max": float(s.max())}
-                                for q, s in self.scores.items()}})
-            man_inputs = {"corpus_hash": meta.get("corpus_hash"),
-                          "model_hash": meta.get("model_hash"),
-                          "tokenizer_vocab_hash": (meta.get("tokenizer") or {}).get("vocab_hash")}
+                atomic_write_text(
+                    tmp / "config.yaml", yaml.safe_dump(meta["trajectory"], sort_keys=False)
+                )
+            atomic_write_json(
+                tmp / "metrics.json",
+                {
+                    "eval_losses": meta.get("eval_losses", {}),
+                    "timings": meta.get("timings", {}),
+                    "score_stats": {
+                        q: {
+                            "mean": float(s.mean()),
+                            "std": float(s.std()),
+                            "min": float(s.min()),
+                            "max": float(s.max()),
+                        }
+                        for q, s in self.scores.items()
+                    },
+                },
+            )
+            man_inputs = {
+                "corpus_hash": meta.get("corpus_hash"),
+                "model_hash": meta.get("model_hash"),
+                "tokenizer_vocab_hash": (meta.get("tokenizer") or {}).get("vocab_hash"),
+            }
             man_inputs.update(inputs or {})
-            write_manifest(tmp, "attribute", inputs=man_inputs,
-                           extra={"method": meta.get("method"), "per": meta.get("per"),
-                                  "queries": list(self.scores)})
+            write_manifest(
+                tmp,
+                "attribute",
+                inputs=man_inputs,
+                extra={
+                    "method": meta.get("method"),
+                    "per": meta.get("per"),
+                    "queries": list(self.scores),
+                },
+            )
         return out
 
     @classmethod
@@ -267,8 +316,10 @@ class ScoreArtifact:
         """Load a saved artifact, with clear errors for missing or malformed pieces."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise FileNotFoundError(f"score artifact folder {folder} does not exist "
-                                    f"(create it with `magic-unlearn attribute`)")
+            raise FileNotFoundError(
+                f"score artifact folder {folder} does not exist "
+                f"(create it with `magic-unlearn attribute`)"
+            )
         read_manifest(folder, stage="attribute")
         if not (folder / SCORES_FILE).exists():
             raise FileNotFoundError(f"{folder}: missing {SCORES_FILE}")
@@ -277,15 +328,21 @@ class ScoreArtifact:
         for key in ("input_ids", "attention_mask", "loss_mask"):
             if key not in t:
                 raise ValueError(f"{folder / SCORES_FILE}: missing tensor {key!r}")
-        scores = {k[len("scores."):]: v for k, v in t.items() if k.startswith("scores.")}
+        scores = {k[len("scores.") :]: v for k, v in t.items() if k.startswith("scores.")}
         if not scores:
             raise ValueError(f"{folder / SCORES_FILE}: holds no scores.<query> tensors")
         order = list((meta.get("queries") or {}).keys())
         scores = {q: scores[q] for q in order if q in scores} | scores
         meta["_source"] = str(folder)
-        art = cls(scores=scores, input_ids=t["input_ids"], attention_mask=t["attention_mask"],
-                  loss_mask=t["loss_mask"], labels=t.get("labels"), fact_ids=t.get("fact_ids"),
-                  meta=meta)
+        art = cls(
+            scores=scores,
+            input_ids=t["input_ids"],
+            attention_mask=t["attention_mask"],
+            loss_mask=t["loss_mask"],
+            labels=t.get("labels"),
+            fact_ids=t.get("fact_ids"),
+            meta=meta,
+        )
         try:
             art.validate()
         except ValueError as e:

@@ -45,8 +45,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 # torch.compile of the double backward on GPUs (see ``compiled_double_backward``)
-_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar("magic_compile_attention",
-                                                                default=False)
+_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "magic_compile_attention", default=False
+)
 _COMPILED: dict[str, Any] = {}
 
 
@@ -80,9 +81,14 @@ def _grad_grad_fn(cuda: bool, want: bool) -> Callable[..., tuple[Tensor, ...]]:
 
 def _flash_ok(q: Tensor, k: Tensor) -> bool:
     """FlashAttention applies: CUDA, half precision, equal lengths, a supported head size."""
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0
-            and q.shape[-1] <= 256 and q.shape[-2] == k.shape[-2]
-            and torch.backends.cuda.is_flash_attention_available())
+    return (
+        q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] % 8 == 0
+        and q.shape[-1] <= 256
+        and q.shape[-2] == k.shape[-2]
+        and torch.backends.cuda.is_flash_attention_available()
+    )
 
 
 @contextlib.contextmanager
@@ -122,8 +128,11 @@ def _probs(q: Tensor, k: Tensor, lse: Tensor, scale: float) -> Tensor:
 def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor, tuple]:
     """(O (B, H, T, hd), lse (B, H, T), flash extras for the backward)."""
     if _flash_ok(q, k):
-        o, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
-            q, k, v, 0.0, True, False, scale=scale)
+        o, lse, cq, ck, mq, mk, seed, offset, _ = (
+            torch.ops.aten._scaled_dot_product_flash_attention(
+                q, k, v, 0.0, True, False, scale=scale
+            )
+        )
         return o, lse, (cq, ck, mq, mk, seed, offset)
     acc = torch.promote_types(q.dtype, torch.float32)
     s = torch.matmul(q, k.transpose(-1, -2)).to(acc).mul_(scale)  # (B, H, T, S)
@@ -136,14 +145,29 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Ten
     return torch.matmul(p.to(v.dtype), v), lse, ()
 
 
-def _backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor, scale: float,
-              extras: tuple) -> tuple[Tensor, Tensor, Tensor]:
+def _backward(
+    q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor, scale: float, extras: tuple
+) -> tuple[Tensor, Tensor, Tensor]:
     if extras:
         cq, ck, mq, mk, seed, offset = extras
         with _deterministic():
             dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
-                do.contiguous(), q, k, v, o, lse, cq, ck, mq, mk, 0.0, True, seed, offset,
-                scale=scale)
+                do.contiguous(),
+                q,
+                k,
+                v,
+                o,
+                lse,
+                cq,
+                ck,
+                mq,
+                mk,
+                0.0,
+                True,
+                seed,
+                offset,
+                scale=scale,
+            )
         return dq, dk, dv
     p = _probs(q, k, lse, scale)  # (B, H, T, S)
     acc = p.dtype
@@ -156,9 +180,18 @@ def _backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tenso
     return dq, dk, dv
 
 
-def _grad_grad(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor,
-               gq: Tensor | None, gk: Tensor | None, gv: Tensor | None,
-               scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _grad_grad(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    lse: Tensor,
+    do: Tensor,
+    gq: Tensor | None,
+    gk: Tensor | None,
+    gv: Tensor | None,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Cotangents of (Q, K, V, dO) from those of (dQ, dK, dV); see the module docstring."""
     lo = q.dtype
     p = _probs(q, k, lse, scale)  # (B, H, T, S) float32+
@@ -210,16 +243,27 @@ class _AttnGrad(torch.autograd.Function):
     """(Q, K, V, dO) -> (dQ, dK, dV): the attention backward as a differentiable node."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, do: Tensor, o: Tensor, lse: Tensor,
-                scale: float, extras: tuple, compile_gg: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        do: Tensor,
+        o: Tensor,
+        lse: Tensor,
+        scale: float,
+        extras: tuple,
+        compile_gg: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         ctx.save_for_backward(q, k, v, do, o, lse)
         ctx.scale, ctx.compile_gg = scale, compile_gg
         return _backward(q, k, v, o, lse, do, scale, extras)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, gq: Tensor | None, gk: Tensor | None,
-                 gv: Tensor | None) -> tuple[Tensor | None, ...]:
+    def backward(
+        ctx, gq: Tensor | None, gk: Tensor | None, gv: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         q, k, v, do, o, lse = ctx.saved_tensors
         args = (q, k, v, o, lse, do, gq, gk, gv, ctx.scale)
         fn = _grad_grad_fn(q.is_cuda, ctx.compile_gg)
@@ -229,9 +273,12 @@ class _AttnGrad(torch.autograd.Function):
             if fn is _grad_grad:
                 raise
             _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
-            warnings.warn(f"torch.compile of the attention double backward failed "
-                          f"({_COMPILED['failed']}); running it eagerly (same math, slower)",
-                          CompileFallbackWarning, stacklevel=2)
+            warnings.warn(
+                f"torch.compile of the attention double backward failed "
+                f"({_COMPILED['failed']}); running it eagerly (same math, slower)",
+                CompileFallbackWarning,
+                stacklevel=2,
+            )
             qbar, kbar, vbar, dobar = _grad_grad(*args)
         return qbar, kbar, vbar, dobar, None, None, None, None, None
 
@@ -250,8 +297,9 @@ class _Attn(torch.autograd.Function):
     def backward(ctx, do: Tensor) -> tuple[Tensor | None, ...]:
         q, k, v, o, lse = ctx.saved_tensors
         # O and lse enter as constants: _AttnGrad's own backward differentiates through them
-        dq, dk, dv = _AttnGrad.apply(q, k, v, do, o.detach(), lse.detach(), ctx.scale,
-                                     ctx.extras, ctx.compile_gg)
+        dq, dk, dv = _AttnGrad.apply(
+            q, k, v, do, o.detach(), lse.detach(), ctx.scale, ctx.extras, ctx.compile_gg
+        )
         return dq, dk, dv, None, None
 
 

@@ -31,13 +31,20 @@ from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
 
 
-def grad_similarity(model: nn.Module, corpus: TokenizedCorpus,
-                    measurements: dict[str, Callable[[nn.Module], Tensor]],
-                    cfg: TrajectoryConfig, per: str = "token", train: bool = True,
-                    batch_size: int | None = None, out: str | Path | None = None,
-                    tokenizer: Any | None = None,
-                    query_info: dict[str, dict[str, Any]] | None = None,
-                    progress: bool = False, overwrite: bool = False) -> ScoreArtifact:
+def grad_similarity(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    measurements: dict[str, Callable[[nn.Module], Tensor]],
+    cfg: TrajectoryConfig,
+    per: str = "token",
+    train: bool = True,
+    batch_size: int | None = None,
+    out: str | Path | None = None,
+    tokenizer: Any | None = None,
+    query_info: dict[str, dict[str, Any]] | None = None,
+    progress: bool = False,
+    overwrite: bool = False,
+) -> ScoreArtifact:
     """TracIn-style per-token scores at the final checkpoint: -lr * grad l_i . grad f.
 
     Args:
@@ -55,25 +62,28 @@ def grad_similarity(model: nn.Module, corpus: TokenizedCorpus,
         model = train_trajectory(model, corpus, cfg, progress=progress)
         params = [p for p in model.parameters() if p.requires_grad]
     else:
-        model, params = prepare_model(model, cfg.__class__(**{**to_dict(cfg), "lora": None})
-                                      if cfg.lora is not None else cfg)
+        model, params = prepare_model(
+            model, cfg.__class__(**{**to_dict(cfg), "lora": None}) if cfg.lora is not None else cfg
+        )
     device, dtype = params[0].device, params[0].dtype
     vs: dict[str, list[Tensor]] = {}
     after = {}
     for q, fn in measurements.items():
         val = fn(model)
         grads = torch.autograd.grad(val, params, allow_unused=True)
-        vs[q] = [torch.zeros_like(p) if g is None else g.detach()
-                 for p, g in zip(params, grads, strict=True)]
+        vs[q] = [
+            torch.zeros_like(p) if g is None else g.detach()
+            for p, g in zip(params, grads, strict=True)
+        ]
         after[q] = float(val.detach())
     n, length = corpus.input_ids.shape
     sdtype = torch.float64 if dtype == torch.float64 else torch.float32
     scores = {q: torch.zeros(n, length, dtype=sdtype) for q in measurements}
     bs = batch_size or cfg.batch_size
     for s in range(0, n, bs):
-        ids = corpus.input_ids[s:s + bs].to(device)
-        am = corpus.attention_mask[s:s + bs].to(device)
-        lm = corpus.loss_mask[s:s + bs].to(device, dtype)
+        ids = corpus.input_ids[s : s + bs].to(device)
+        am = corpus.attention_mask[s : s + bs].to(device)
+        lm = corpus.loss_mask[s : s + bs].to(device, dtype)
         w = torch.ones_like(lm, requires_grad=True)
         with autocast_ctx(cfg, device), sdpa_kernel([SDPBackend.MATH]):
             lt = per_token_loss(model, ids, am)
@@ -81,10 +91,13 @@ def grad_similarity(model: nn.Module, corpus: TokenizedCorpus,
         qs = list(measurements)
         for qi, q in enumerate(qs):
             live = [i for i, gi in enumerate(g) if gi.requires_grad]
-            (gw,) = torch.autograd.grad([g[i] for i in live], [w],
-                                        grad_outputs=[vs[q][i].to(g[i].dtype) for i in live],
-                                        retain_graph=qi < len(qs) - 1)
-            scores[q][s:s + bs] = (-cfg.lr * gw * lm).detach().to("cpu", sdtype)
+            (gw,) = torch.autograd.grad(
+                [g[i] for i in live],
+                [w],
+                grad_outputs=[vs[q][i].to(g[i].dtype) for i in live],
+                retain_graph=qi < len(qs) - 1,
+            )
+            scores[q][s : s + bs] = (-cfg.lr * gw * lm).detach().to("cpu", sdtype)
     final = {q: v.float() for q, v in scores.items()}
     if per == "example":
         final = {q: v.sum(dim=1) for q, v in final.items()}
@@ -96,24 +109,32 @@ def grad_similarity(model: nn.Module, corpus: TokenizedCorpus,
         "timings": {"total_s": time.perf_counter() - t_start},
         "baseline": "tracin_final_checkpoint",
     }
-    art = ScoreArtifact.from_corpus(corpus, final, method="grad_sim", per=per, meta=meta,
-                                    tokenizer=tokenizer)
+    art = ScoreArtifact.from_corpus(
+        corpus, final, method="grad_sim", per=per, meta=meta, tokenizer=tokenizer
+    )
     if out is not None:
         art.save(out, overwrite=overwrite)
     return art
 
 
-def random_scores(corpus: TokenizedCorpus, queries: list[str], seed: int = 0,
-                  per: str = "token", out: str | Path | None = None,
-                  tokenizer: Any | None = None, overwrite: bool = False) -> ScoreArtifact:
+def random_scores(
+    corpus: TokenizedCorpus,
+    queries: list[str],
+    seed: int = 0,
+    per: str = "token",
+    out: str | Path | None = None,
+    tokenizer: Any | None = None,
+    overwrite: bool = False,
+) -> ScoreArtifact:
     """Standard-normal scores on target tokens (zero elsewhere), one independent draw per query."""
     gen = torch.Generator().manual_seed(seed)
     scores = {}
     for q in queries:
         s = torch.randn(corpus.input_ids.shape, generator=gen) * corpus.loss_mask
         scores[q] = s if per == "token" else s.sum(dim=1)
-    art = ScoreArtifact.from_corpus(corpus, scores, method="random", per=per,
-                                    meta={"seed": seed}, tokenizer=tokenizer)
+    art = ScoreArtifact.from_corpus(
+        corpus, scores, method="random", per=per, meta={"seed": seed}, tokenizer=tokenizer
+    )
     if out is not None:
         art.save(out, overwrite=overwrite)
     return art

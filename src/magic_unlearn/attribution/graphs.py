@@ -26,6 +26,7 @@ from torch import Tensor
 class GraphCaptureWarning(UserWarning):
     """A CUDA graph capture failed and the engine runs that step eagerly (same results)."""
 
+
 class GraphedFn:
     """``fn(*inputs, *persistent) -> list[Tensor]`` captured once as a CUDA graph, then replayed.
 
@@ -41,8 +42,14 @@ class GraphedFn:
             with its first eager call).
     """
 
-    def __init__(self, fn: Callable[..., list[Tensor]], inputs: Sequence[Tensor],
-                 persistent: Sequence[Tensor] = (), pool: Any = None, warmup: int = 2) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., list[Tensor]],
+        inputs: Sequence[Tensor],
+        persistent: Sequence[Tensor] = (),
+        pool: Any = None,
+        warmup: int = 2,
+    ) -> None:
         self.static_in = [x.detach().clone() for x in inputs]
         self.persistent = list(persistent)
         if warmup:
@@ -60,8 +67,9 @@ class GraphedFn:
 
     def __call__(self, *inputs: Tensor) -> list[Tensor]:
         if len(inputs) != len(self.static_in):
-            raise ValueError(f"graphed function takes {len(self.static_in)} inputs, "
-                             f"got {len(inputs)}")
+            raise ValueError(
+                f"graphed function takes {len(self.static_in)} inputs, got {len(inputs)}"
+            )
         pairs = [(d, x) for d, x in zip(self.static_in, inputs, strict=True) if d is not x]
         if pairs:
             torch._foreach_copy_([d for d, _ in pairs], [x for _, x in pairs], non_blocking=True)
@@ -83,8 +91,14 @@ class GraphCache:
         self.pool: Any = None
         self.error: str | None = None
 
-    def run(self, name: str, fn: Callable[..., list[Tensor]], inputs: Sequence[Tensor],
-            persistent: Sequence[Tensor] = (), in_place: bool = False) -> list[Tensor]:
+    def run(
+        self,
+        name: str,
+        fn: Callable[..., list[Tensor]],
+        inputs: Sequence[Tensor],
+        persistent: Sequence[Tensor] = (),
+        in_place: bool = False,
+    ) -> list[Tensor]:
         """``fn(*inputs, *persistent)``, replayed from a graph when possible.
 
         Args:
@@ -99,8 +113,11 @@ class GraphCache:
         """
         if not self.enabled:
             return fn(*inputs, *persistent)
-        key = (name, *((tuple(x.shape), x.dtype) for x in inputs),
-               *(x.data_ptr() for x in persistent))
+        key = (
+            name,
+            *((tuple(x.shape), x.dtype) for x in inputs),
+            *(x.data_ptr() for x in persistent),
+        )
         g = self.graphs.get(key)
         if g is None:
             if in_place and key not in self.seen:
@@ -113,16 +130,18 @@ class GraphCache:
                 cur.wait_stream(side)
                 return out
             try:
-                g = GraphedFn(fn, inputs, persistent, pool=self.pool,
-                              warmup=0 if in_place else 2)
+                g = GraphedFn(fn, inputs, persistent, pool=self.pool, warmup=0 if in_place else 2)
             except Exception as e:  # noqa: BLE001 - any capture failure means "run eagerly"
                 torch.cuda.synchronize()
                 self.enabled = False
                 self.error = f"{type(e).__name__}: {str(e)[:300]}"
-                warnings.warn(f"CUDA graph capture of the {name} step failed ({self.error}); "
-                              f"running eagerly (same results, slower). Set "
-                              f"TrajectoryConfig.cuda_graphs=false to skip the attempt",
-                              GraphCaptureWarning, stacklevel=2)
+                warnings.warn(
+                    f"CUDA graph capture of the {name} step failed ({self.error}); "
+                    f"running eagerly (same results, slower). Set "
+                    f"TrajectoryConfig.cuda_graphs=false to skip the attempt",
+                    GraphCaptureWarning,
+                    stacklevel=2,
+                )
                 return fn(*inputs, *persistent)
             self.pool = g.pool
             self.graphs[key] = g

@@ -52,8 +52,17 @@ from magic_unlearn.io import atomic_write_bytes, atomic_write_json, bytes_hash, 
 Measurement = Callable[[nn.Module], Tensor]
 
 # config fields that do not change the scores (a run may resume with other values)
-_NON_SEMANTIC = ("checkpointing", "checkpoint_k", "storage", "resume_every", "drift_tol",
-                 "max_length", "reverse_microbatch", "cuda_graphs", "compile_attention")
+_NON_SEMANTIC = (
+    "checkpointing",
+    "checkpoint_k",
+    "storage",
+    "resume_every",
+    "drift_tol",
+    "max_length",
+    "reverse_microbatch",
+    "cuda_graphs",
+    "compile_attention",
+)
 
 
 class TrajectoryDriftError(RuntimeError):
@@ -158,15 +167,16 @@ class _Store:
             flats = {d: torch.empty(n, dtype=d, pin_memory=True) for d, n in sizes.items()}
             self.pin_s += time.perf_counter() - t0
         self.owned.append(flats)
-        return [flats[d][o:o + n].view(shape) for d, o, n, shape in layout]
+        return [flats[d][o : o + n].view(shape) for d, o, n, shape in layout]
 
     def close(self) -> None:
         """Give the pinned buffers back to the process pool (the stored states are dropped)."""
         if self.stream is not None:
             self.stream.synchronize()
         for flats in self.owned:
-            _PINNED_POOL.setdefault(_pool_key({d: t.numel() for d, t in flats.items()}),
-                                    []).append(flats)
+            _PINNED_POOL.setdefault(_pool_key({d: t.numel() for d, t in flats.items()}), []).append(
+                flats
+            )
         self.owned, self.mem, self.free, self.staging = [], {}, [], None
 
     def put(self, tensors: list[Tensor]) -> int:
@@ -184,11 +194,15 @@ class _Store:
                 self.put_event = self.stream.record_event()
             self.mem[k] = bufs
         elif self.kind in ("gpu", "cpu"):
-            self.mem[k] = [t.detach().clone() if self.kind == "gpu" else t.detach().cpu().clone()
-                           for t in tensors]
+            self.mem[k] = [
+                t.detach().clone() if self.kind == "gpu" else t.detach().cpu().clone()
+                for t in tensors
+            ]
         else:
-            save_file({str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)},
-                      str(self.folder / f"state_{k}.safetensors"))
+            save_file(
+                {str(i): t.detach().cpu().contiguous() for i, t in enumerate(tensors)},
+                str(self.folder / f"state_{k}.safetensors"),
+            )
         self.n_live += 1
         self.peak = max(self.peak, self.n_live)
         return k
@@ -218,8 +232,7 @@ class _Store:
             self.before_write()
             if self.kind == "disk":
                 dev = str(self.device) if self.device.type != "cuda" else self.device.index or 0
-                with safe_open(str(self.folder / f"state_{k}.safetensors"), "pt",
-                               device=dev) as f:
+                with safe_open(str(self.folder / f"state_{k}.safetensors"), "pt", device=dev) as f:
                     for i, t in enumerate(live):
                         t.copy_(f.get_tensor(str(i)))
             elif self.staged is not None and self.staged[0] == k:
@@ -245,8 +258,15 @@ class _Store:
 class _Trajectory:
     """Live training state plus the REPLAY machinery that serves states s_t in reverse order."""
 
-    def __init__(self, model: nn.Module, params: list[Tensor], opt: FunctionalOptimizer,
-                 batches: Batches, cfg: TrajectoryConfig, store: _Store) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[Tensor],
+        opt: FunctionalOptimizer,
+        batches: Batches,
+        cfg: TrajectoryConfig,
+        store: _Store,
+    ) -> None:
         self.model, self.params, self.opt, self.batches, self.cfg = model, params, opt, batches, cfg
         self.bufs = opt.init_buffers(params)
         self.live = params + [b for bl in self.bufs for b in bl]
@@ -281,8 +301,17 @@ class _Trajectory:
         top = set(self._top_positions())
         self.fps = [self.fingerprint(self.params)]
         it: Iterator[tuple[int, Tensor]] = iter_steps(
-            self.model, self.params, self.bufs, self.opt, self.batches, self.cfg, 0, self.T,
-            before_update=self.store.before_write, grad_fn=self.grads)
+            self.model,
+            self.params,
+            self.bufs,
+            self.opt,
+            self.batches,
+            self.cfg,
+            0,
+            self.T,
+            before_update=self.store.before_write,
+            grad_fn=self.grads,
+        )
         if 0 in top:
             self.top.append((0, self.store.put(self.live)))
         if progress:
@@ -317,13 +346,23 @@ class _Trajectory:
                 f"replayed training state at step {t} differs from the recorded trajectory "
                 f"by {r:.3g} of a training update (drift_tol {self.cfg.drift_limit:g}). The "
                 f"replay is not the recorded run: dropout on, data or schedule changed, or "
-                f"nondeterministic kernels; raise TrajectoryConfig.drift_tol if it is noise")
+                f"nondeterministic kernels; raise TrajectoryConfig.drift_tol if it is noise"
+            )
 
     def _advance(self, a: int, b: int) -> None:
         ts, rels = [], []
-        for t, _ in iter_steps(self.model, self.params, self.bufs, self.opt, self.batches,
-                               self.cfg, a, b, before_update=self.store.before_write,
-                               grad_fn=self.grads):
+        for t, _ in iter_steps(
+            self.model,
+            self.params,
+            self.bufs,
+            self.opt,
+            self.batches,
+            self.cfg,
+            a,
+            b,
+            before_update=self.store.before_write,
+            grad_fn=self.grads,
+        ):
             self.replayed += 1
             ts.append(t + 1)
             rels.append(self._drift(t + 1))
@@ -353,8 +392,9 @@ class _Trajectory:
                 keys.append(self.store.put(self.live))
             for i in reversed(range(len(pts))):
                 end = pts[i + 1] if i + 1 < len(pts) else b
-                yield from self._rev(pts[i], end, keys[i], owned=i > 0,
-                                     next_key=keys[i - 1] if i > 0 else next_key)
+                yield from self._rev(
+                    pts[i], end, keys[i], owned=i > 0, next_key=keys[i - 1] if i > 0 else next_key
+                )
         if owned:
             self.store.delete(key)
 
@@ -368,27 +408,34 @@ class _ReverseFn:
     In-place updates of persistent tensors let one CUDA graph hold the whole step.
     """
 
-    def __init__(self, model: nn.Module, params: list[Tensor], cfg: TrajectoryConfig, nq: int,
-                 masked: bool) -> None:
+    def __init__(
+        self, model: nn.Module, params: list[Tensor], cfg: TrajectoryConfig, nq: int, masked: bool
+    ) -> None:
         self.model, self.params, self.cfg, self.nq, self.masked = model, params, cfg, nq, masked
 
-    def __call__(self, ids: Tensor, lm: Tensor, n_t: Tensor, idx: Tensor,
-                 *rest: Tensor) -> list[Tensor]:
+    def __call__(
+        self, ids: Tensor, lm: Tensor, n_t: Tensor, idx: Tensor, *rest: Tensor
+    ) -> list[Tensor]:
         am = rest[0] if self.masked else None
         rest = rest[1:] if self.masked else rest
         n_p, nq = len(self.params), self.nq
-        gbars, adjs, tables = rest[:nq * n_p], rest[nq * n_p:2 * nq * n_p], rest[2 * nq * n_p:]
+        gbars, adjs, tables = rest[: nq * n_p], rest[nq * n_p : 2 * nq * n_p], rest[2 * nq * n_p :]
         w = torch.ones_like(lm).requires_grad_()  # (b, L) token weights at w = 1
         with compiled_double_backward(self.cfg.compile_attention):
-            g, _ = weighted_grads(self.model, self.params, ids, am, lm, n_t, w, self.cfg,
-                                  create_graph=True)
+            g, _ = weighted_grads(
+                self.model, self.params, ids, am, lm, n_t, w, self.cfg, create_graph=True
+            )
         live = [i for i, gi in enumerate(g) if gi.requires_grad]
         for q in range(nq):
-            gbar = gbars[q * n_p:(q + 1) * n_p]
+            gbar = gbars[q * n_p : (q + 1) * n_p]
             # VJP of g in direction gbar = d/d(theta, w) <g, gbar>: HVP and per-token scores
-            res = torch.autograd.grad([g[i] for i in live], [*self.params, w],
-                                      grad_outputs=[gbar[i].to(g[i].dtype) for i in live],
-                                      retain_graph=q < nq - 1, allow_unused=True)
+            res = torch.autograd.grad(
+                [g[i] for i in live],
+                [*self.params, w],
+                grad_outputs=[gbar[i].to(g[i].dtype) for i in live],
+                retain_graph=q < nq - 1,
+                allow_unused=True,
+            )
             with torch.no_grad():
                 pairs = [(adjs[q * n_p + i], h) for i, h in enumerate(res[:-1]) if h is not None]
                 if pairs:
@@ -399,8 +446,13 @@ class _ReverseFn:
         return []
 
 
-def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
-                  adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor]) -> None:
+def _reverse_step(
+    traj: _Trajectory,
+    t: int,
+    adj_p: dict[str, list[Tensor]],
+    adj_b: dict[str, list[list[Tensor]]],
+    scores: dict[str, Tensor],
+) -> None:
     """One fused reverse step at t (live state = s_t): optimiser VJP, HVP and per-token scores.
 
     The batch may be split into ``cfg.reverse_microbatch`` rows: the HVP and the token
@@ -426,10 +478,14 @@ def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
     del g_full
     fn = traj.reverse_fns.get(len(queries))
     if fn is None:
-        fn = traj.reverse_fns[len(queries)] = _ReverseFn(traj.model, params, cfg, len(queries),
-                                                          masked=am is not None)
-    persistent = [*(x for q in queries for x in traj.gbar[q]),
-                  *(x for q in queries for x in adj_p[q]), *(scores[q] for q in queries)]
+        fn = traj.reverse_fns[len(queries)] = _ReverseFn(
+            traj.model, params, cfg, len(queries), masked=am is not None
+        )
+    persistent = [
+        *(x for q in queries for x in traj.gbar[q]),
+        *(x for q in queries for x in adj_p[q]),
+        *(scores[q] for q in queries),
+    ]
     dev_idx = traj.batches.device_index(t)
     for s, e in spans:
         inputs = [ids[s:e], lm[s:e], n_t.reshape(()), dev_idx[s:e]]
@@ -437,19 +493,24 @@ def _reverse_step(traj: _Trajectory, t: int, adj_p: dict[str, list[Tensor]],
         traj.grads.graphs.run("reverse", fn, inputs, persistent, in_place=True)
 
 
-def _measure_grad(model: nn.Module, params: list[Tensor], fn: Measurement) -> tuple[float,
-                                                                                     list[Tensor]]:
+def _measure_grad(
+    model: nn.Module, params: list[Tensor], fn: Measurement
+) -> tuple[float, list[Tensor]]:
     val = fn(model)
     if val.dim() != 0:
         raise ValueError(f"a measurement must return a scalar tensor, got shape {tuple(val.shape)}")
     if not val.requires_grad:
-        raise ValueError("a measurement returned a tensor without grad: compute it from the "
-                         "model's parameters, outside torch.no_grad()")
+        raise ValueError(
+            "a measurement returned a tensor without grad: compute it from the "
+            "model's parameters, outside torch.no_grad()"
+        )
     grads = torch.autograd.grad(val, params, allow_unused=True)
     return float(val.detach()), [
-        torch.zeros_like(p, dtype=adjoint_dtype(p)) if g is None
+        torch.zeros_like(p, dtype=adjoint_dtype(p))
+        if g is None
         else g.detach().to(adjoint_dtype(p), copy=True)
-        for p, g in zip(params, grads, strict=True)]
+        for p, g in zip(params, grads, strict=True)
+    ]
 
 
 def _query_info(name: str, fn: Measurement, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -473,17 +534,30 @@ def _query_info(name: str, fn: Measurement, given: dict[str, Any] | None) -> dic
     return info
 
 
-def _resume_key(cfg: TrajectoryConfig, corpus_hash: str, mhash: str, queries: list[str],
-                per: str) -> str:
-    return bytes_hash(f"{config_hash(cfg, exclude=_NON_SEMANTIC)}|{corpus_hash}|{mhash}|"
-                      f"{','.join(queries)}|{per}".encode())
+def _resume_key(
+    cfg: TrajectoryConfig, corpus_hash: str, mhash: str, queries: list[str], per: str
+) -> str:
+    return bytes_hash(
+        f"{config_hash(cfg, exclude=_NON_SEMANTIC)}|{corpus_hash}|{mhash}|"
+        f"{','.join(queries)}|{per}".encode()
+    )
 
 
-def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str, Measurement],
-              cfg: TrajectoryConfig, per: str = "token", out: str | Path | None = None,
-              resume: bool = True, progress: bool = True, tokenizer: Any | None = None,
-              query_info: dict[str, dict[str, Any]] | None = None, inplace: bool = False,
-              overwrite: bool = False, _interrupt_after: int | None = None) -> ScoreArtifact:
+def attribute(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    measurements: dict[str, Measurement],
+    cfg: TrajectoryConfig,
+    per: str = "token",
+    out: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    tokenizer: Any | None = None,
+    query_info: dict[str, dict[str, Any]] | None = None,
+    inplace: bool = False,
+    overwrite: bool = False,
+    _interrupt_after: int | None = None,
+) -> ScoreArtifact:
     """MAGIC scores of every training token for each measurement, through the whole run.
 
     Args:
@@ -584,8 +658,11 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
                 _load_resume(state_file, fps, adj_p, adj_b, scores, cfg)
                 t_next = int(info["t_next"])
             else:
-                warnings.warn(f"{work}: saved reverse state belongs to another run (config, "
-                              f"corpus, model or queries differ); starting over", stacklevel=2)
+                warnings.warn(
+                    f"{work}: saved reverse state belongs to another run (config, "
+                    f"corpus, model or queries differ); starting over",
+                    stacklevel=2,
+                )
         elif state_file is not None:
             state_file.unlink(missing_ok=True)
 
@@ -619,8 +696,9 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
         if device.type == "cuda":
             timings["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
 
-        final = {q: (s * corpus.loss_mask.to(device, s.dtype)).float().cpu()
-                 for q, s in scores.items()}
+        final = {
+            q: (s * corpus.loss_mask.to(device, s.dtype)).float().cpu() for q, s in scores.items()
+        }
         if per == "example":
             final = {q: s.sum(dim=1) for q, s in final.items()}
         meta = {
@@ -632,8 +710,9 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
             "timings": timings,
             "n_params_trained": sum(p.numel() for p in params),
         }
-        art = ScoreArtifact.from_corpus(corpus, final, method="magic", per=per, meta=meta,
-                                        tokenizer=tokenizer)
+        art = ScoreArtifact.from_corpus(
+            corpus, final, method="magic", per=per, meta=meta, tokenizer=tokenizer
+        )
         if out_p is not None:
             art.save(out_p, overwrite=overwrite)
             shutil.rmtree(work, ignore_errors=True)
@@ -645,8 +724,15 @@ def attribute(model: nn.Module, corpus: TokenizedCorpus, measurements: dict[str,
             tmp_ctx.cleanup()
 
 
-def _save_resume(work: Path, key: str, t_next: int, fps: Tensor, adj_p: dict[str, list[Tensor]],
-                 adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor]) -> None:
+def _save_resume(
+    work: Path,
+    key: str,
+    t_next: int,
+    fps: Tensor,
+    adj_p: dict[str, list[Tensor]],
+    adj_b: dict[str, list[list[Tensor]]],
+    scores: dict[str, Tensor],
+) -> None:
     """Atomically save the reverse state: adjoints of s_{t_next+1} and scores of steps > t_next."""
     tensors: dict[str, Tensor] = {"fingerprints": fps}
     for q in adj_p:
@@ -660,9 +746,14 @@ def _save_resume(work: Path, key: str, t_next: int, fps: Tensor, adj_p: dict[str
     atomic_write_json(work / "reverse_state.json", {"key": key, "t_next": t_next})
 
 
-def _load_resume(path: Path, fps: Tensor, adj_p: dict[str, list[Tensor]],
-                 adj_b: dict[str, list[list[Tensor]]], scores: dict[str, Tensor],
-                 cfg: TrajectoryConfig) -> None:
+def _load_resume(
+    path: Path,
+    fps: Tensor,
+    adj_p: dict[str, list[Tensor]],
+    adj_b: dict[str, list[list[Tensor]]],
+    scores: dict[str, Tensor],
+    cfg: TrajectoryConfig,
+) -> None:
     saved = st_load(path.read_bytes())
     old = saved["fingerprints"]
     scale = max(float(old.diff(dim=0).norm(dim=1).mean()), 1e-30) if len(old) > 1 else 1.0
@@ -671,7 +762,8 @@ def _load_resume(path: Path, fps: Tensor, adj_p: dict[str, list[Tensor]],
         raise TrajectoryDriftError(
             f"{path}: the re-run forward trajectory differs from the one the saved reverse state "
             f"belongs to (difference {rel:.3g} of a training update); delete {path.parent} "
-            f"to start over, or make training deterministic")
+            f"to start over, or make training deterministic"
+        )
     with torch.no_grad():
         for q in adj_p:
             for i, a in enumerate(adj_p[q]):

@@ -55,8 +55,9 @@ class FunctionalOptimizer:
 
     def init_adjoint_buffers(self, params: list[Tensor]) -> list[list[Tensor]]:
         """Zero adjoints of the buffers, in at least fp32 (half-precision runs included)."""
-        return [[torch.zeros_like(p, dtype=adjoint_dtype(p)) for p in params]
-                for _ in self.buffer_names]
+        return [
+            [torch.zeros_like(p, dtype=adjoint_dtype(p)) for p in params] for _ in self.buffer_names
+        ]
 
     def _bias(self, t: int) -> tuple[float, float]:
         if not self.cfg.bias_correction:
@@ -65,8 +66,9 @@ class FunctionalOptimizer:
         return 1.0 - b1 ** (t + 1), 1.0 - b2 ** (t + 1)
 
     @torch.no_grad()
-    def step(self, params: list[Tensor], bufs: list[list[Tensor]], grads: list[Tensor],
-             t: int) -> None:
+    def step(
+        self, params: list[Tensor], bufs: list[list[Tensor]], grads: list[Tensor], t: int
+    ) -> None:
         """theta_{t+1}, buffers_{t+1} <- U_t(theta_t, buffers_t, g_t), in place."""
         cfg = self.cfg
         lr, wd = lr_at(cfg, t), cfg.weight_decay
@@ -98,10 +100,16 @@ class FunctionalOptimizer:
             torch._foreach_addcdiv_(params, m, denom, value=-lr / bc1)
 
     @torch.no_grad()
-    def vjp(self, params: list[Tensor], bufs: list[list[Tensor]], grads: list[Tensor] | None,
-            t: int,
-            adj_p: list[Tensor], adj_b: list[list[Tensor]],
-            out: list[Tensor] | None = None) -> list[Tensor]:
+    def vjp(
+        self,
+        params: list[Tensor],
+        bufs: list[list[Tensor]],
+        grads: list[Tensor] | None,
+        t: int,
+        adj_p: list[Tensor],
+        adj_b: list[list[Tensor]],
+        out: list[Tensor] | None = None,
+    ) -> list[Tensor]:
         """Reverse step t of the optimiser.
 
         Args:
@@ -146,8 +154,9 @@ class FunctionalOptimizer:
                 raise ValueError("the AdamW reverse step needs g_t")
             b1, b2 = cfg.betas
             bc1, bc2 = self._bias(t)
-            for _p, m, v, g, ap, am, av in zip(params, bufs[0], bufs[1], grads, adj_p, adj_b[0],
-                                              adj_b[1], strict=False):
+            for _p, m, v, g, ap, am, av in zip(
+                params, bufs[0], bufs[1], grads, adj_p, adj_b[0], adj_b[1], strict=False
+            ):
                 # half-precision states are upcast: the M and V terms below nearly cancel where
                 # |g| ~ eps, which bf16 cannot resolve
                 m, v, g = m.to(ap.dtype), v.to(ap.dtype), g.to(ap.dtype)
@@ -159,8 +168,9 @@ class FunctionalOptimizer:
                 # du/dm' = 1 / (bc1 d); du/dv' = -m_hat / d^2 / (2 sqrt(v_hat) bc2), 0 where v = 0
                 # (there m = 0 too and the exact limit of the product is 0)
                 big_m = am.add_(ubar / (d * bc1))
-                inv2s = torch.where(sv > 0, 0.5 / sv.clamp_min(torch.finfo(sv.dtype).tiny),
-                                    torch.zeros_like(sv))
+                inv2s = torch.where(
+                    sv > 0, 0.5 / sv.clamp_min(torch.finfo(sv.dtype).tiny), torch.zeros_like(sv)
+                )
                 big_v = av.add_(ubar * (-(m1 / bc1) / (d * d)) * inv2s / bc2)
                 gb = big_m * (1.0 - b1) + big_v * g * (2.0 * (1.0 - b2))
                 if out is not None:

@@ -31,8 +31,10 @@ from magic_unlearn.models import resolve_dtype
 def batch_order(n: int, cfg: TrajectoryConfig) -> Tensor:
     """(T, B) row indices: consecutive slices of one fixed permutation per epoch (seed + epoch)."""
     need = cfg.steps * cfg.batch_size
-    perms = [torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + e))
-             for e in range(math.ceil(need / n))]
+    perms = [
+        torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + e))
+        for e in range(math.ceil(need / n))
+    ]
     return torch.cat(perms)[:need].view(cfg.steps, cfg.batch_size)
 
 
@@ -56,9 +58,16 @@ def _node_applies(device_type: str, dtype: torch.dtype) -> bool:
     return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16)
 
 
-def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
-                          attention_mask: Tensor | None, scaling: float, dropout: float = 0.0,
-                          **kwargs: Any) -> tuple[Tensor, Tensor]:
+def exact_eager_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
     """Exact, twice-differentiable, graph-safe attention for MAGIC ("eager_exact").
 
     Plain causal attention (``attention_mask`` None, or the engine's right-padded rows, see
@@ -73,15 +82,20 @@ def exact_eager_attention(module: nn.Module, query: Tensor, key: Tensor, value: 
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
     plain = attention_mask is None or (
-        _PLAIN_CAUSAL.get() and not getattr(getattr(module, "config", None), "sliding_window",
-                                            None))
+        _PLAIN_CAUSAL.get() and not getattr(getattr(module, "config", None), "sliding_window", None)
+    )
     dev = query.device.type
     if torch.is_autocast_enabled(dev):
         dt = torch.get_autocast_dtype(dev)
     else:
         dt = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
-    if (plain and _node_applies(dev, dt) and getattr(module, "is_causal", True) and not (dropout and module.training)
-            and not kwargs.get("output_attentions")):
+    if (
+        plain
+        and _node_applies(dev, dt)
+        and getattr(module, "is_causal", True)
+        and not (dropout and module.training)
+        and not kwargs.get("output_attentions")
+    ):
         # half precision on a GPU: one node, FlashAttention forward/backward and a fused double
         # backward. fp32/float64 keep the plain ops below: same math, but MAGIC through AdamW's
         # first step is ill-conditioned in fp32 (docs/benchmarks.md), and the node's different
@@ -121,12 +135,18 @@ def _exact_mask(*args: Any, **kwargs: Any) -> Tensor | None:
     if q_len is None and kwargs.get("cache_position") is not None:
         q_len = kwargs["cache_position"].shape[0]
     fn = kwargs.get("mask_function")
-    if (not args and kwargs.get("attention_mask") is None
-            and kwargs.get("allow_is_causal_skip", True)
-            and (fn is None or getattr(fn, "__name__", "") == "causal_mask_function")
-            and kwargs.get("local_size") is None and q_len is not None
-            and q_len == kwargs.get("kv_length") and not isinstance(kwargs.get("q_offset"), Tensor)
-            and not kwargs.get("q_offset") and not kwargs.get("kv_offset")):
+    if (
+        not args
+        and kwargs.get("attention_mask") is None
+        and kwargs.get("allow_is_causal_skip", True)
+        and (fn is None or getattr(fn, "__name__", "") == "causal_mask_function")
+        and kwargs.get("local_size") is None
+        and q_len is not None
+        and q_len == kwargs.get("kv_length")
+        and not isinstance(kwargs.get("q_offset"), Tensor)
+        and not kwargs.get("q_offset")
+        and not kwargs.get("kv_offset")
+    ):
         return None
     return sdpa_mask(*args, **kwargs)
 
@@ -163,13 +183,13 @@ def use_exact_attention(model: nn.Module) -> None:
 def autocast_ctx(cfg: TrajectoryConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if cfg.precision == "bf16":
         # no weight-cast cache: CUDA graph capture needs it off, and it saves nothing here
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              cache_enabled=False)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
-def prepare_model(model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False,
-                  exact_attention: bool = True) -> tuple[nn.Module, list[Tensor]]:
+def prepare_model(
+    model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False, exact_attention: bool = True
+) -> tuple[nn.Module, list[Tensor]]:
     """Copy (unless inplace), cast to ``cfg.dtype``, add LoRA adapters; return (model, trainables).
 
     Full training differentiates all parameters; with ``cfg.lora`` only the adapter weights
@@ -189,9 +209,14 @@ def prepare_model(model: nn.Module, cfg: TrajectoryConfig, inplace: bool = False
         from peft import LoraConfig, get_peft_model
 
         init: Any = True if cfg.lora.init in ("default", "true", True) else cfg.lora.init
-        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                          target_modules=cfg.lora.target_modules, lora_dropout=0.0, bias="none",
-                          init_lora_weights=init)
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            target_modules=cfg.lora.target_modules,
+            lora_dropout=0.0,
+            bias="none",
+            init_lora_weights=init,
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             # adapters of a half-precision base stay float32 (peft's autocast_adapter_dtype)
@@ -237,8 +262,14 @@ class Batches:
     host until the GPU has caught up, which would stall every step of a CUDA-graphed run.
     """
 
-    def __init__(self, corpus: TokenizedCorpus, cfg: TrajectoryConfig, device: torch.device,
-                 dtype: torch.dtype, max_device_mb: float = 512.0) -> None:
+    def __init__(
+        self,
+        corpus: TokenizedCorpus,
+        cfg: TrajectoryConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_device_mb: float = 512.0,
+    ) -> None:
         self.order = batch_order(len(corpus), cfg)  # (T, B)
         self.corpus = corpus
         self.device = device
@@ -246,22 +277,28 @@ class Batches:
         self.dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.needs_mask = not right_padded(corpus)
         c = corpus
-        nbytes = sum(x.numel() * x.element_size() for x in (c.input_ids, c.attention_mask,
-                                                             c.loss_mask))
+        nbytes = sum(
+            x.numel() * x.element_size() for x in (c.input_ids, c.attention_mask, c.loss_mask)
+        )
         self.resident = device.type == "cuda" and nbytes <= max_device_mb * 2**20
         if self.resident:
             self.order_dev = self.order.to(device)
-            self.rows = (c.input_ids.to(device),
-                         c.attention_mask.to(device) if self.needs_mask else None,
-                         c.loss_mask.to(device, self.dtype))
+            self.rows = (
+                c.input_ids.to(device),
+                c.attention_mask.to(device) if self.needs_mask else None,
+                c.loss_mask.to(device, self.dtype),
+            )
 
     def device_index(self, t: int) -> Tensor:
         """(B,) row indices of step t on the device."""
         if self.resident:
             return self.order_dev[t]
         idx = self.order[t]
-        return idx.pin_memory().to(self.device, non_blocking=True) \
-            if self.device.type == "cuda" else idx.to(self.device)
+        return (
+            idx.pin_memory().to(self.device, non_blocking=True)
+            if self.device.type == "cuda"
+            else idx.to(self.device)
+        )
 
     def __getitem__(self, t: int) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
         """(idx (B,) on the host, input_ids (B, L), attention_mask (B, L) or None,
@@ -289,9 +326,17 @@ class Batches:
         return idx, ids, am, lm, n_t
 
 
-def weighted_grads(model: nn.Module, params: list[Tensor], ids: Tensor, am: Tensor | None,
-                   lm: Tensor, n_t: Tensor, w: Tensor | None, cfg: TrajectoryConfig,
-                   create_graph: bool = False) -> tuple[list[Tensor], Tensor]:
+def weighted_grads(
+    model: nn.Module,
+    params: list[Tensor],
+    ids: Tensor,
+    am: Tensor | None,
+    lm: Tensor,
+    n_t: Tensor,
+    w: Tensor | None,
+    cfg: TrajectoryConfig,
+    create_graph: bool = False,
+) -> tuple[list[Tensor], Tensor]:
     """g = d/dtheta [sum_i w_i l_i / n_t]; returns (grads, detached mean loss).
 
     SDPA models run the math kernel: the fused kernels' backward sums in a varying order
@@ -312,20 +357,28 @@ class StepGrads:
     graph replay overwrites, so the caller consumes them at once (the optimiser step does).
     """
 
-    def __init__(self, model: nn.Module, params: list[Tensor], cfg: TrajectoryConfig,
-                 graphs: GraphCache | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        params: list[Tensor],
+        cfg: TrajectoryConfig,
+        graphs: GraphCache | None = None,
+    ) -> None:
         self.model, self.params, self.cfg = model, params, cfg
         dev = params[0].device
-        self.graphs = graphs if graphs is not None else GraphCache(
-            cfg.cuda_graphs and dev.type == "cuda")
+        self.graphs = (
+            graphs if graphs is not None else GraphCache(cfg.cuda_graphs and dev.type == "cuda")
+        )
 
     def _fn(self, ids: Tensor, lm: Tensor, n_t: Tensor, w: Tensor, *am: Tensor) -> list[Tensor]:
-        grads, loss = weighted_grads(self.model, self.params, ids, am[0] if am else None, lm,
-                                     n_t, w, self.cfg)
+        grads, loss = weighted_grads(
+            self.model, self.params, ids, am[0] if am else None, lm, n_t, w, self.cfg
+        )
         return [*grads, loss]
 
-    def __call__(self, ids: Tensor, am: Tensor | None, lm: Tensor, n_t: Tensor,
-                 w: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+    def __call__(
+        self, ids: Tensor, am: Tensor | None, lm: Tensor, n_t: Tensor, w: Tensor | None = None
+    ) -> tuple[list[Tensor], Tensor]:
         if self.graphs.enabled:
             # lm * 1 == lm exactly, so the graphed step (always weighted) equals the eager one
             inputs = [ids, lm, n_t.reshape(()), torch.ones_like(lm) if w is None else w]
@@ -335,11 +388,19 @@ class StepGrads:
         return weighted_grads(self.model, self.params, ids, am, lm, n_t, w, self.cfg)
 
 
-def iter_steps(model: nn.Module, params: list[Tensor], bufs: list[list[Tensor]],
-               opt: FunctionalOptimizer, batches: Batches, cfg: TrajectoryConfig, start: int,
-               stop: int, token_weights: Tensor | None = None,
-               before_update: Callable[[], None] | None = None,
-               grad_fn: StepGrads | None = None) -> Iterator[tuple[int, Tensor]]:
+def iter_steps(
+    model: nn.Module,
+    params: list[Tensor],
+    bufs: list[list[Tensor]],
+    opt: FunctionalOptimizer,
+    batches: Batches,
+    cfg: TrajectoryConfig,
+    start: int,
+    stop: int,
+    token_weights: Tensor | None = None,
+    before_update: Callable[[], None] | None = None,
+    grad_fn: StepGrads | None = None,
+) -> Iterator[tuple[int, Tensor]]:
     """Run steps start..stop-1 in place; yields (t, loss_t) after each step.
 
     ``before_update`` runs between the gradient and the in-place parameter update (checkpoint
@@ -361,9 +422,14 @@ def iter_steps(model: nn.Module, params: list[Tensor], bufs: list[list[Tensor]],
         yield t, loss
 
 
-def train_trajectory(model: nn.Module, corpus: TokenizedCorpus, cfg: TrajectoryConfig,
-                     token_weights: Tensor | None = None, inplace: bool = False,
-                     progress: bool = False) -> nn.Module:
+def train_trajectory(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    cfg: TrajectoryConfig,
+    token_weights: Tensor | None = None,
+    inplace: bool = False,
+    progress: bool = False,
+) -> nn.Module:
     """Run the deterministic fine-tuning trajectory and return the trained model.
 
     Args:
@@ -381,8 +447,10 @@ def train_trajectory(model: nn.Module, corpus: TokenizedCorpus, cfg: TrajectoryC
     check_corpus(corpus, cfg)
     model, params = prepare_model(model, cfg, inplace=inplace)
     if token_weights is not None and tuple(token_weights.shape) != tuple(corpus.input_ids.shape):
-        raise ValueError(f"token_weights shape {tuple(token_weights.shape)} must match the "
-                         f"corpus rows {tuple(corpus.input_ids.shape)} (N, L)")
+        raise ValueError(
+            f"token_weights shape {tuple(token_weights.shape)} must match the "
+            f"corpus rows {tuple(corpus.input_ids.shape)} (N, L)"
+        )
     device = params[0].device
     opt = FunctionalOptimizer(cfg)
     bufs = opt.init_buffers(params)

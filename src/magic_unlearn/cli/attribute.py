@@ -20,8 +20,9 @@ def _load_tokenizer(model: str, tokenizer: str | None, world: Path | None):
             return load_tokenizer(c)
         except Exception as e:  # noqa: BLE001 - try the next candidate, report all below
             errors.append(f"{c}: {e}")
-    raise FileNotFoundError("could not load a tokenizer (pass --tokenizer or --world): "
-                            + "; ".join(errors))
+    raise FileNotFoundError(
+        "could not load a tokenizer (pass --tokenizer or --world): " + "; ".join(errors)
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -31,13 +32,19 @@ def register(app: typer.Typer) -> None:
     def attribute_cmd(
         model: str = typer.Option(..., "--model", "-m", help="HF model folder (theta_0)."),
         corpus: str = typer.Option(
-            ..., "--corpus", "-c",
+            ...,
+            "--corpus",
+            "-c",
             help="Training corpus: a JSONL/JSON/Parquet file, WORLD_DIR:name, or a corpus name "
-                 "of --world."),
+            "of --world.",
+        ),
         query: list[str] = typer.Option(
-            ..., "--query", "-q",
+            ...,
+            "--query",
+            "-q",
             help="Measurement task (hazard_qa, general_qa, wmdp_bio, mmlu, ... or a question "
-                 "file); repeat for several."),
+            "file); repeat for several.",
+        ),
         config: Optional[Path] = typer.Option(None, "--config", help="Trajectory YAML."),
         world: Optional[Path] = typer.Option(None, "--world", help="World folder."),
         method: str = typer.Option("magic", "--method", help="magic | grad_sim | random."),
@@ -55,30 +62,59 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-token attribution scores of a training corpus for eval losses (MAGIC)."""
         try:
-            art = run_attribute(model=model, corpus=corpus, queries=query, config=config,
-                                world=world, method=method, overrides=set_, per=per, fmt=fmt,
-                                limit=limit, source=source, tokenizer=tokenizer, device=device,
-                                out=out, overwrite=overwrite, resume=resume, progress=progress)
+            art = run_attribute(
+                model=model,
+                corpus=corpus,
+                queries=query,
+                config=config,
+                world=world,
+                method=method,
+                overrides=set_,
+                per=per,
+                fmt=fmt,
+                limit=limit,
+                source=source,
+                tokenizer=tokenizer,
+                device=device,
+                out=out,
+                overwrite=overwrite,
+                resume=resume,
+                progress=progress,
+            )
         except (ValueError, FileNotFoundError, FileExistsError, ImportError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         ev = art.meta.get("eval_losses", {})
         for q in art.queries:
             s = art.example_scores(q)
-            typer.echo(f"{q}: loss before {ev.get('before', {}).get(q, float('nan')):.4f} "
-                       f"after {ev.get('after', {}).get(q, float('nan')):.4f}; "
-                       f"doc scores mean {float(s.mean()):+.3e} min {float(s.min()):+.3e} "
-                       f"max {float(s.max()):+.3e}")
+            typer.echo(
+                f"{q}: loss before {ev.get('before', {}).get(q, float('nan')):.4f} "
+                f"after {ev.get('after', {}).get(q, float('nan')):.4f}; "
+                f"doc scores mean {float(s.mean()):+.3e} min {float(s.min()):+.3e} "
+                f"max {float(s.max()):+.3e}"
+            )
         typer.echo(f"wrote {out}")
 
 
-def run_attribute(model: str, corpus: str, queries: list[str], config: Path | None = None,
-                  world: Path | None = None, method: str = "magic",
-                  overrides: list[str] | None = None, per: str = "token", fmt: str | None = None,
-                  limit: int | None = None, source: str | None = None,
-                  tokenizer: str | None = None, device: str = "auto",
-                  out: Path | None = None, overwrite: bool = False, resume: bool = True,
-                  progress: bool = True):
+def run_attribute(
+    model: str,
+    corpus: str,
+    queries: list[str],
+    config: Path | None = None,
+    world: Path | None = None,
+    method: str = "magic",
+    overrides: list[str] | None = None,
+    per: str = "token",
+    fmt: str | None = None,
+    limit: int | None = None,
+    source: str | None = None,
+    tokenizer: str | None = None,
+    device: str = "auto",
+    out: Path | None = None,
+    overwrite: bool = False,
+    resume: bool = True,
+    progress: bool = True,
+):
     """The ``attribute`` command as a function (returns the ScoreArtifact)."""
     from magic_unlearn.attribution import (
         TrajectoryConfig,
@@ -102,8 +138,9 @@ def run_attribute(model: str, corpus: str, queries: list[str], config: Path | No
     docs = load_corpus(src)
     corp = tokenize_corpus(docs, tok, max_length=cfg.max_length)
     if method == "random":
-        return random_scores(corp, list(queries), seed=cfg.seed, per=per, out=out,
-                             tokenizer=tok, overwrite=overwrite)
+        return random_scores(
+            corp, list(queries), seed=cfg.seed, per=per, out=out, tokenizer=tok, overwrite=overwrite
+        )
 
     from magic_unlearn.evaluation import Measurement, load_task
 
@@ -113,10 +150,31 @@ def run_attribute(model: str, corpus: str, queries: list[str], config: Path | No
     measurements = {}
     for q in queries:
         task = load_task(q, source=source, limit=limit, world=str(world) if world else None)
-        measurements[q] = Measurement.from_task(tok, task, fmt=fmt, name=q,
-                                                max_length=max_len).to(dev)
+        measurements[q] = Measurement.from_task(tok, task, fmt=fmt, name=q, max_length=max_len).to(
+            dev
+        )
     if method == "grad_sim":
-        return grad_similarity(m, corp, measurements, cfg, per=per, out=out, tokenizer=tok,
-                               progress=progress, overwrite=overwrite)
-    return attribute(m, corp, measurements, cfg, per=per, out=out, resume=resume,
-                     progress=progress, tokenizer=tok, inplace=True, overwrite=overwrite)
+        return grad_similarity(
+            m,
+            corp,
+            measurements,
+            cfg,
+            per=per,
+            out=out,
+            tokenizer=tok,
+            progress=progress,
+            overwrite=overwrite,
+        )
+    return attribute(
+        m,
+        corp,
+        measurements,
+        cfg,
+        per=per,
+        out=out,
+        resume=resume,
+        progress=progress,
+        tokenizer=tok,
+        inplace=True,
+        overwrite=overwrite,
+    )

@@ -15,25 +15,31 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(
         model: str = typer.Option(..., "--model", "-m", help="HF model folder or hub id."),
         task: str = typer.Option(
-            "hazard_qa", "--task", "-t",
+            "hazard_qa",
+            "--task",
+            "-t",
             help="hazard_qa, general_qa, wmdp_bio, wmdp_bio_robust, mmlu, mmlu_<subject>, "
-                 "or a question file; comma separated for several."),
+            "or a question file; comma separated for several.",
+        ),
         world: Optional[Path] = typer.Option(None, "--world", help="World folder (world tasks)."),
         source: Optional[str] = typer.Option(
-            None, "--source", help="Local question file/folder, or 'hf' for the hub."),
+            None, "--source", help="Local question file/folder, or 'hf' for the hub."
+        ),
         fmt: Optional[str] = typer.Option(
-            None, "--format", "-f", help="letter or cloze (default: the task's)."),
+            None, "--format", "-f", help="letter or cloze (default: the task's)."
+        ),
         limit: Optional[int] = typer.Option(
-            None, "--limit", help="First N questions (per subject for mmlu/wmdp_bio_robust)."),
+            None, "--limit", help="First N questions (per subject for mmlu/wmdp_bio_robust)."
+        ),
         num_fewshot: int = typer.Option(0, "--num-fewshot", "-k", help="k-shot (MMLU dev)."),
         batch_size: int = typer.Option(32, "--batch-size", "-b"),
         device: str = typer.Option("auto", "--device"),
         dtype: str = typer.Option("float32", "--dtype"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer",
-                                                help="Default: the model's."),
+        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: the model's."),
         split: str = typer.Option("test", "--split", help="MMLU split."),
         out: Optional[Path] = typer.Option(
-            None, "--out", "-o", help="Write metrics.json + predictions.jsonl here."),
+            None, "--out", "-o", help="Write metrics.json + predictions.jsonl here."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite"),
         per_subject: bool = typer.Option(False, "--per-subject", help="Print subject rows."),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -41,10 +47,20 @@ def register(app: typer.Typer) -> None:
         """Multiple-choice accuracy (lm-evaluation-harness compatible) of a causal LM."""
         from magic_unlearn.evaluation.run import EvalConfig, format_table, run_eval
 
-        cfg = EvalConfig(model=model, tasks=task, world=str(world) if world else None,
-                         source=source, format=fmt, limit=limit, num_fewshot=num_fewshot,
-                         batch_size=batch_size, device=device, dtype=dtype, tokenizer=tokenizer,
-                         split=split)
+        cfg = EvalConfig(
+            model=model,
+            tasks=task,
+            world=str(world) if world else None,
+            source=source,
+            format=fmt,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            split=split,
+        )
         try:
             results = run_eval(cfg, out=out, overwrite=overwrite, progress=progress)
         except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:

@@ -11,16 +11,24 @@ import typer
 def demo_cmd(
     preset: str = typer.Option("tiny", help="Demo preset: tiny (CPU, minutes) or small (GPU)."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | auto (default: the preset's)."),
-    out: Path = typer.Option(Path("runs/demo"), help="Results directory (cached: a rerun "
-                             "skips finished steps)."),
-    config: Optional[Path] = typer.Option(None, help="Demo config YAML replacing the preset's "
-                                          "(see src/magic_unlearn/configs/demo_tiny.yaml)."),
-    override: Optional[list[str]] = typer.Option(None, "--set", help="Config override "
-                                                 "KEY=VALUE, e.g. attribution.trajectory.steps=20."),
+    out: Path = typer.Option(
+        Path("runs/demo"), help="Results directory (cached: a rerun skips finished steps)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None,
+        help="Demo config YAML replacing the preset's "
+        "(see src/magic_unlearn/configs/demo_tiny.yaml).",
+    ),
+    override: Optional[list[str]] = typer.Option(
+        None, "--set", help="Config override KEY=VALUE, e.g. attribution.trajectory.steps=20."
+    ),
     progress: bool = typer.Option(True, help="Progress bars."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch (default: 1 on "
-                                          "the CPU, where the tiny world's models run fastest on "
-                                          "one thread and never oversubscribe a shared machine)."),
+    threads: Optional[int] = typer.Option(
+        None,
+        help="CPU threads for torch (default: 1 on "
+        "the CPU, where the tiny world's models run fastest on "
+        "one thread and never oversubscribe a shared machine).",
+    ),
 ) -> None:
     """Run the whole study on the synthetic hazard world and write report.md / report.html."""
     from magic_unlearn.pipeline.demo import run_demo
@@ -33,23 +41,31 @@ def demo_cmd(
 
         torch.set_num_threads(threads)
 
-    md = run_demo(preset=preset, device=device, out=out, config=config, overrides=override,
-                  progress=progress)
+    md = run_demo(
+        preset=preset, device=device, out=out, config=config, overrides=override, progress=progress
+    )
     typer.echo(f"wrote {md} and {md.with_suffix('.html')}")
 
 
 def sweep_cmd(
-    grid: Path = typer.Argument(..., help="Grid YAML: base: (a run config), grid: (dotted keys "
-                                "-> lists of values), optional points:, name:, slurm:."),
+    grid: Path = typer.Argument(
+        ...,
+        help="Grid YAML: base: (a run config), grid: (dotted keys "
+        "-> lists of values), optional points:, name:, slurm:.",
+    ),
     out: Path = typer.Option(..., help="Results directory (store + run folders)."),
     workers: int = typer.Option(1, help="Parallel worker processes (local executor)."),
     executor: str = typer.Option("local", help="local | inline | slurm | submitit-local."),
     retries: int = typer.Option(0, help="Retry a failed point this many times in this call."),
-    reclaim: bool = typer.Option(False, help="Take over points marked running by a worker "
-                                 "that still looks alive (e.g. after a killed Slurm driver)."),
+    reclaim: bool = typer.Option(
+        False,
+        help="Take over points marked running by a worker "
+        "that still looks alive (e.g. after a killed Slurm driver).",
+    ),
     report: bool = typer.Option(True, help="Write report.md / report.html when done."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List the points and their folders "
-                                 "without running anything."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the points and their folders without running anything."
+    ),
 ) -> None:
     """Run every point of a grid (skipping complete ones, resuming interrupted ones)."""
     from magic_unlearn.pipeline.stages import STAGES
@@ -63,8 +79,9 @@ def sweep_cmd(
             state = "complete" if is_complete(s.folder(out.absolute())) else "pending"
             typer.echo(f"{state:9s} {s.folder(out)}")
         return
-    res = run_sweep(g, out, workers=workers, executor=executor, retries=retries,
-                    reclaim=reclaim, log=typer.echo)
+    res = run_sweep(
+        g, out, workers=workers, executor=executor, retries=retries, reclaim=reclaim, log=typer.echo
+    )
     if report:
         from magic_unlearn.pipeline.report import build_report
 

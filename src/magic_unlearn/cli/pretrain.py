@@ -11,14 +11,18 @@ import typer
 
 def pretrain_cmd(
     world: Path = typer.Option(..., help="World folder (magic-unlearn world build)."),
-    variant: str = typer.Option("base", help="base (pretrain corpus) or filtered "
-                                "(pretrain_filtered: hazard documents removed)."),
-    preset: Optional[str] = typer.Option(None, help="Pretrain preset: tiny (default, CPU), "
-                                         "small (GPU), medium."),
+    variant: str = typer.Option(
+        "base",
+        help="base (pretrain corpus) or filtered (pretrain_filtered: hazard documents removed).",
+    ),
+    preset: Optional[str] = typer.Option(
+        None, help="Pretrain preset: tiny (default, CPU), small (GPU), medium."
+    ),
     config: Optional[Path] = typer.Option(None, help="YAML file of PretrainConfig fields."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override a field: KEY=VALUE."),
-    out: Optional[Path] = typer.Option(None, help="Model folder (default "
-                                       "<world>/models/<variant>-<hash>)."),
+    out: Optional[Path] = typer.Option(
+        None, help="Model folder (default <world>/models/<variant>-<hash>)."
+    ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, auto."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -54,10 +58,17 @@ def pretrain_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     m = json.loads((path / "metrics.json").read_text())
-    typer.echo(json.dumps({"model": str(path), "variant": variant,
-                           "hazard_qa": m["hazard_qa"]["acc"],
-                           "general_qa": m["general_qa"]["acc"],
-                           "config": to_dict(cfg)["model"]}))
+    typer.echo(
+        json.dumps(
+            {
+                "model": str(path),
+                "variant": variant,
+                "hazard_qa": m["hazard_qa"]["acc"],
+                "general_qa": m["general_qa"]["acc"],
+                "config": to_dict(cfg)["model"],
+            }
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -16,19 +16,25 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", help="model folder or hub id to attack"),
         out: Path = typer.Option(..., "--out", help="output folder"),
         attack: str = typer.Option(
-            "world", "--attack",
-            help="suite: 'world', 'real', a subset like 'world:transfer,relearn', or a YAML file"),
+            "world",
+            "--attack",
+            help="suite: 'world', 'real', a subset like 'world:transfer,relearn', or a YAML file",
+        ),
         world: Optional[Path] = typer.Option(None, "--world", help="world folder (world models)"),
         base: Optional[str] = typer.Option(
-            None, "--base", help="base (pre-unlearning) model, or a tamper output folder of it"),
+            None, "--base", help="base (pre-unlearning) model, or a tamper output folder of it"
+        ),
         filtered: Optional[str] = typer.Option(
-            None, "--filtered", help="filtered model (never saw hazard data), or its tamper output"),
+            None, "--filtered", help="filtered model (never saw hazard data), or its tamper output"
+        ),
         config: Optional[Path] = typer.Option(None, "--config", help="suite YAML merged on top"),
         set_: Optional[list[str]] = typer.Option(
-            None, "--set", help="override, e.g. attacks.standard.lr=1e-4 or verdict.tolerance=0.05"),
+            None, "--set", help="override, e.g. attacks.standard.lr=1e-4 or verdict.tolerance=0.05"
+        ),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
         cache_dir: Optional[Path] = typer.Option(
-            None, "--cache-dir", help="reference-curve cache (default: <out parent>/.tamper_cache)"),
+            None, "--cache-dir", help="reference-curve cache (default: <out parent>/.tamper_cache)"
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:
@@ -38,9 +44,19 @@ def register(app: typer.Typer) -> None:
 
         reference = {k: v for k, v in (("base", base), ("filtered", filtered)) if v is not None}
         try:
-            res = tamper(model, attack, out=out, reference=reference, world=world, device=device,
-                         cache_dir=cache_dir, config=config, overrides=list(set_ or []),
-                         overwrite=overwrite, progress=progress)
+            res = tamper(
+                model,
+                attack,
+                out=out,
+                reference=reference,
+                world=world,
+                device=device,
+                cache_dir=cache_dir,
+                config=config,
+                overrides=list(set_ or []),
+                overwrite=overwrite,
+                progress=progress,
+            )
         except (ConfigError, FileExistsError, FileNotFoundError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None

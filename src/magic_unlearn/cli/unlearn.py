@@ -1,8 +1,8 @@
 """CLI commands for the unlearn stage.
 
-    magic-unlearn unlearn --method NAME --model M --forget C [--retain C] [--token-weights DIR ...]
-                          [--recipe NAME] [--config x.yaml] [--set k=v ...] --out DIR
-    magic-unlearn unlearn methods
+magic-unlearn unlearn --method NAME --model M --forget C [--retain C] [--token-weights DIR ...]
+                      [--recipe NAME] [--config x.yaml] [--set k=v ...] --out DIR
+magic-unlearn unlearn methods
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the app."""
-    sub = typer.Typer(help="Unlearn hazardous knowledge from a model (see `unlearn methods`).",
-                      invoke_without_command=True, no_args_is_help=False)
+    sub = typer.Typer(
+        help="Unlearn hazardous knowledge from a model (see `unlearn methods`).",
+        invoke_without_command=True,
+        no_args_is_help=False,
+    )
 
     @sub.callback()
     def unlearn_cmd(
@@ -24,8 +27,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(None, "--model", help="HF model folder or hub id"),
         forget: str = typer.Option(None, "--forget", help="WORLD_DIR:forget, JSONL/Parquet, hf:id"),
         retain: str = typer.Option(None, "--retain", help="retain corpus (same forms)"),
-        token_weights: list[str] = typer.Option(None, "--token-weights",
-                                                help="score artifact folder (hazard, then general)"),
+        token_weights: list[str] = typer.Option(
+            None, "--token-weights", help="score artifact folder (hazard, then general)"
+        ),
         recipe: str = typer.Option(None, "--recipe", help="named preset (see `unlearn methods`)"),
         config: Path = typer.Option(None, "--config", "-c", help="YAML UnlearnConfig"),
         set_: list[str] = typer.Option(None, "--set", help="override, e.g. loop.steps=200"),
@@ -41,12 +45,25 @@ def register(app: typer.Typer) -> None:
         if out is None:
             raise typer.BadParameter("--out is required", param_hint="--out")
         try:
-            cfg = load_unlearn_config(config, set_ or [], recipe=recipe, method=method,
-                                      model=model, forget=forget, retain=retain,
-                                      token_weights=list(token_weights) if token_weights else None)
+            cfg = load_unlearn_config(
+                config,
+                set_ or [],
+                recipe=recipe,
+                method=method,
+                model=model,
+                forget=forget,
+                retain=retain,
+                token_weights=list(token_weights) if token_weights else None,
+            )
             path = unlearn(cfg, out, overwrite=overwrite, progress=not no_progress)
-        except (ConfigError, FileExistsError, FileNotFoundError, ValueError, KeyError,
-                FloatingPointError) as e:
+        except (
+            ConfigError,
+            FileExistsError,
+            FileNotFoundError,
+            ValueError,
+            KeyError,
+            FloatingPointError,
+        ) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from e
         typer.echo(f"wrote {path}")

@@ -47,8 +47,10 @@ def build(
         raise typer.Exit(2) from e
     w = World.load(path)
     c = w.manifest["counts"]
-    typer.echo(f"world {path} hash={w.hash} facts={c['facts']} "
-               f"(hazard {c['hazard_facts']}, general {c['general_facts']}) vocab={c['vocab_size']}")
+    typer.echo(
+        f"world {path} hash={w.hash} facts={c['facts']} "
+        f"(hazard {c['hazard_facts']}, general {c['general_facts']}) vocab={c['vocab_size']}"
+    )
 
 
 @world_app.command("show")
@@ -67,13 +69,16 @@ def show(
         raise typer.Exit(2) from e
     c = w.manifest["counts"]
     if as_json:
-        typer.echo(json.dumps({"hash": w.hash, "counts": c, "config": w.manifest["config"]},
-                              indent=2))
+        typer.echo(
+            json.dumps({"hash": w.hash, "counts": c, "config": w.manifest["config"]}, indent=2)
+        )
         return
     typer.echo(f"world {w.dir}  hash {w.hash}  vocab {c['vocab_size']}")
-    typer.echo(f"facts {c['facts']}: hazard {c['hazard_facts']} (evaluated "
-               f"{c['evaluated_hazard_facts']}, transfer-only {c['transfer_hazard_facts']}), "
-               f"general {c['general_facts']} (entangled {c['entangled_general_facts']})")
+    typer.echo(
+        f"facts {c['facts']}: hazard {c['hazard_facts']} (evaluated "
+        f"{c['evaluated_hazard_facts']}, transfer-only {c['transfer_hazard_facts']}), "
+        f"general {c['general_facts']} (entangled {c['entangled_general_facts']})"
+    )
     typer.echo(f"{'corpus':18s} {'docs':>6s} {'tokens':>8s}")
     for name in CORPORA:
         s = c["corpora"][name]
@@ -86,8 +91,9 @@ def show(
             typer.echo(f"\n[{name} {d['id']}] {d['text']}")
     q = w.questions("hazard_qa")[:1] + w.questions("general_qa")[:1]
     for x in q:
-        typer.echo(f"\n[{x['subject']}] {x['question']} choices={x['choices']} "
-                   f"answer={x['answer']}")
+        typer.echo(
+            f"\n[{x['subject']}] {x['question']} choices={x['choices']} answer={x['answer']}"
+        )
 
 
 def register(app: typer.Typer) -> None:

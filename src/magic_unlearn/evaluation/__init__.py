@@ -1,11 +1,11 @@
 """Multiple-choice evaluation (lm-evaluation-harness compatible) and its differentiable loss.
 
-    task = load_task("mmlu", num_fewshot=5)          # or hazard_qa with world=DIR, a file, ...
-    res = evaluate(model, tokenizer, task, fmt="letter")
-    res.acc, res.per_subject, res.predictions, res.correct_loss
+task = load_task("mmlu", num_fewshot=5)          # or hazard_qa with world=DIR, a file, ...
+res = evaluate(model, tokenizer, task, fmt="letter")
+res.acc, res.per_subject, res.predictions, res.correct_loss
 
-    m = Measurement("hazard_qa", build_mcq_batch(tokenizer, task, fmt="cloze"))
-    loss = m(model)                                  # == res.mean_correct_loss, differentiable
+m = Measurement("hazard_qa", build_mcq_batch(tokenizer, task, fmt="cloze"))
+loss = m(model)                                  # == res.mean_correct_loss, differentiable
 """
 
 from magic_unlearn.evaluation.evaluator import EvalResult, evaluate, forward_logits, score_choices
@@ -41,11 +41,39 @@ from magic_unlearn.evaluation.tasks import (
 )
 
 __all__ = [
-    "BENCHMARK_TASKS", "CLOZE_DESCRIPTION", "FORMATS", "LETTERS", "LETTER_DESCRIPTION",
-    "MMLU_SUBJECTS", "TASK_NAMES", "WMDP_BIO_ROBUST_CONFIGS", "WORLD_TASKS",
-    "EvalConfig", "EvalResult", "MCQBatch", "Measurement", "Task", "as_task", "build_context",
-    "build_mcq_batch", "build_requests", "default_benchmarks_root", "doc_to_text",
-    "encode_requests", "evaluate", "forward_logits", "load_mmlu", "load_task", "load_wmdp_bio",
-    "load_wmdp_bio_robust", "mcq_loss", "model_max_length", "read_questions", "run_eval", "score_choices", "format_table",
-    "validate_question", "validate_questions",
+    "BENCHMARK_TASKS",
+    "CLOZE_DESCRIPTION",
+    "FORMATS",
+    "LETTERS",
+    "LETTER_DESCRIPTION",
+    "MMLU_SUBJECTS",
+    "TASK_NAMES",
+    "WMDP_BIO_ROBUST_CONFIGS",
+    "WORLD_TASKS",
+    "EvalConfig",
+    "EvalResult",
+    "MCQBatch",
+    "Measurement",
+    "Task",
+    "as_task",
+    "build_context",
+    "build_mcq_batch",
+    "build_requests",
+    "default_benchmarks_root",
+    "doc_to_text",
+    "encode_requests",
+    "evaluate",
+    "forward_logits",
+    "load_mmlu",
+    "load_task",
+    "load_wmdp_bio",
+    "load_wmdp_bio_robust",
+    "mcq_loss",
+    "model_max_length",
+    "read_questions",
+    "run_eval",
+    "score_choices",
+    "format_table",
+    "validate_question",
+    "validate_questions",
 ]

@@ -83,8 +83,14 @@ class EvalResult:
         """Summary metrics (plus per-question lists when ``per_question``)."""
         d = asdict(self)
         if not per_question:
-            for k in ("predictions", "predictions_norm", "answers", "subjects", "correct_loss",
-                      "loglikelihoods"):
+            for k in (
+                "predictions",
+                "predictions_norm",
+                "answers",
+                "subjects",
+                "correct_loss",
+                "loglikelihoods",
+            ):
                 d.pop(k)
         return d
 
@@ -93,10 +99,13 @@ class EvalResult:
         rows = []
         for i in range(self.n):
             r: dict[str, Any] = {
-                "index": i, "subject": self.subjects[i], "answer": self.answers[i],
+                "index": i,
+                "subject": self.subjects[i],
+                "answer": self.answers[i],
                 "prediction": self.predictions[i],
                 "correct": self.predictions[i] == self.answers[i],
-                "correct_loss": self.correct_loss[i], "loglikelihoods": self.loglikelihoods[i],
+                "correct_loss": self.correct_loss[i],
+                "loglikelihoods": self.loglikelihoods[i],
             }
             if self.predictions_norm is not None:
                 r["prediction_norm"] = self.predictions_norm[i]
@@ -164,13 +173,20 @@ def _pad_id(tokenizer: Any) -> int:
 
 
 @torch.no_grad()  # not inference_mode: lazily cached buffers must stay usable in training
-def _score_last(model: nn.Module, rows: list[list[int]], cand: list[list[int]], batch_size: int,
-                device: torch.device, pad_id: int, pbar: Any) -> np.ndarray:
+def _score_last(
+    model: nn.Module,
+    rows: list[list[int]],
+    cand: list[list[int]],
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    pbar: Any,
+) -> np.ndarray:
     """log p(cand[r][c] | rows[r]) at each row's last position: (R, C) float64."""
     out = np.zeros((len(rows), len(cand[0]) if cand else 0), dtype=np.float64)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
+        idx = order[s : s + batch_size]
         ids = _pad([rows[i] for i in idx], pad_id, device)  # (B, L)
         last = torch.tensor([len(rows[i]) - 1 for i in idx], device=device)  # (B,)
         keep, inv = torch.unique(last, sorted=True, return_inverse=True)  # (K,), (B,)
@@ -184,13 +200,19 @@ def _score_last(model: nn.Module, rows: list[list[int]], cand: list[list[int]], 
 
 
 @torch.no_grad()
-def _score_spans(model: nn.Module, rows: list[tuple[list[int], int, list[int]]], batch_size: int,
-                 device: torch.device, pad_id: int, pbar: Any) -> np.ndarray:
+def _score_spans(
+    model: nn.Module,
+    rows: list[tuple[list[int], int, list[int]]],
+    batch_size: int,
+    device: torch.device,
+    pad_id: int,
+    pbar: Any,
+) -> np.ndarray:
     """Sum of log p(cont tokens) for rows (input ids, first scored position, cont ids): (R,)."""
     out = np.zeros(len(rows), dtype=np.float64)
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
     for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
+        idx = order[s : s + batch_size]
         ids = _pad([rows[i][0] for i in idx], pad_id, device)  # (B, L)
         lo = min(rows[i][1] for i in idx)
         hi = max(rows[i][1] + len(rows[i][2]) for i in idx)
@@ -200,8 +222,8 @@ def _score_spans(model: nn.Module, rows: list[tuple[list[int], int, list[int]]],
         mask = torch.zeros((len(idx), hi - lo), dtype=torch.bool)
         for b, i in enumerate(idx):
             _, st, cont = rows[i]
-            tgt[b, st - lo: st - lo + len(cont)] = torch.tensor(cont)
-            mask[b, st - lo: st - lo + len(cont)] = True
+            tgt[b, st - lo : st - lo + len(cont)] = torch.tensor(cont)
+            mask[b, st - lo : st - lo + len(cont)] = True
         tok = logp.gather(-1, tgt.to(device)[..., None]).squeeze(-1)  # (B, K)
         # sum in the log-prob dtype, as lm-eval does; masked zeros leave the sum exact
         out[idx] = tok.masked_fill(~mask.to(device), 0.0).sum(-1).double().cpu().numpy()
@@ -219,10 +241,19 @@ def _stderr(x: np.ndarray) -> float | None:
     return float(np.std(x, ddof=1) / math.sqrt(n)) if n > 1 else None
 
 
-def score_choices(model: nn.Module, tokenizer: Any, task: Task, fmt: str, batch_size: int = 32,
-                  device: torch.device | None = None, add_special_tokens: bool | None = None,
-                  prepend_bos: bool | None = None, max_length: int | None = None,
-                  fast: bool = True, progress: bool = False) -> tuple[np.ndarray, int]:
+def score_choices(
+    model: nn.Module,
+    tokenizer: Any,
+    task: Task,
+    fmt: str,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    add_special_tokens: bool | None = None,
+    prepend_bos: bool | None = None,
+    max_length: int | None = None,
+    fast: bool = True,
+    progress: bool = False,
+) -> tuple[np.ndarray, int]:
     """Log-likelihood of every choice of every question: ((Q, 4) float64, #fast-path questions).
 
     Args:
@@ -238,24 +269,35 @@ def score_choices(model: nn.Module, tokenizer: Any, task: Task, fmt: str, batch_
     ll = np.zeros((Q, 4), dtype=np.float64)
     fast_q = [i for i in range(Q) if fast and all(len(c) == 1 for c in enc.continuations[i])]
     fast_set = set(fast_q)
-    slow_rows = [(i, c, model_row(enc.contexts[i], enc.continuations[i][c], max_len))
-                 for i in range(Q) if i not in fast_set for c in range(4)]
+    slow_rows = [
+        (i, c, model_row(enc.contexts[i], enc.continuations[i][c], max_len))
+        for i in range(Q)
+        if i not in fast_set
+        for c in range(4)
+    ]
     pbar = None
     if progress:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=len(fast_q) + len(slow_rows), desc=f"eval {task.name} [{fmt}]",
-                    unit="row")
+        pbar = tqdm(
+            total=len(fast_q) + len(slow_rows), desc=f"eval {task.name} [{fmt}]", unit="row"
+        )
     try:
         if fast_q:
             rows = [enc.contexts[i][-max_len:] for i in fast_q]
             cand = [[c[0] for c in enc.continuations[i]] for i in fast_q]
-            ll[fast_q] = _score_last(model, rows, cand, batch_size, device, _pad_id(tokenizer),
-                                     pbar)
+            ll[fast_q] = _score_last(
+                model, rows, cand, batch_size, device, _pad_id(tokenizer), pbar
+            )
         if slow_rows:
-            sums = _score_spans(model, [(inp, st, enc.continuations[i][c])
-                                        for i, c, (inp, st, _) in slow_rows],
-                                batch_size, device, _pad_id(tokenizer), pbar)
+            sums = _score_spans(
+                model,
+                [(inp, st, enc.continuations[i][c]) for i, c, (inp, st, _) in slow_rows],
+                batch_size,
+                device,
+                _pad_id(tokenizer),
+                pbar,
+            )
             for (i, c, _), v in zip(slow_rows, sums, strict=True):
                 ll[i, c] = v
     finally:
@@ -264,12 +306,20 @@ def score_choices(model: nn.Module, tokenizer: Any, task: Task, fmt: str, batch_
     return ll, len(fast_q)
 
 
-def evaluate(model: nn.Module, tokenizer: Any, task: Task | list[dict[str, Any]],
-             fmt: str | None = None, batch_size: int = 32,
-             device: str | torch.device | None = None, limit: int | None = None,
-             progress: bool = False, add_special_tokens: bool | None = None,
-             prepend_bos: bool | None = None, max_length: int | None = None,
-             fast: bool = True) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    task: Task | list[dict[str, Any]],
+    fmt: str | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+    add_special_tokens: bool | None = None,
+    prepend_bos: bool | None = None,
+    max_length: int | None = None,
+    fast: bool = True,
+) -> EvalResult:
     """Evaluate a causal LM on a multiple-choice task.
 
     Args:
@@ -304,8 +354,19 @@ def evaluate(model: nn.Module, tokenizer: Any, task: Task | list[dict[str, Any]]
     model.eval()
     t0 = time.perf_counter()
     try:
-        ll, n_fast = score_choices(model, tokenizer, task, fmt, batch_size, device,
-                                   add_special_tokens, prepend_bos, max_length, fast, progress)
+        ll, n_fast = score_choices(
+            model,
+            tokenizer,
+            task,
+            fmt,
+            batch_size,
+            device,
+            add_special_tokens,
+            prepend_bos,
+            max_length,
+            fast,
+            progress,
+        )
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
@@ -325,19 +386,31 @@ def evaluate(model: nn.Module, tokenizer: Any, task: Task | list[dict[str, Any]]
     subj_arr = np.array(subjects, dtype=object)
     for s in task.subjects:
         m = subj_arr == s
-        d = {"n": int(m.sum()), "acc": float(correct[m].mean()),
-             "mean_correct_loss": float(closs[m].mean())}
+        d = {
+            "n": int(m.sum()),
+            "acc": float(correct[m].mean()),
+            "mean_correct_loss": float(closs[m].mean()),
+        }
         if correct_norm is not None:
             d["acc_norm"] = float(correct_norm[m].mean())
         per_subject[s] = d
     return EvalResult(
-        task=task.name, fmt=fmt, n=len(answers), num_fewshot=task.num_fewshot,
+        task=task.name,
+        fmt=fmt,
+        n=len(answers),
+        num_fewshot=task.num_fewshot,
         acc=float(correct.mean()),
         acc_norm=float(correct_norm.mean()) if correct_norm is not None else None,
         acc_stderr=_stderr(correct),
         acc_macro=float(np.mean([d["acc"] for d in per_subject.values()])),
-        mean_correct_loss=float(closs.mean()), per_subject=per_subject,
+        mean_correct_loss=float(closs.mean()),
+        per_subject=per_subject,
         predictions=pred.tolist(),
         predictions_norm=pred_norm.tolist() if pred_norm is not None else None,
-        answers=answers.tolist(), subjects=subjects, correct_loss=closs.tolist(),
-        loglikelihoods=ll.tolist(), fast_path=n_fast, seconds=seconds)
+        answers=answers.tolist(),
+        subjects=subjects,
+        correct_loss=closs.tolist(),
+        loglikelihoods=ll.tolist(),
+        fast_path=n_fast,
+        seconds=seconds,
+    )

@@ -80,14 +80,20 @@ class MCQBatch:
 
     def chunks(self, size: int) -> list[MCQBatch]:
         """Consecutive sub-batches of at most ``size`` rows (for memory-bounded loops)."""
-        return [self.select(list(range(s, min(s + size, len(self)))))
-                for s in range(0, len(self), size)]
+        return [
+            self.select(list(range(s, min(s + size, len(self))))) for s in range(0, len(self), size)
+        ]
 
 
-def build_mcq_batch(tokenizer: Any, questions: Task | list[dict[str, Any]],
-                    fmt: str | None = None, add_special_tokens: bool | None = None,
-                    prepend_bos: bool | None = None, max_length: int | None = None,
-                    model: nn.Module | None = None) -> MCQBatch:
+def build_mcq_batch(
+    tokenizer: Any,
+    questions: Task | list[dict[str, Any]],
+    fmt: str | None = None,
+    add_special_tokens: bool | None = None,
+    prepend_bos: bool | None = None,
+    max_length: int | None = None,
+    model: nn.Module | None = None,
+) -> MCQBatch:
     """Tokenize questions into an :class:`MCQBatch` (same prompts as ``evaluate``).
 
     Args:
@@ -122,8 +128,8 @@ def build_mcq_batch(tokenizer: Any, questions: Task | list[dict[str, Any]],
         ids[i, : len(inp)] = torch.tensor(inp)
         am[i, : len(inp)] = 1
         cont = enc.continuations[i][task.questions[i]["answer"]]
-        tid[i, st: st + n] = torch.tensor(cont)
-        tmask[i, st: st + n] = 1.0
+        tid[i, st : st + n] = torch.tensor(cont)
+        tmask[i, st : st + n] = 1.0
         last[i] = st + n - 1
     choice_ids = None
     if enc.single_token:
@@ -172,8 +178,14 @@ class Measurement:
         self.microbatch = microbatch
 
     @classmethod
-    def from_task(cls, tokenizer: Any, task: Task | list[dict[str, Any]],
-                  fmt: str | None = None, name: str | None = None, **kw: Any) -> Measurement:
+    def from_task(
+        cls,
+        tokenizer: Any,
+        task: Task | list[dict[str, Any]],
+        fmt: str | None = None,
+        name: str | None = None,
+        **kw: Any,
+    ) -> Measurement:
         t = as_task(task)
         return cls(name or t.name, build_mcq_batch(tokenizer, t, fmt, **kw))
 

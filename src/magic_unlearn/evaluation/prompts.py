@@ -48,9 +48,13 @@ def build_context(task: Task, q: dict[str, Any], fmt: str) -> str:
     ctx = task.description(fmt, q["subject"])
     shots = task.fewshot_examples(q["subject"])
     if shots:
-        ctx += FEWSHOT_DELIMITER.join(
-            doc_to_text(ex, fmt) + TARGET_DELIMITER + doc_to_choices(ex, fmt)[ex["answer"]]
-            for ex in shots) + FEWSHOT_DELIMITER
+        ctx += (
+            FEWSHOT_DELIMITER.join(
+                doc_to_text(ex, fmt) + TARGET_DELIMITER + doc_to_choices(ex, fmt)[ex["answer"]]
+                for ex in shots
+            )
+            + FEWSHOT_DELIMITER
+        )
     return ctx + doc_to_text(q, fmt)
 
 
@@ -58,8 +62,10 @@ def build_requests(task: Task, fmt: str) -> list[tuple[str, list[str]]]:
     """Per question: (context, [continuation per choice])."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
-    return [(build_context(task, q, fmt),
-             [TARGET_DELIMITER + c for c in doc_to_choices(q, fmt)]) for q in task.questions]
+    return [
+        (build_context(task, q, fmt), [TARGET_DELIMITER + c for c in doc_to_choices(q, fmt)])
+        for q in task.questions
+    ]
 
 
 def model_max_length(model: Any, tokenizer: Any) -> int:
@@ -92,8 +98,9 @@ class EncodedRequests:
         return all(len(c) == 1 for cs in self.continuations for c in cs)
 
 
-def _encode_batch(tokenizer: Any, strings: list[str], add_special_tokens: bool | None,
-                  prepend_bos: bool) -> list[list[int]]:
+def _encode_batch(
+    tokenizer: Any, strings: list[str], add_special_tokens: bool | None, prepend_bos: bool
+) -> list[list[int]]:
     """lm-eval's ``tok_encode`` over a batch (plus an optional explicit BOS)."""
     bos = getattr(tokenizer, "bos_token", None)
     if add_special_tokens is not None:
@@ -119,9 +126,12 @@ def _encode_batch(tokenizer: Any, strings: list[str], add_special_tokens: bool |
     return out
 
 
-def encode_requests(tokenizer: Any, requests: list[tuple[str, list[str]]],
-                    add_special_tokens: bool | None = None,
-                    prepend_bos: bool = False) -> EncodedRequests:
+def encode_requests(
+    tokenizer: Any,
+    requests: list[tuple[str, list[str]]],
+    add_special_tokens: bool | None = None,
+    prepend_bos: bool = False,
+) -> EncodedRequests:
     """Tokenize (context, continuations) pairs the way lm-eval's ``_encode_pair`` does."""
     ctx_strs: list[str] = []
     whole_strs: list[str] = []
@@ -142,8 +152,10 @@ def encode_requests(tokenizer: Any, requests: list[tuple[str, list[str]]],
         for _ in conts:
             cont = whole_enc[k][n:]
             if not cont:
-                raise ValueError(f"question {i}: a continuation encodes to no tokens "
-                                 f"(the tokenizer merged it into the context)")
+                raise ValueError(
+                    f"question {i}: a continuation encodes to no tokens "
+                    f"(the tokenizer merged it into the context)"
+                )
             row.append(cont)
             k += 1
         conts_out.append(row)
@@ -157,6 +169,6 @@ def model_row(ctx: list[int], cont: list[int], max_len: int) -> tuple[list[int],
         (input ids, first scored position, number of scored positions): logits at positions
         ``start .. start + n - 1`` predict the continuation tokens.
     """
-    inp = (ctx + cont)[-(max_len + 1):][:-1]
+    inp = (ctx + cont)[-(max_len + 1) :][:-1]
     n = len(cont)
     return inp, len(inp) - n, n

@@ -51,9 +51,14 @@ class EvalConfig:
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
 
-def run_eval(cfg: EvalConfig, out: str | Path | None = None, overwrite: bool = False,
-             progress: bool = True, model: Any = None, tokenizer: Any = None
-             ) -> dict[str, EvalResult]:
+def run_eval(
+    cfg: EvalConfig,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> dict[str, EvalResult]:
     """Evaluate ``cfg.tasks``; with ``out``, write an eval artifact folder atomically.
 
     The folder holds ``metrics.json`` (``{"model", "tasks": {name: metrics}}``),
@@ -71,8 +76,17 @@ def run_eval(cfg: EvalConfig, out: str | Path | None = None, overwrite: bool = F
     if out is not None and Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     # load every task first: a bad question file fails before the model is loaded
-    tasks = [load_task(n, source=cfg.source, limit=cfg.limit, num_fewshot=cfg.num_fewshot,
-                       world=cfg.world, split=cfg.split) for n in names]
+    tasks = [
+        load_task(
+            n,
+            source=cfg.source,
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            world=cfg.world,
+            split=cfg.split,
+        )
+        for n in names
+    ]
     device = resolve_device(cfg.device)
     if model is None:
         if not cfg.model:
@@ -83,9 +97,16 @@ def run_eval(cfg: EvalConfig, out: str | Path | None = None, overwrite: bool = F
     results: dict[str, EvalResult] = {}
     for task in tasks:
         results[task.name] = evaluate(
-            model, tokenizer, task, fmt=cfg.format, batch_size=cfg.batch_size, device=device,
-            progress=progress, add_special_tokens=cfg.add_special_tokens,
-            prepend_bos=cfg.prepend_bos)
+            model,
+            tokenizer,
+            task,
+            fmt=cfg.format,
+            batch_size=cfg.batch_size,
+            device=device,
+            progress=progress,
+            add_special_tokens=cfg.add_special_tokens,
+            prepend_bos=cfg.prepend_bos,
+        )
     if out is not None:
         metrics = {"model": cfg.model, "tasks": {k: r.to_dict() for k, r in results.items()}}
         lines = []
@@ -96,28 +117,41 @@ def run_eval(cfg: EvalConfig, out: str | Path | None = None, overwrite: bool = F
             atomic_write_json(tmp / "metrics.json", metrics)
             atomic_write_text(tmp / "predictions.jsonl", "\n".join(lines) + "\n")
             save_config(cfg, tmp / "config.yaml")
-            write_manifest(tmp, "eval", inputs={"model": cfg.model,
-                                                "tasks": {t.name: t.source for t in tasks}},
-                           extra={"config": to_dict(cfg)})
+            write_manifest(
+                tmp,
+                "eval",
+                inputs={"model": cfg.model, "tasks": {t.name: t.source for t in tasks}},
+                extra={"config": to_dict(cfg)},
+            )
     return results
 
 
 def format_table(results: dict[str, EvalResult], per_subject: bool = False) -> str:
     """A plain-text table of the results."""
-    head = f"{'task':<28} {'format':<7} {'shots':>5} {'n':>6} {'acc':>7} {'acc_norm':>8} " \
-           f"{'loss':>8}"
+    head = (
+        f"{'task':<28} {'format':<7} {'shots':>5} {'n':>6} {'acc':>7} {'acc_norm':>8} {'loss':>8}"
+    )
     lines = [head, "-" * len(head)]
 
-    def row(name: str, fmt: str, k: Any, n: int, acc: float, accn: float | None,
-            loss: float) -> str:
+    def row(
+        name: str, fmt: str, k: Any, n: int, acc: float, accn: float | None, loss: float
+    ) -> str:
         an = f"{accn:8.4f}" if accn is not None else f"{'-':>8}"
         return f"{name:<28} {fmt:<7} {k!s:>5} {n:>6} {acc:7.4f} {an} {loss:8.4f}"
 
     for name, r in results.items():
-        lines.append(row(name, r.fmt, r.num_fewshot, r.n, r.acc, r.acc_norm,
-                         r.mean_correct_loss))
+        lines.append(row(name, r.fmt, r.num_fewshot, r.n, r.acc, r.acc_norm, r.mean_correct_loss))
         if per_subject and len(r.per_subject) > 1:
             for s, d in r.per_subject.items():
-                lines.append(row("  " + s[:26], "", "", d["n"], d["acc"], d.get("acc_norm"),
-                                 d["mean_correct_loss"]))
+                lines.append(
+                    row(
+                        "  " + s[:26],
+                        "",
+                        "",
+                        d["n"],
+                        d["acc"],
+                        d.get("acc_norm"),
+                        d["mean_correct_loss"],
+                    )
+                )
     return "\n".join(lines)

@@ -24,33 +24,80 @@ LETTERS = ("A", "B", "C", "D")
 NUM_CHOICES = 4
 
 # lm-eval mmlu/default and wmdp: "The following are multiple choice questions (with answers) ..."
-LETTER_DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
+LETTER_DESCRIPTION = (
+    "The following are multiple choice questions (with answers) about {subject}.\n\n"
+)
 # lm-eval mmlu/continuation (the cloze variant)
 CLOZE_DESCRIPTION = "The following are questions (with answers) about {subject}.\n\n"
 FORMATS = ("letter", "cloze")
 
 MMLU_SUBJECTS = (
-    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge",
-    "college_biology", "college_chemistry", "college_computer_science", "college_mathematics",
-    "college_medicine", "college_physics", "computer_security", "conceptual_physics",
-    "econometrics", "electrical_engineering", "elementary_mathematics", "formal_logic",
-    "global_facts", "high_school_biology", "high_school_chemistry",
-    "high_school_computer_science", "high_school_european_history", "high_school_geography",
-    "high_school_government_and_politics", "high_school_macroeconomics",
-    "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history",
-    "high_school_world_history", "human_aging", "human_sexuality", "international_law",
-    "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
-    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law",
-    "professional_medicine", "professional_psychology", "public_relations", "security_studies",
-    "sociology", "us_foreign_policy", "virology", "world_religions",
+    "abstract_algebra",
+    "anatomy",
+    "astronomy",
+    "business_ethics",
+    "clinical_knowledge",
+    "college_biology",
+    "college_chemistry",
+    "college_computer_science",
+    "college_mathematics",
+    "college_medicine",
+    "college_physics",
+    "computer_security",
+    "conceptual_physics",
+    "econometrics",
+    "electrical_engineering",
+    "elementary_mathematics",
+    "formal_logic",
+    "global_facts",
+    "high_school_biology",
+    "high_school_chemistry",
+    "high_school_computer_science",
+    "high_school_european_history",
+    "high_school_geography",
+    "high_school_government_and_politics",
+    "high_school_macroeconomics",
+    "high_school_mathematics",
+    "high_school_microeconomics",
+    "high_school_physics",
+    "high_school_psychology",
+    "high_school_statistics",
+    "high_school_us_history",
+    "high_school_world_history",
+    "human_aging",
+    "human_sexuality",
+    "international_law",
+    "jurisprudence",
+    "logical_fallacies",
+    "machine_learning",
+    "management",
+    "marketing",
+    "medical_genetics",
+    "miscellaneous",
+    "moral_disputes",
+    "moral_scenarios",
+    "nutrition",
+    "philosophy",
+    "prehistory",
+    "professional_accounting",
+    "professional_law",
+    "professional_medicine",
+    "professional_psychology",
+    "public_relations",
+    "security_studies",
+    "sociology",
+    "us_foreign_policy",
+    "virology",
+    "world_religions",
 )
 
 # The six topic configs of the hub dataset EleutherAI/wmdp_bio_robust_mcqa (split "robust").
 WMDP_BIO_ROBUST_CONFIGS = (
-    "bioweapons_and_bioterrorism", "dual_use_virology", "enhanced_potential_pandemic_pathogens",
-    "expanding_access_to_threat_vectors", "reverse_genetics_and_easy_editing",
+    "bioweapons_and_bioterrorism",
+    "dual_use_virology",
+    "enhanced_potential_pandemic_pathogens",
+    "expanding_access_to_threat_vectors",
+    "reverse_genetics_and_easy_editing",
     "viral_vector_research",
 )
 
@@ -82,7 +129,8 @@ class Task:
     name: str
     questions: list[dict[str, Any]]
     descriptions: dict[str, str] = field(
-        default_factory=lambda: {"letter": LETTER_DESCRIPTION, "cloze": CLOZE_DESCRIPTION})
+        default_factory=lambda: {"letter": LETTER_DESCRIPTION, "cloze": CLOZE_DESCRIPTION}
+    )
     default_fmt: str = "letter"
     fewshot_pool: list[dict[str, Any]] = field(default_factory=list)
     num_fewshot: int = 0
@@ -111,7 +159,8 @@ class Task:
         if len(same) < self.num_fewshot:
             raise ValueError(
                 f"task {self.name}: {self.num_fewshot}-shot needs {self.num_fewshot} few-shot "
-                f"examples of subject '{subject}', the pool has {len(same)}; lower --num-fewshot")
+                f"examples of subject '{subject}', the pool has {len(same)}; lower --num-fewshot"
+            )
         return same[: self.num_fewshot]
 
 
@@ -131,35 +180,47 @@ def validate_question(rec: Any, where: str, default_subject: str = "default") ->
         ValueError: naming ``where`` and the offending field.
     """
     if not isinstance(rec, dict):
-        raise ValueError(f"{where}: expected an object with fields question, choices, answer; "
-                         f"got {type(rec).__name__}")
+        raise ValueError(
+            f"{where}: expected an object with fields question, choices, answer; "
+            f"got {type(rec).__name__}"
+        )
     for f in ("question", "choices", "answer"):
         if f not in rec:
-            raise ValueError(f"{where}: missing field '{f}' (each question needs 'question', "
-                             f"'choices' (4 strings) and 'answer' (integer 0-3))")
+            raise ValueError(
+                f"{where}: missing field '{f}' (each question needs 'question', "
+                f"'choices' (4 strings) and 'answer' (integer 0-3))"
+            )
     if not isinstance(rec["question"], str):
-        raise ValueError(f"{where}: field 'question' must be a string, "
-                         f"got {type(rec['question']).__name__}")
+        raise ValueError(
+            f"{where}: field 'question' must be a string, got {type(rec['question']).__name__}"
+        )
     choices = rec["choices"]
     if hasattr(choices, "tolist"):  # numpy arrays from Parquet
         choices = choices.tolist()
     if not isinstance(choices, (list, tuple)):
-        raise ValueError(f"{where}: field 'choices' must be a list of {NUM_CHOICES} strings, "
-                         f"got {type(choices).__name__}")
+        raise ValueError(
+            f"{where}: field 'choices' must be a list of {NUM_CHOICES} strings, "
+            f"got {type(choices).__name__}"
+        )
     if len(choices) != NUM_CHOICES:
-        raise ValueError(f"{where}: field 'choices' has {len(choices)} entries, "
-                         f"expected {NUM_CHOICES}")
+        raise ValueError(
+            f"{where}: field 'choices' has {len(choices)} entries, expected {NUM_CHOICES}"
+        )
     for i, c in enumerate(choices):
         if not isinstance(c, str):
-            raise ValueError(f"{where}: field 'choices' entry {i} must be a string, "
-                             f"got {type(c).__name__}")
+            raise ValueError(
+                f"{where}: field 'choices' entry {i} must be a string, got {type(c).__name__}"
+            )
     ans = rec["answer"]
     if isinstance(ans, bool) or not isinstance(ans, numbers.Integral):
-        raise ValueError(f"{where}: field 'answer' must be an integer 0-{NUM_CHOICES - 1} "
-                         f"(the index of the correct choice), got {ans!r}")
+        raise ValueError(
+            f"{where}: field 'answer' must be an integer 0-{NUM_CHOICES - 1} "
+            f"(the index of the correct choice), got {ans!r}"
+        )
     if not 0 <= int(ans) < NUM_CHOICES:
-        raise ValueError(f"{where}: field 'answer' is {int(ans)}, "
-                         f"expected an integer in 0..{NUM_CHOICES - 1}")
+        raise ValueError(
+            f"{where}: field 'answer' is {int(ans)}, expected an integer in 0..{NUM_CHOICES - 1}"
+        )
     subject = rec.get("subject", default_subject)
     if subject is None:
         subject = default_subject
@@ -170,11 +231,14 @@ def validate_question(rec: Any, where: str, default_subject: str = "default") ->
     return out
 
 
-def validate_questions(records: list[Any], source: str = "<questions>",
-                       default_subject: str = "default") -> list[dict[str, Any]]:
+def validate_questions(
+    records: list[Any], source: str = "<questions>", default_subject: str = "default"
+) -> list[dict[str, Any]]:
     """Validate a list of records; positions in errors are 1-based record numbers."""
-    return [validate_question(r, f"{source}: record {i}", default_subject)
-            for i, r in enumerate(records, 1)]
+    return [
+        validate_question(r, f"{source}: record {i}", default_subject)
+        for i, r in enumerate(records, 1)
+    ]
 
 
 def _letter_or_int(v: str, where: str) -> int:
@@ -184,8 +248,9 @@ def _letter_or_int(v: str, where: str) -> int:
     try:
         return int(s)
     except ValueError:
-        raise ValueError(f"{where}: field 'answer' must be a letter A-D or an integer 0-3, "
-                         f"got {v!r}") from None
+        raise ValueError(
+            f"{where}: field 'answer' must be a letter A-D or an integer 0-3, got {v!r}"
+        ) from None
 
 
 def _read_csv(path: Path, default_subject: str) -> list[dict[str, Any]]:
@@ -199,31 +264,40 @@ def _read_csv(path: Path, default_subject: str) -> list[dict[str, Any]]:
             where = f"{path}:{reader.line_num}"
             if not row or all(not c.strip() for c in row):
                 continue
-            if header is None and reader.line_num == 1 and {"question", "answer"} <= {
-                    c.strip().lower() for c in row}:
+            if (
+                header is None
+                and reader.line_num == 1
+                and {"question", "answer"} <= {c.strip().lower() for c in row}
+            ):
                 header = [c.strip().lower() for c in row]
                 continue
             if header is None:
                 if len(row) not in (6, 7):
                     raise ValueError(
                         f"{where}: expected 6 columns question,A,B,C,D,answer (MMLU layout), "
-                        f"got {len(row)}; field 'choices' needs exactly {NUM_CHOICES} columns")
-                rec: dict[str, Any] = {"question": row[0], "choices": row[1:5],
-                                       "answer": _letter_or_int(row[5], where)}
+                        f"got {len(row)}; field 'choices' needs exactly {NUM_CHOICES} columns"
+                    )
+                rec: dict[str, Any] = {
+                    "question": row[0],
+                    "choices": row[1:5],
+                    "answer": _letter_or_int(row[5], where),
+                }
                 if len(row) == 7:
                     rec["subject"] = row[6]
             else:
                 if len(row) != len(header):
-                    raise ValueError(f"{where}: {len(row)} columns but the header has "
-                                     f"{len(header)}")
+                    raise ValueError(
+                        f"{where}: {len(row)} columns but the header has {len(header)}"
+                    )
                 d = dict(zip(header, row, strict=True))
                 rec = {k: v for k, v in d.items() if k not in ("a", "b", "c", "d", "choices")}
                 if "choices" in d:
                     try:
                         rec["choices"] = json.loads(d["choices"])
                     except json.JSONDecodeError:
-                        raise ValueError(f"{where}: field 'choices' must be a JSON list of "
-                                         f"{NUM_CHOICES} strings") from None
+                        raise ValueError(
+                            f"{where}: field 'choices' must be a JSON list of {NUM_CHOICES} strings"
+                        ) from None
                 elif all(k in d for k in ("a", "b", "c", "d")):
                     rec["choices"] = [d["a"], d["b"], d["c"], d["d"]]
                 if "answer" in d:
@@ -283,11 +357,11 @@ def read_questions(path: str | Path, default_subject: str | None = None) -> list
             data = data["questions"]
             where = [f"{path}: record {i}" for i in range(1, len(data) + 1)]
         elif isinstance(data, list):
-            where = [f"{path}:{ln} (record {i})"
-                     for i, ln in enumerate(_json_list_lines(text), 1)]
+            where = [f"{path}:{ln} (record {i})" for i, ln in enumerate(_json_list_lines(text), 1)]
         else:
-            raise ValueError(f"{path}: expected a JSON list of questions "
-                             f"(or an object with a 'questions' list)")
+            raise ValueError(
+                f"{path}: expected a JSON list of questions (or an object with a 'questions' list)"
+            )
         out = [validate_question(r, w, subj) for r, w in zip(data, where, strict=True)]
     elif suffix == ".csv":
         out = _read_csv(path, subj)
@@ -295,13 +369,16 @@ def read_questions(path: str | Path, default_subject: str | None = None) -> list
         try:
             import pandas as pd
         except ImportError as e:
-            raise ImportError(f"reading {path} needs pandas and pyarrow "
-                              f"(pip install 'magic-unlearn[hf]')") from e
+            raise ImportError(
+                f"reading {path} needs pandas and pyarrow (pip install 'magic-unlearn[hf]')"
+            ) from e
         rows = pd.read_parquet(path).to_dict("records")
         out = [validate_question(r, f"{path}: row {i}", subj) for i, r in enumerate(rows, 1)]
     else:
-        raise ValueError(f"{path}: unsupported question file type '{suffix}'; "
-                         f"use one of {', '.join(_QUESTION_FILE_SUFFIXES)}")
+        raise ValueError(
+            f"{path}: unsupported question file type '{suffix}'; "
+            f"use one of {', '.join(_QUESTION_FILE_SUFFIXES)}"
+        )
     if not out:
         raise ValueError(f"{path}: no questions found")
     return out
@@ -318,7 +395,10 @@ def default_benchmarks_root() -> Path | None:
     if env:
         return Path(env)
     repo = Path(__file__).resolve().parents[3]
-    for cand in (Path.cwd().parent / "shared" / "benchmarks", repo.parent / "shared" / "benchmarks"):
+    for cand in (
+        Path.cwd().parent / "shared" / "benchmarks",
+        repo.parent / "shared" / "benchmarks",
+    ):
         if cand.is_dir():
             return cand
     return None
@@ -331,7 +411,8 @@ def _import_datasets(what: str) -> Any:
         raise ImportError(
             f"{what}: no local copy found and loading from the hub needs the `hf` extra "
             f"(pip install 'magic-unlearn[hf]'); or pass --source PATH to local files / set "
-            f"MAGIC_UNLEARN_BENCHMARKS to a folder with the layout of ../shared/benchmarks") from e
+            f"MAGIC_UNLEARN_BENCHMARKS to a folder with the layout of ../shared/benchmarks"
+        ) from e
     return datasets
 
 
@@ -362,8 +443,9 @@ def _is_hub(source: str | Path | None) -> bool:
     return source is not None and str(source).split(":", 1)[0] in ("hf", "hub")
 
 
-def load_mmlu(source: str | Path | None = None, split: str = "test",
-              subjects: list[str] | None = None) -> tuple[list[dict], list[dict], str]:
+def load_mmlu(
+    source: str | Path | None = None, split: str = "test", subjects: list[str] | None = None
+) -> tuple[list[dict], list[dict], str]:
     """MMLU questions of ``split`` plus the dev split (the few-shot pool).
 
     Args:
@@ -397,16 +479,22 @@ def load_mmlu(source: str | Path | None = None, split: str = "test",
                     dev += read_questions(fd, default_subject=s)
             return qs, dev, str(root)
         if source is not None:
-            raise FileNotFoundError(f"{source}: no MMLU layout found (expected "
-                                    f"{local_split}/<subject>_{local_split}.csv)")
+            raise FileNotFoundError(
+                f"{source}: no MMLU layout found (expected "
+                f"{local_split}/<subject>_{local_split}.csv)"
+            )
     datasets = _import_datasets("mmlu")
     hub_split = {"val": "validation"}.get(split, split)
-    qs = _hub_rows(datasets.load_dataset("cais/mmlu", "all", split=hub_split),
-                   f"cais/mmlu:{hub_split}")
+    qs = _hub_rows(
+        datasets.load_dataset("cais/mmlu", "all", split=hub_split), f"cais/mmlu:{hub_split}"
+    )
     dev = _hub_rows(datasets.load_dataset("cais/mmlu", "all", split="dev"), "cais/mmlu:dev")
     keep = set(subjects)
-    return ([q for q in qs if q["subject"] in keep], [q for q in dev if q["subject"] in keep],
-            "hf:cais/mmlu")
+    return (
+        [q for q in qs if q["subject"] in keep],
+        [q for q in dev if q["subject"] in keep],
+        "hf:cais/mmlu",
+    )
 
 
 def load_wmdp_bio(source: str | Path | None = None) -> tuple[list[dict], str]:
@@ -421,8 +509,9 @@ def load_wmdp_bio(source: str | Path | None = None) -> tuple[list[dict], str]:
         if p is not None and p.is_file():
             return read_questions(p, default_subject="biology"), str(p)
         if source is not None:
-            raise FileNotFoundError(f"{source}: no WMDP-bio question file found "
-                                    f"(expected wmdp/wmdp_bio_questions.json)")
+            raise FileNotFoundError(
+                f"{source}: no WMDP-bio question file found (expected wmdp/wmdp_bio_questions.json)"
+            )
     datasets = _import_datasets("wmdp_bio")
     ds = datasets.load_dataset("cais/wmdp", "wmdp-bio", split="test")
     return _hub_rows(ds, "cais/wmdp:wmdp-bio", subject="biology"), "hf:cais/wmdp"
@@ -447,8 +536,9 @@ def load_wmdp_bio_robust(source: str | Path | None = None) -> tuple[list[dict], 
             qs: list[dict] = []
             files = sorted(f for f in p.iterdir() if f.suffix.lower() in _QUESTION_FILE_SUFFIXES)
             if not files:
-                raise FileNotFoundError(f"{p}: no question files "
-                                        f"({', '.join(_QUESTION_FILE_SUFFIXES)})")
+                raise FileNotFoundError(
+                    f"{p}: no question files ({', '.join(_QUESTION_FILE_SUFFIXES)})"
+                )
             for f in files:
                 qs += read_questions(f, default_subject=f.stem)
             return qs, str(p)
@@ -471,8 +561,10 @@ def load_world_questions(world: Any, name: str) -> tuple[list[dict], str]:
             if f.exists():
                 return read_questions(f, default_subject=name), str(f)
         if not world_dir.exists():
-            raise FileNotFoundError(f"world folder {world_dir} does not exist "
-                                    f"(build one with `magic-unlearn world build`)")
+            raise FileNotFoundError(
+                f"world folder {world_dir} does not exist "
+                f"(build one with `magic-unlearn world build`)"
+            )
         from magic_unlearn.world import World  # world stores questions another way
 
         world = World.load(world_dir)
@@ -480,8 +572,14 @@ def load_world_questions(world: Any, name: str) -> tuple[list[dict], str]:
     return validate_questions(list(qs), f"world:{name}", default_subject=name), f"world:{name}"
 
 
-def load_task(name: str, source: str | Path | None = None, limit: int | None = None,
-              num_fewshot: int = 0, world: Any = None, split: str = "test") -> Task:
+def load_task(
+    name: str,
+    source: str | Path | None = None,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    world: Any = None,
+    split: str = "test",
+) -> Task:
     """Build a :class:`Task` by name.
 
     Args:
@@ -510,8 +608,11 @@ def load_task(name: str, source: str | Path | None = None, limit: int | None = N
         qs = qs[:limit] if limit else qs
         # world models learn from [BOS] text rows and have no use for the English preamble
         # in the cloze format; the letter format keeps lm-eval's description line.
-        kw = dict(default_fmt="cloze", prepend_bos=True,
-                  descriptions={"letter": LETTER_DESCRIPTION, "cloze": ""})
+        kw = dict(
+            default_fmt="cloze",
+            prepend_bos=True,
+            descriptions={"letter": LETTER_DESCRIPTION, "cloze": ""},
+        )
     elif name == "mmlu" or name.startswith("mmlu_"):
         subjects = [name[5:]] if name.startswith("mmlu_") else None
         qs, pool, src = load_mmlu(source, split=split, subjects=subjects)
@@ -519,26 +620,37 @@ def load_task(name: str, source: str | Path | None = None, limit: int | None = N
     elif name == "wmdp_bio":
         qs, src = load_wmdp_bio(source)
         qs = qs[:limit] if limit else qs
-        kw = dict(descriptions={"letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
-                                "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology")})
+        kw = dict(
+            descriptions={
+                "letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
+                "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology"),
+            }
+        )
     elif name == "wmdp_bio_robust":
         qs, src = load_wmdp_bio_robust(source)
         qs = _per_subject_limit(qs, limit)
-        kw = dict(descriptions={"letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
-                                "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology")})
+        kw = dict(
+            descriptions={
+                "letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
+                "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology"),
+            }
+        )
     elif Path(name).suffix.lower() in _QUESTION_FILE_SUFFIXES or Path(name).is_file():
         qs = read_questions(name)
         src = str(name)
         qs = qs[:limit] if limit else qs
         name = Path(name).stem
     else:
-        raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASK_NAMES)}, "
-                         f"mmlu_<subject>, or the path of a question file "
-                         f"(.jsonl/.json/.csv/.parquet)")
+        raise ValueError(
+            f"unknown task {name!r}: use one of {', '.join(TASK_NAMES)}, "
+            f"mmlu_<subject>, or the path of a question file "
+            f"(.jsonl/.json/.csv/.parquet)"
+        )
     if source is not None and not _is_hub(source) and name not in WORLD_TASKS and not qs:
         raise ValueError(f"{source}: no questions")
-    task = Task(name=name, questions=qs, fewshot_pool=pool, num_fewshot=num_fewshot,
-                source=src, **kw)
+    task = Task(
+        name=name, questions=qs, fewshot_pool=pool, num_fewshot=num_fewshot, source=src, **kw
+    )
     if num_fewshot:
         for s in task.subjects:  # fail now, not halfway through an evaluation
             task.fewshot_examples(s)

@@ -19,7 +19,24 @@ from magic_unlearn.pipeline.store import ResultsStore, RunRecord
 from magic_unlearn.pipeline.sweep import Grid, SweepResult, expand, load_grid, parse_grid, run_sweep
 
 __all__ = [
-    "DemoConfig", "build_report", "load_demo_config", "run_demo", "Grid", "ResultsStore", "RunConfig", "RunContext", "RunRecord", "RunSpec", "Stage",
-    "StageResult", "SweepResult", "execute_run", "expand", "is_complete", "load_grid",
-    "make_spec", "parse_grid", "run_sweep",
+    "DemoConfig",
+    "build_report",
+    "load_demo_config",
+    "run_demo",
+    "Grid",
+    "ResultsStore",
+    "RunConfig",
+    "RunContext",
+    "RunRecord",
+    "RunSpec",
+    "Stage",
+    "StageResult",
+    "SweepResult",
+    "execute_run",
+    "expand",
+    "is_complete",
+    "load_grid",
+    "make_spec",
+    "parse_grid",
+    "run_sweep",
 ]

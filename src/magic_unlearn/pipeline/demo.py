@@ -99,28 +99,39 @@ def config_path(preset: str) -> Path:
     """The packaged demo config of a preset (``configs/demo_<preset>.yaml``)."""
     p = Path(str(resources.files("magic_unlearn") / "configs" / f"demo_{preset}.yaml"))
     if not p.exists():
-        raise ConfigError(f"unknown demo preset {preset!r}; choose from {list(PRESETS)} "
-                          f"(or pass --config FILE)")
+        raise ConfigError(
+            f"unknown demo preset {preset!r}; choose from {list(PRESETS)} (or pass --config FILE)"
+        )
     return p
 
 
-def load_demo_config(preset: str = "tiny", config: str | Path | None = None,
-                     overrides: list[str] | None = None, device: str | None = None) -> DemoConfig:
+def load_demo_config(
+    preset: str = "tiny",
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    device: str | None = None,
+) -> DemoConfig:
     """The preset's config, or ``config`` if given, plus ``KEY=VALUE`` overrides."""
     cfg = load_config(DemoConfig, config or config_path(preset), overrides)
     if device is not None:
         cfg.device = device
     for i, m in enumerate(cfg.methods):
         if not isinstance(m, dict) or not isinstance(m.get("unlearn"), dict):
-            raise ConfigError(f"demo config: methods[{i}] must be a mapping with an 'unlearn:' "
-                              f"section (and optional label, data)")
+            raise ConfigError(
+                f"demo config: methods[{i}] must be a mapping with an 'unlearn:' "
+                f"section (and optional label, data)"
+            )
         bad = sorted(set(m) - {"label", "data", "unlearn", "tamper"})
         if bad:
-            raise ConfigError(f"demo config: methods[{i}] has unknown key(s) {bad}; valid keys "
-                              f"are label, data, unlearn, tamper")
+            raise ConfigError(
+                f"demo config: methods[{i}] has unknown key(s) {bad}; valid keys "
+                f"are label, data, unlearn, tamper"
+            )
     if cfg.attribution.start not in ("base", "filtered"):
-        raise ConfigError(f"demo config: attribution.start must be 'base' or 'filtered', got "
-                          f"{cfg.attribution.start!r}")
+        raise ConfigError(
+            f"demo config: attribution.start must be 'base' or 'filtered', got "
+            f"{cfg.attribution.start!r}"
+        )
     return cfg
 
 
@@ -139,8 +150,9 @@ class DemoStep:
 class Demo:
     """The demo study over a results directory (``--out``); steps run in this process."""
 
-    def __init__(self, cfg: DemoConfig, out: str | Path, stages: Any = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self, cfg: DemoConfig, out: str | Path, stages: Any = None, progress: bool = True
+    ) -> None:
         self.cfg = cfg
         self.out = Path(out).absolute()
         self.stages = stages if stages is not None else STAGES
@@ -169,8 +181,10 @@ class Demo:
         cached = done or status == "skipped"
         cpu = time.process_time() - c0
         self.timings.append((step.title, dt, cached, cpu))
-        msg = (f"[{len(self.timings)}] {step.title}: {'cached' if cached else 'done'} in "
-               f"{dt:.1f}s (CPU {cpu:.1f}s)")
+        msg = (
+            f"[{len(self.timings)}] {step.title}: {'cached' if cached else 'done'} in "
+            f"{dt:.1f}s (CPU {cpu:.1f}s)"
+        )
         if bar is not None:
             bar.write(msg)
             bar.update(1)
@@ -183,26 +197,43 @@ class Demo:
         from magic_unlearn.pipeline.runs import validate_spec
 
         c = self.cfg
-        dummy = {"world": "WORLD", "base": "BASE", "filtered": "FILTERED",
-                 **{f"scores.{m}": f"SCORES_{m}" for m in ["magic", *c.attribution.baselines]}}
+        dummy = {
+            "world": "WORLD",
+            "base": "BASE",
+            "filtered": "FILTERED",
+            **{f"scores.{m}": f"SCORES_{m}" for m in ["magic", *c.attribution.baselines]},
+        }
         bad = sorted(set(c.attribution.baselines) - {"grad_sim", "random"})
         if bad:
-            raise ConfigError(f"demo config: attribution.baselines {bad} unknown; use grad_sim "
-                              f"and/or random")
+            raise ConfigError(
+                f"demo config: attribution.baselines {bad} unknown; use grad_sim and/or random"
+            )
         checks = [
             dict(stages=["world"], params={"world": c.world}),
             dict(stages=["pretrain"], params={"pretrain": {**c.pretrain, "variant": "base"}}),
-            dict(stages=["attribute"], params={"attribute": {
-                "method": "magic", "corpus": c.attribution.corpus,
-                "queries": c.attribution.queries, "trajectory": c.attribution.trajectory}}),
+            dict(
+                stages=["attribute"],
+                params={
+                    "attribute": {
+                        "method": "magic",
+                        "corpus": c.attribution.corpus,
+                        "queries": c.attribution.queries,
+                        "trajectory": c.attribution.trajectory,
+                    }
+                },
+            ),
             dict(stages=["analyze"], params={"analyze": {**c.analysis, "scores": ["S"]}}),
             dict(stages=["eval", "tamper"], eval=c.eval, tamper=c.tamper),
         ]
         for i, m in enumerate(c.methods):
-            checks.append(dict(stages=["unlearn", "tamper"],
-                               unlearn=_fill(deep_merge(c.unlearn, m["unlearn"]), dummy),
-                               tamper=deep_merge(c.tamper, m.get("tamper") or {}),
-                               name=f"methods[{i}]"))
+            checks.append(
+                dict(
+                    stages=["unlearn", "tamper"],
+                    unlearn=_fill(deep_merge(c.unlearn, m["unlearn"]), dummy),
+                    tamper=deep_merge(c.tamper, m.get("tamper") or {}),
+                    name=f"methods[{i}]",
+                )
+            )
         for kw in checks:
             where = f"demo config ({kw.pop('name', kw['stages'][0])})"
             validate_spec(make_spec(RunConfig(**kw), source=where), self.stages, source=where)
@@ -216,12 +247,22 @@ class Demo:
         from magic_unlearn.world import make_config
 
         c = self.cfg
-        world = {"preset": to_dict(make_config(c.world.get("preset", "tiny"),
-                                               c.world.get("overrides") or {}))}
-        pre = {"preset": c.pretrain.get("preset", "tiny"),
-               "config": to_dict(_pretrain_config(c.pretrain, c.device, "demo config: pretrain"))}
-        traj = to_dict(from_dict(TrajectoryConfig, c.attribution.trajectory,
-                                 source="demo config: attribution.trajectory"))
+        world = {
+            "preset": to_dict(
+                make_config(c.world.get("preset", "tiny"), c.world.get("overrides") or {})
+            )
+        }
+        pre = {
+            "preset": c.pretrain.get("preset", "tiny"),
+            "config": to_dict(_pretrain_config(c.pretrain, c.device, "demo config: pretrain")),
+        }
+        traj = to_dict(
+            from_dict(
+                TrajectoryConfig,
+                c.attribution.trajectory,
+                source="demo config: attribution.trajectory",
+            )
+        )
         return world, pre, traj
 
     def run(self) -> Path:
@@ -237,35 +278,66 @@ class Demo:
         self.store = ResultsStore(self.out)
         save_config(c, self.out / "demo_config.yaml")
         n_steps = 8 + len(c.attribution.baselines) + len(c.methods)
-        bar = tqdm(total=n_steps, desc="demo", unit="step", disable=not self.progress,
-                   position=0, leave=True)
+        bar = tqdm(
+            total=n_steps,
+            desc="demo",
+            unit="step",
+            disable=not self.progress,
+            position=0,
+            leave=True,
+        )
         try:
             world_sec, pretrain_sec, traj = self.resolved()
-            ws = self._spec(name=f"world-{c.world.get('preset', 'tiny')}", kind="world",
-                            stages=["world"], params={"world": world_sec})
+            ws = self._spec(
+                name=f"world-{c.world.get('preset', 'tiny')}",
+                kind="world",
+                stages=["world"],
+                params={"world": world_sec},
+            )
             self._run(DemoStep("build world", ws), bar)
             world = self._artifact(ws, "world", "world")
             models = {}
             for variant in ("base", "filtered"):
-                s = self._spec(name=variant, kind="pretrain", world=world, stages=["pretrain"],
-                               params={"pretrain": {**pretrain_sec, "variant": variant}})
+                s = self._spec(
+                    name=variant,
+                    kind="pretrain",
+                    world=world,
+                    stages=["pretrain"],
+                    params={"pretrain": {**pretrain_sec, "variant": variant}},
+                )
                 self._run(DemoStep(f"pretrain {variant} model", s), bar)
                 models[variant] = self._artifact(s, "pretrain", "model")
 
             # references: the filtered model's attack curves are every verdict's yardstick
             ref_tamper = {**c.tamper, "is_reference": True}
-            filt = self._spec(name="filtered", kind="reference", label="filtered",
-                              data="pretrain_filtered (no hazard documents)",
-                              world=world, model=models["filtered"], base=models["base"],
-                              reference=models["filtered"], stages=["eval", "tamper"],
-                              eval=c.eval, tamper=ref_tamper)
+            filt = self._spec(
+                name="filtered",
+                kind="reference",
+                label="filtered",
+                data="pretrain_filtered (no hazard documents)",
+                world=world,
+                model=models["filtered"],
+                base=models["base"],
+                reference=models["filtered"],
+                stages=["eval", "tamper"],
+                eval=c.eval,
+                tamper=ref_tamper,
+            )
             self._run(DemoStep("evaluate + attack filtered model", filt), bar)
             filt_curves = self._artifact(filt, "tamper", "tamper")
-            base = self._spec(name="base", kind="reference", label="base",
-                              data="pretrain (with hazard documents)", world=world,
-                              model=models["base"], base=models["base"],
-                              reference=models["filtered"], stages=["eval", "tamper"],
-                              eval=c.eval, tamper={**c.tamper, "filtered_curves": filt_curves})
+            base = self._spec(
+                name="base",
+                kind="reference",
+                label="base",
+                data="pretrain (with hazard documents)",
+                world=world,
+                model=models["base"],
+                base=models["base"],
+                reference=models["filtered"],
+                stages=["eval", "tamper"],
+                eval=c.eval,
+                tamper={**c.tamper, "filtered_curves": filt_curves},
+            )
             self._run(DemoStep("evaluate + attack base model", base), bar)
             base_curves = self._artifact(base, "tamper", "tamper")
 
@@ -273,54 +345,98 @@ class Demo:
             a = c.attribution
             scores: dict[str, str] = {}
             for method in ["magic", *a.baselines]:
-                s = self._spec(name=method, kind="attribute", world=world,
-                               model=models[a.start], stages=["attribute"],
-                               params={"attribute": {
-                                   "method": method, "corpus": a.corpus, "queries": a.queries,
-                                   "fmt": a.fmt, "limit": a.limit, "seed": c.seed,
-                                   "trajectory": traj}})
+                s = self._spec(
+                    name=method,
+                    kind="attribute",
+                    world=world,
+                    model=models[a.start],
+                    stages=["attribute"],
+                    params={
+                        "attribute": {
+                            "method": method,
+                            "corpus": a.corpus,
+                            "queries": a.queries,
+                            "fmt": a.fmt,
+                            "limit": a.limit,
+                            "seed": c.seed,
+                            "trajectory": traj,
+                        }
+                    },
+                )
                 self._run(DemoStep(f"attribution: {method}", s), bar)
                 scores[method] = self._artifact(s, "attribute", "scores")
-            an = self._spec(name="magic", kind="analyze", world=world, stages=["analyze"],
-                            params={"analyze": {**c.analysis, "method": "magic",
-                                                "scores": list(scores.values())}})
+            an = self._spec(
+                name="magic",
+                kind="analyze",
+                world=world,
+                stages=["analyze"],
+                params={
+                    "analyze": {**c.analysis, "method": "magic", "scores": list(scores.values())}
+                },
+            )
             self._run(DemoStep("analyse attribution", an), bar)
 
             # unlearning methods
-            values = {"world": world, "base": models["base"], "filtered": models["filtered"],
-                      "base_curves": base_curves, "filtered_curves": filt_curves,
-                      **{f"scores.{k}": v for k, v in scores.items()}}
+            values = {
+                "world": world,
+                "base": models["base"],
+                "filtered": models["filtered"],
+                "base_curves": base_curves,
+                "filtered_curves": filt_curves,
+                **{f"scores.{k}": v for k, v in scores.items()},
+            }
             # the demo's artifacts, for sweep grids (`vars: <out>/vars.yaml`)
             atomic_write_text(self.out / "vars.yaml", yaml.safe_dump(values, sort_keys=True))
             for m in c.methods:
                 section = _fill(deep_merge(c.unlearn, m["unlearn"]), values)
                 label = m.get("label") or section.get("method", "method")
-                s = self._spec(name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label), kind="unlearn",
-                               label=label, data=m.get("data", ""), world=world,
-                               model=models["base"], base=models["base"],
-                               reference=models["filtered"],
-                               stages=["unlearn", "eval", "tamper"], unlearn=section,
-                               eval=c.eval,
-                               tamper=deep_merge({**c.tamper, "base_curves": base_curves,
-                                                  "filtered_curves": filt_curves},
-                                                 m.get("tamper") or {}))
+                s = self._spec(
+                    name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label),
+                    kind="unlearn",
+                    label=label,
+                    data=m.get("data", ""),
+                    world=world,
+                    model=models["base"],
+                    base=models["base"],
+                    reference=models["filtered"],
+                    stages=["unlearn", "eval", "tamper"],
+                    unlearn=section,
+                    eval=c.eval,
+                    tamper=deep_merge(
+                        {**c.tamper, "base_curves": base_curves, "filtered_curves": filt_curves},
+                        m.get("tamper") or {},
+                    ),
+                )
                 self._run(DemoStep(f"unlearn + attack: {label}", s), bar)
 
             bar.set_description("report")
             t0 = time.time()
             total = time.time() - t_start
-            extra = ["## Demo timings", "", "Wall and CPU seconds (CPU: this process, all "
-                     "threads) per step.", "", "| step | wall s | CPU s | cached |",
-                     "|---|---|---|---|"]
-            extra += [f"| {t} | {dt:.1f} | {cpu:.1f} | {'yes' if ca else 'no'} |"
-                      for t, dt, ca, cpu in self.timings]
-            extra += [f"| total (before the report) | {total:.1f} | "
-                      f"{time.process_time() - c_start:.1f} | |", "",
-                      f"Demo config: [demo_config.yaml](demo_config.yaml) "
-                      f"(device {c.device})."]
+            extra = [
+                "## Demo timings",
+                "",
+                "Wall and CPU seconds (CPU: this process, all threads) per step.",
+                "",
+                "| step | wall s | CPU s | cached |",
+                "|---|---|---|---|",
+            ]
+            extra += [
+                f"| {t} | {dt:.1f} | {cpu:.1f} | {'yes' if ca else 'no'} |"
+                for t, dt, ca, cpu in self.timings
+            ]
+            extra += [
+                f"| total (before the report) | {total:.1f} | "
+                f"{time.process_time() - c_start:.1f} | |",
+                "",
+                f"Demo config: [demo_config.yaml](demo_config.yaml) (device {c.device}).",
+            ]
             # this configuration's runs only (runs of an earlier config stay cached on disk)
-            res = build_report(self.out, title=f"magic-unlearn {c.name}", extra_sections=extra,
-                               run_ids=self.run_ids)
+            res = build_report(
+                self.out,
+                title=f"magic-unlearn {c.name}",
+                extra_sections=extra,
+                run_ids=self.run_ids,
+            )
             self.timings.append(("report", time.time() - t0, False, 0.0))
             bar.update(1)
         finally:
@@ -328,9 +444,14 @@ class Demo:
         return res.markdown
 
 
-def run_demo(preset: str = "tiny", device: str | None = None, out: str | Path = "runs/demo",
-             config: str | Path | None = None, overrides: list[str] | None = None,
-             progress: bool = True) -> Path:
+def run_demo(
+    preset: str = "tiny",
+    device: str | None = None,
+    out: str | Path = "runs/demo",
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> Path:
     """Run the demo study; returns the path of ``report.md`` (``report.html`` next to it)."""
     cfg = load_demo_config(preset, config, overrides, device)
     return Demo(cfg, out, progress=progress).run()

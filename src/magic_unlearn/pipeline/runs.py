@@ -163,12 +163,16 @@ def validate_spec(spec: RunSpec, stages: StageRegistry, source: str = "<run conf
     """Check the stage names and let each stage validate its section."""
     for s in spec.config.stages:
         if s not in stages:
-            raise ConfigError(f"{source}: unknown stage {s!r} in 'stages'; "
-                              f"available: {sorted(stages)}")
+            raise ConfigError(
+                f"{source}: unknown stage {s!r} in 'stages'; available: {sorted(stages)}"
+            )
         st = stages[s]
         if st.validate is not None:
-            section = getattr(spec.config, s, None) if s in ("unlearn", "eval", "tamper") \
+            section = (
+                getattr(spec.config, s, None)
+                if s in ("unlearn", "eval", "tamper")
                 else spec.config.params.get(s, {})
+            )
             try:
                 st.validate(section if isinstance(section, dict) else {})
             except ConfigError as e:
@@ -209,8 +213,10 @@ class RunContext:
     def artifact(self, stage: str, key: str) -> Path:
         """Absolute path (in the work folder) of an earlier stage's artifact."""
         if stage not in self.results:
-            raise KeyError(f"stage {stage!r} has not run before this one in run "
-                           f"{self.spec.run_id} (stages: {self.config.stages})")
+            raise KeyError(
+                f"stage {stage!r} has not run before this one in run "
+                f"{self.spec.run_id} (stages: {self.config.stages})"
+            )
         arts = self.results[stage].artifacts
         if key not in arts:
             raise KeyError(f"stage {stage!r} has no artifact {key!r}; it has {sorted(arts)}")
@@ -273,9 +279,14 @@ def run_artifacts(results: Mapping[str, StageResult]) -> dict[str, str]:
     return {f"{s}.{k}": f"{s}/{v}" for s, r in results.items() for k, v in r.artifacts.items()}
 
 
-def execute_run(spec: RunSpec, root: str | Path, stages: StageRegistry,
-                store: ResultsStore | None = None, reclaim: bool = False,
-                log: Callable[[str], None] | None = None) -> str:
+def execute_run(
+    spec: RunSpec,
+    root: str | Path,
+    stages: StageRegistry,
+    store: ResultsStore | None = None,
+    reclaim: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> str:
     """Run one point: claim it, run its stages into the work folder, rename, record.
 
     Args:
@@ -297,8 +308,9 @@ def execute_run(spec: RunSpec, root: str | Path, stages: StageRegistry,
         if store is not None:
             store.record_folder(final)
         return "skipped"
-    if store is not None and not store.claim(spec.run_id, spec.kind, spec.name, spec.hash,
-                                             final, cfg, reclaim=reclaim):
+    if store is not None and not store.claim(
+        spec.run_id, spec.kind, spec.name, spec.hash, final, cfg, reclaim=reclaim
+    ):
         rec = store.get(spec.run_id)
         return "skipped" if rec is not None and rec.status == "complete" else "busy"
     started = time.time()
@@ -315,50 +327,78 @@ def execute_run(spec: RunSpec, root: str | Path, stages: StageRegistry,
             sdir = work / name
             if (sdir / "stage.json").exists():  # finished before an interruption
                 d = read_json(sdir / "stage.json")
-                ctx.results[name] = StageResult(d.get("metrics", {}), d.get("artifacts", {}),
-                                                d.get("summary", {}))
+                ctx.results[name] = StageResult(
+                    d.get("metrics", {}), d.get("artifacts", {}), d.get("summary", {})
+                )
                 seconds[name] = float(d.get("seconds", 0.0))
                 if log:
                     log(f"{spec.run_id}: stage {name} already done")
                 continue
             if name not in stages:
-                raise ConfigError(f"run {spec.run_id}: unknown stage {name!r}; "
-                                  f"available: {sorted(stages)}")
+                raise ConfigError(
+                    f"run {spec.run_id}: unknown stage {name!r}; available: {sorted(stages)}"
+                )
             if log:
                 log(f"{spec.run_id}: stage {name}")
             t0 = time.time()
             with atomic_dir(sdir, overwrite=True) as tmp:
                 res = stages[name].run(ctx, tmp)
                 if not isinstance(res, StageResult):
-                    raise TypeError(f"stage {name!r} returned {type(res).__name__}, "
-                                    f"expected StageResult")
+                    raise TypeError(
+                        f"stage {name!r} returned {type(res).__name__}, expected StageResult"
+                    )
                 seconds[name] = time.time() - t0
-                atomic_write_json(tmp / "stage.json", {**dataclasses.asdict(res),
-                                                       "seconds": seconds[name]})
+                atomic_write_json(
+                    tmp / "stage.json", {**dataclasses.asdict(res), "seconds": seconds[name]}
+                )
             ctx.results[name] = res
         metrics = run_metrics(ctx.results, seconds)
         artifacts = run_artifacts(ctx.results)
         save_config(spec.config, work / "config.yaml")
         atomic_write_json(work / "metrics.json", metrics)
-        write_manifest(work, "run", inputs={"model": spec.config.model, "world": spec.config.world},
-                       extra={"run_id": spec.run_id, "kind": spec.kind, "name": spec.name,
-                              "config_hash": spec.hash, "config": cfg,
-                              "stages": spec.config.stages, "artifacts": artifacts,
-                              "started": started, "host": socket.gethostname(),
-                              "pid": os.getpid()})
+        write_manifest(
+            work,
+            "run",
+            inputs={"model": spec.config.model, "world": spec.config.world},
+            extra={
+                "run_id": spec.run_id,
+                "kind": spec.kind,
+                "name": spec.name,
+                "config_hash": spec.hash,
+                "config": cfg,
+                "stages": spec.config.stages,
+                "artifacts": artifacts,
+                "started": started,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
         shutil.rmtree(work / ".scratch", ignore_errors=True)
         if final.exists():  # an incomplete leftover under the final name (never ours)
             shutil.rmtree(final)
         os.replace(work, final)
     except BaseException as e:
         if store is not None:
-            store.fail(spec.run_id, "".join(traceback.format_exception_only(type(e), e)).strip()
-                       + "\n" + traceback.format_exc(limit=8))
+            store.fail(
+                spec.run_id,
+                "".join(traceback.format_exception_only(type(e), e)).strip()
+                + "\n"
+                + traceback.format_exc(limit=8),
+            )
         raise
     finally:
         if hb is not None:
             hb.__exit__()
     if store is not None:
-        store.complete(spec.run_id, spec.kind, spec.name, spec.hash, final, cfg, metrics,
-                       artifacts, started=started)
+        store.complete(
+            spec.run_id,
+            spec.kind,
+            spec.name,
+            spec.hash,
+            final,
+            cfg,
+            metrics,
+            artifacts,
+            started=started,
+        )
     return "complete"

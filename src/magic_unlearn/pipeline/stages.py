@@ -38,8 +38,9 @@ from magic_unlearn.pipeline.runs import RunContext, Stage, StageResult
 def _unknown(section: dict[str, Any], allowed: set[str], what: str) -> None:
     bad = sorted(set(section) - allowed)
     if bad:
-        raise ConfigError(f"unknown field(s) {bad} for the {what} stage; valid fields are "
-                          f"{sorted(allowed)}")
+        raise ConfigError(
+            f"unknown field(s) {bad} for the {what} stage; valid fields are {sorted(allowed)}"
+        )
 
 
 def _need(value: str, field: str, stage: str) -> str:
@@ -73,8 +74,11 @@ def world_stage(ctx: RunContext, out: Path) -> StageResult:
     s = ctx.section("world")
     path = build_world(s.get("preset", "tiny"), out / "world", overrides=s.get("overrides") or {})
     man = read_json(path / "world.json")
-    return StageResult(metrics={"hash": man["hash"], "counts": man["counts"]},
-                       artifacts={"world": "world"}, summary={"world_hash": man["hash"]})
+    return StageResult(
+        metrics={"hash": man["hash"], "counts": man["counts"]},
+        artifacts={"world": "world"},
+        summary={"world_hash": man["hash"]},
+    )
 
 
 # ------------------------------------------------------------------------------ pretrain
@@ -110,12 +114,16 @@ def pretrain_stage(ctx: RunContext, out: Path) -> StageResult:
     world = _need(ctx.config.world, "world", "pretrain")
     cfg = _pretrain_config(s, ctx.config.device, f"run {ctx.spec.run_id}: params.pretrain")
     # train in the run's scratch folder so a killed run resumes from pretrain's checkpoint
-    path = pretrain(world, variant=s.get("variant", "base"), cfg=cfg,
-                    out=ctx.scratch("pretrain") / "model")
+    path = pretrain(
+        world, variant=s.get("variant", "base"), cfg=cfg, out=ctx.scratch("pretrain") / "model"
+    )
     os.replace(path, out / "model")
     metrics = read_json(out / "model" / "metrics.json")
-    summ = {f"{role}_acc": metrics[f"{role}_qa"]["acc"] for role in ("hazard", "general")
-            if isinstance(metrics.get(f"{role}_qa"), dict)}
+    summ = {
+        f"{role}_acc": metrics[f"{role}_qa"]["acc"]
+        for role in ("hazard", "general")
+        if isinstance(metrics.get(f"{role}_qa"), dict)
+    }
     return StageResult(metrics=metrics, artifacts={"model": "model"}, summary=summ)
 
 
@@ -152,10 +160,14 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
     s = ctx.section("attribute")
     world = _world(_need(ctx.config.world, "world", "attribute"))
     tok = world.tokenizer
-    traj = from_dict(TrajectoryConfig, s.get("trajectory") or {},
-                     source=f"run {ctx.spec.run_id}: params.attribute.trajectory")
-    corpus = tokenize_corpus(world.corpus(s.get("corpus", "forget")), tok,
-                             max_length=traj.max_length)
+    traj = from_dict(
+        TrajectoryConfig,
+        s.get("trajectory") or {},
+        source=f"run {ctx.spec.run_id}: params.attribute.trajectory",
+    )
+    corpus = tokenize_corpus(
+        world.corpus(s.get("corpus", "forget")), tok, max_length=traj.max_length
+    )
     queries = list(s.get("queries") or ["hazard_qa", "general_qa"])
     method = s.get("method", "magic")
     per = s.get("per", "token")
@@ -166,26 +178,42 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
 
         shutil.rmtree(dest)
     if method == "random":
-        art = random_scores(corpus, queries, seed=int(s.get("seed", 0)), per=per, out=dest,
-                            tokenizer=tok)
+        art = random_scores(
+            corpus, queries, seed=int(s.get("seed", 0)), per=per, out=dest, tokenizer=tok
+        )
     else:
-        model = load_model(_need(ctx.config.model, "model", "attribute"),
-                           dtype=traj.dtype or "float32", device=ctx.config.device)
-        meas = {q: Measurement.from_task(tok, load_task(q, world=world, limit=s.get("limit")),
-                                         fmt=s.get("fmt", "cloze"), name=q).to(ctx.config.device)
-                for q in queries}
+        model = load_model(
+            _need(ctx.config.model, "model", "attribute"),
+            dtype=traj.dtype or "float32",
+            device=ctx.config.device,
+        )
+        meas = {
+            q: Measurement.from_task(
+                tok,
+                load_task(q, world=world, limit=s.get("limit")),
+                fmt=s.get("fmt", "cloze"),
+                name=q,
+            ).to(ctx.config.device)
+            for q in queries
+        }
         if method == "magic":
-            art = attribute(model, corpus, meas, traj, per=per, out=dest, tokenizer=tok,
-                            inplace=True)
+            art = attribute(
+                model, corpus, meas, traj, per=per, out=dest, tokenizer=tok, inplace=True
+            )
         else:
             art = grad_similarity(model, corpus, meas, traj, per=per, out=dest, tokenizer=tok)
     os.replace(dest, out / "scores")
     meta = getattr(art, "meta", {}) or {}
-    metrics = {k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool, dict))
-               and k in ("eval_losses", "timings", "n_params_trained", "method")}
+    metrics = {
+        k: v
+        for k, v in meta.items()
+        if isinstance(v, (int, float, str, bool, dict))
+        and k in ("eval_losses", "timings", "n_params_trained", "method")
+    }
     metrics.update(method=method, queries=queries, n_rows=len(corpus))
-    return StageResult(metrics=metrics, artifacts={"scores": "scores"},
-                       summary={"attribution_method": method})
+    return StageResult(
+        metrics=metrics, artifacts={"scores": "scores"}, summary={"attribution_method": method}
+    )
 
 
 # ------------------------------------------------------------------------------ analyze
@@ -204,12 +232,20 @@ def analyze_stage(ctx: RunContext, out: Path) -> StageResult:
 
     s = ctx.section("analyze")
     tok = _world(ctx.config.world).tokenizer if ctx.config.world else None
-    m = analyze([str(p) for p in s["scores"]], out / "analysis", tokenizer=tok,
-                is_world=bool(ctx.config.world), alpha=float(s.get("alpha", 1.0)),
-                k_noise=float(s.get("k_noise", 3.0)), hazard_query=s.get("hazard_query"),
-                general_query=s.get("general_query"), method=s.get("method"))
-    keep = {k: m[k] for k in ("hazard", "general", "q1_correlation", "q4_magnitude_ratio")
-            if k in m}
+    m = analyze(
+        [str(p) for p in s["scores"]],
+        out / "analysis",
+        tokenizer=tok,
+        is_world=bool(ctx.config.world),
+        alpha=float(s.get("alpha", 1.0)),
+        k_noise=float(s.get("k_noise", 3.0)),
+        hazard_query=s.get("hazard_query"),
+        general_query=s.get("general_query"),
+        method=s.get("method"),
+    )
+    keep = {
+        k: m[k] for k in ("hazard", "general", "q1_correlation", "q4_magnitude_ratio") if k in m
+    }
     return StageResult(metrics=keep, artifacts={"analysis": "analysis"})
 
 
@@ -242,8 +278,9 @@ def _validate_unlearn(s: dict[str, Any]) -> None:
 
     cfg = _unlearn_cfg(s, None)
     if cfg.method != "none" and cfg.method not in METHODS:
-        raise ConfigError(f"unknown unlearning method {cfg.method!r}; registered: "
-                          f"{sorted(METHODS)} (or 'none')")
+        raise ConfigError(
+            f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
+        )
 
 
 def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
@@ -259,9 +296,11 @@ def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
     unlearn(cfg, dest)
     os.replace(dest, out / "model")
     metrics = read_json(out / "model" / "metrics.json")
-    return StageResult(metrics={k: v for k, v in metrics.items() if k != "phases"},
-                       artifacts={"model": "model"},
-                       summary={"method": cfg.method, "recipe": cfg.recipe})
+    return StageResult(
+        metrics={k: v for k, v in metrics.items() if k != "phases"},
+        artifacts={"model": "model"},
+        summary={"method": cfg.method, "recipe": cfg.recipe},
+    )
 
 
 # ------------------------------------------------------------------------------ eval
@@ -291,14 +330,18 @@ def eval_stage(ctx: RunContext, out: Path) -> StageResult:
     for role in ("hazard", "general"):
         name = s.get(f"{role}_task", f"{role}_qa")
         task = load_task(name, world=world, limit=s.get("limit"))
-        res = evaluate(model, tok, task, fmt=s.get("fmt", "cloze"),
-                       batch_size=int(s.get("batch_size", 64)))
+        res = evaluate(
+            model, tok, task, fmt=s.get("fmt", "cloze"), batch_size=int(s.get("batch_size", 64))
+        )
         metrics[name] = res.to_dict()
         atomic_write_json(out / f"predictions_{name}.json", res.question_rows())
         summary[f"{role}_acc"] = res.acc
         summary[f"{role}_loss"] = res.mean_correct_loss
-    return StageResult(metrics=metrics, summary=summary,
-                       artifacts={f"predictions_{k}": f"predictions_{k}.json" for k in metrics})
+    return StageResult(
+        metrics=metrics,
+        summary=summary,
+        artifacts={f"predictions_{k}": f"predictions_{k}.json" for k in metrics},
+    )
 
 
 # ------------------------------------------------------------------------------ tamper
@@ -306,13 +349,11 @@ def eval_stage(ctx: RunContext, out: Path) -> StageResult:
 _TAMPER_OWN = {"suite", "base_curves", "filtered_curves", "overrides", "is_reference"}
 
 
-
 def _suite(s: dict[str, Any]) -> Any:
     from magic_unlearn.tamper.config import SuiteConfig, suite_dict
 
     rest = {k: v for k, v in s.items() if k not in _TAMPER_OWN}
-    data = deep_merge(suite_dict(s.get("suite", "world"), overrides=s.get("overrides") or []),
-                      rest)
+    data = deep_merge(suite_dict(s.get("suite", "world"), overrides=s.get("overrides") or []), rest)
     return from_dict(SuiteConfig, data, source="tamper section")
 
 
@@ -325,19 +366,34 @@ def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
     attacks = {}
     brk_step, brk_attack = None, None
     for name, a in verdict.attacks.items():
-        attacks[name] = {"max_hazard_acc": a.max_hazard_acc, "auc": a.auc,
-                         "steps_to_recover": a.steps_to_recover, "status": a.status,
-                         "first_break_step": a.first_break_step, "x_label": a.x_label}
-        if a.status == "recovers" and a.first_break_step is not None and (
-                brk_step is None or a.first_break_step < brk_step):
+        attacks[name] = {
+            "max_hazard_acc": a.max_hazard_acc,
+            "auc": a.auc,
+            "steps_to_recover": a.steps_to_recover,
+            "status": a.status,
+            "first_break_step": a.first_break_step,
+            "x_label": a.x_label,
+        }
+        if (
+            a.status == "recovers"
+            and a.first_break_step is not None
+            and (brk_step is None or a.first_break_step < brk_step)
+        ):
             brk_step, brk_attack = a.first_break_step, name
     if brk_attack is None and verdict.broken:
         brk_attack = verdict.broken[0]
-    return {"label": verdict.label, "text": verdict.text, "destroyed": verdict.destroyed,
-            "resisted": list(verdict.resisted), "broken": list(verdict.broken),
-            "break_step": brk_step, "break_attack": brk_attack,
-            "thresholds": dict(verdict.thresholds), "attacks": attacks,
-            "is_reference": is_reference}
+    return {
+        "label": verdict.label,
+        "text": verdict.text,
+        "destroyed": verdict.destroyed,
+        "resisted": list(verdict.resisted),
+        "broken": list(verdict.broken),
+        "break_step": brk_step,
+        "break_attack": brk_attack,
+        "thresholds": dict(verdict.thresholds),
+        "attacks": attacks,
+        "is_reference": is_reference,
+    }
 
 
 def tamper_stage(ctx: RunContext, out: Path) -> StageResult:
@@ -354,15 +410,26 @@ def tamper_stage(ctx: RunContext, out: Path) -> StageResult:
     if filt and Path(str(filt)).resolve() != Path(model).resolve():
         reference["filtered"] = str(filt)
     is_ref = bool(s.get("is_reference", False))
-    res = tamper(model, suite, out=out / "tamper", reference=reference,
-                 world=ctx.config.world or None, device=ctx.config.device,
-                 original=ctx.config.base or None, cache_dir=ctx.root / ".tamper_cache",
-                 quiet=True)
+    res = tamper(
+        model,
+        suite,
+        out=out / "tamper",
+        reference=reference,
+        world=ctx.config.world or None,
+        device=ctx.config.device,
+        original=ctx.config.base or None,
+        cache_dir=ctx.root / ".tamper_cache",
+        quiet=True,
+    )
     return StageResult(
         metrics=read_json(out / "tamper" / "metrics.json"),
-        artifacts={"curves": "tamper/curves.json", "verdict": "tamper/verdict.json",
-                   "tamper": "tamper"},
-        summary={"tamper": verdict_summary(res.verdict, is_reference=is_ref)})
+        artifacts={
+            "curves": "tamper/curves.json",
+            "verdict": "tamper/verdict.json",
+            "tamper": "tamper",
+        },
+        summary={"tamper": verdict_summary(res.verdict, is_reference=is_ref)},
+    )
 
 
 STAGES: dict[str, Stage] = {

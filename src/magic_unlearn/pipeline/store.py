@@ -87,8 +87,9 @@ class RunRecord:
     def artifact(self, key: str) -> Path:
         """Absolute path of an artifact recorded relative to the run folder."""
         if key not in self.artifacts:
-            raise KeyError(f"run {self.run_id} has no artifact {key!r}; "
-                           f"it has {sorted(self.artifacts)}")
+            raise KeyError(
+                f"run {self.run_id} has no artifact {key!r}; it has {sorted(self.artifacts)}"
+            )
         return self.folder / self.artifacts[key]
 
 
@@ -132,12 +133,15 @@ class ResultsStore:
         finally:
             con.close()
         with self._tx() as con:
-            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                        (str(SCHEMA_VERSION),))
+            con.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
             row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path}: store schema version {row[0]}, this version of "
-                                   f"magic-unlearn reads {SCHEMA_VERSION}; use a new --out folder")
+                raise RuntimeError(
+                    f"{self.path}: store schema version {row[0]}, this version of "
+                    f"magic-unlearn reads {SCHEMA_VERSION}; use a new --out folder"
+                )
 
     # -- connection ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -187,9 +191,18 @@ class ResultsStore:
             return row["pid"] != os.getpid() and _pid_alive(int(row["pid"]))
         return (now - (row["heartbeat"] or row["started"] or 0.0)) < self.lease_s
 
-    def claim(self, run_id: str, kind: str, name: str, config_hash: str, folder: str | Path,
-              config: dict[str, Any], pid: int | None = None, host: str | None = None,
-              reclaim: bool = False) -> bool:
+    def claim(
+        self,
+        run_id: str,
+        kind: str,
+        name: str,
+        config_hash: str,
+        folder: str | Path,
+        config: dict[str, Any],
+        pid: int | None = None,
+        host: str | None = None,
+        reclaim: bool = False,
+    ) -> bool:
         """Mark a run ``running`` for this worker unless it is complete or owned by a live worker.
 
         Returns:
@@ -211,20 +224,41 @@ class ResultsStore:
                        folder=excluded.folder, host=excluded.host, pid=excluded.pid,
                        attempts=runs.attempts + 1, started=excluded.started,
                        heartbeat=excluded.heartbeat, error=NULL, finished=NULL""",
-                (run_id, kind, name, config_hash, self._rel(folder), json.dumps(config, default=str),
-                 host or socket.gethostname(), pid if pid is not None else os.getpid(),
-                 now, now, now),
+                (
+                    run_id,
+                    kind,
+                    name,
+                    config_hash,
+                    self._rel(folder),
+                    json.dumps(config, default=str),
+                    host or socket.gethostname(),
+                    pid if pid is not None else os.getpid(),
+                    now,
+                    now,
+                    now,
+                ),
             )
         return True
 
     def heartbeat(self, run_id: str) -> None:
         with self._tx() as con:
-            con.execute("UPDATE runs SET heartbeat=? WHERE run_id=? AND status='running'",
-                        (time.time(), run_id))
+            con.execute(
+                "UPDATE runs SET heartbeat=? WHERE run_id=? AND status='running'",
+                (time.time(), run_id),
+            )
 
-    def complete(self, run_id: str, kind: str, name: str, config_hash: str, folder: str | Path,
-                 config: dict[str, Any], metrics: dict[str, Any],
-                 artifacts: dict[str, str] | None = None, started: float | None = None) -> None:
+    def complete(
+        self,
+        run_id: str,
+        kind: str,
+        name: str,
+        config_hash: str,
+        folder: str | Path,
+        config: dict[str, Any],
+        metrics: dict[str, Any],
+        artifacts: dict[str, str] | None = None,
+        started: float | None = None,
+    ) -> None:
         """Record a finished run. Call only once its folder is in place (renamed atomically)."""
         now = time.time()
         if not Path(folder).is_dir():
@@ -238,10 +272,21 @@ class ResultsStore:
                        config=excluded.config, metrics=excluded.metrics,
                        artifacts=excluded.artifacts, finished=excluded.finished, error=NULL,
                        started=COALESCE(runs.started, excluded.started)""",
-                (run_id, kind, name, config_hash, self._rel(folder),
-                 json.dumps(config, default=str), json.dumps(metrics, default=str),
-                 json.dumps(artifacts or {}, default=str), socket.gethostname(), os.getpid(),
-                 now, started or now, now),
+                (
+                    run_id,
+                    kind,
+                    name,
+                    config_hash,
+                    self._rel(folder),
+                    json.dumps(config, default=str),
+                    json.dumps(metrics, default=str),
+                    json.dumps(artifacts or {}, default=str),
+                    socket.gethostname(),
+                    os.getpid(),
+                    now,
+                    started or now,
+                    now,
+                ),
             )
 
     def fail(self, run_id: str, error: str, only_pid: int | None = None) -> bool:
@@ -259,11 +304,14 @@ class ResultsStore:
                 cur = con.execute(
                     """UPDATE runs SET status='failed', error=?, finished=?
                        WHERE run_id=? AND status='running' AND pid=?""",
-                    (error, time.time(), run_id, only_pid))
+                    (error, time.time(), run_id, only_pid),
+                )
             else:
                 cur = con.execute(
                     """UPDATE runs SET status='failed', error=?, finished=?
-                       WHERE run_id=? AND status!='complete'""", (error, time.time(), run_id))
+                       WHERE run_id=? AND status!='complete'""",
+                    (error, time.time(), run_id),
+                )
             return cur.rowcount > 0
 
     def delete(self, run_id: str) -> None:
@@ -317,11 +365,23 @@ class ResultsStore:
             return None
         metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").exists() else {}
         cur = self.get(man["run_id"])
-        if cur is not None and cur.status == "complete" and cur.folder.resolve() == folder.resolve():
+        if (
+            cur is not None
+            and cur.status == "complete"
+            and cur.folder.resolve() == folder.resolve()
+        ):
             return cur
-        self.complete(man["run_id"], man.get("kind", "run"), man.get("name", folder.name),
-                      man.get("config_hash", ""), folder, man.get("config", {}), metrics,
-                      man.get("artifacts", {}), started=man.get("started"))
+        self.complete(
+            man["run_id"],
+            man.get("kind", "run"),
+            man.get("name", folder.name),
+            man.get("config_hash", ""),
+            folder,
+            man.get("config", {}),
+            metrics,
+            man.get("artifacts", {}),
+            started=man.get("started"),
+        )
         return self.get(man["run_id"])
 
     def reindex(self, runs_dir: str | Path | None = None) -> int:

@@ -102,9 +102,11 @@ def parse_grid(data: Mapping[str, Any], source: str = "<grid>") -> Grid:
         raise ConfigError(f"{source}: top level must be a mapping with 'base:' and 'grid:'")
     unknown = sorted(set(data) - _GRID_KEYS)
     if unknown:
-        raise ConfigError(f"{source}: unknown top-level key(s) {unknown}; valid keys are "
-                          f"{sorted(_GRID_KEYS)} (put run fields under 'base:', axes under "
-                          f"'grid:')")
+        raise ConfigError(
+            f"{source}: unknown top-level key(s) {unknown}; valid keys are "
+            f"{sorted(_GRID_KEYS)} (put run fields under 'base:', axes under "
+            f"'grid:')"
+        )
     base = dict(data.get("base") or {})
     if "kind" in data:
         base.setdefault("kind", data["kind"])
@@ -113,8 +115,10 @@ def parse_grid(data: Mapping[str, Any], source: str = "<grid>") -> Grid:
         raise ConfigError(f"{source}: 'grid' must map dotted keys to lists of values")
     for k, v in axes.items():
         if not isinstance(v, list) or not v:
-            raise ConfigError(f"{source}: grid axis {k!r} must be a non-empty list, got {v!r} "
-                              f"(a single value belongs under 'base:')")
+            raise ConfigError(
+                f"{source}: grid axis {k!r} must be a non-empty list, got {v!r} "
+                f"(a single value belongs under 'base:')"
+            )
     points = data.get("points") or []
     if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
         raise ConfigError(f"{source}: 'points' must be a list of mappings of dotted keys")
@@ -127,8 +131,14 @@ def parse_grid(data: Mapping[str, Any], source: str = "<grid>") -> Grid:
         base = fill_vars(base, variables, source)
         axes = fill_vars(dict(axes), variables, source)
         points = fill_vars(points, variables, source)
-    return Grid(base=base, axes={str(k): list(v) for k, v in axes.items()},
-                points=[dict(p) for p in points], name=name, slurm=dict(slurm), source=source)
+    return Grid(
+        base=base,
+        axes={str(k): list(v) for k, v in axes.items()},
+        points=[dict(p) for p in points],
+        name=name,
+        slurm=dict(slurm),
+        source=source,
+    )
 
 
 def _load_vars(spec: Any, source: str) -> dict[str, str]:
@@ -137,8 +147,10 @@ def _load_vars(spec: Any, source: str) -> dict[str, str]:
     if isinstance(spec, str):
         p = Path(spec)
         if not p.exists():
-            raise ConfigError(f"{source}: vars file {p} does not exist (run `magic-unlearn "
-                              f"demo` first, or give vars as a mapping)")
+            raise ConfigError(
+                f"{source}: vars file {p} does not exist (run `magic-unlearn "
+                f"demo` first, or give vars as a mapping)"
+            )
         spec = yaml.safe_load(p.read_text()) or {}
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{source}: 'vars' must be a mapping or the path of a YAML mapping")
@@ -149,10 +161,12 @@ def fill_vars(obj: Any, variables: Mapping[str, str], source: str = "<grid>") ->
     """Replace ``{name}`` in every string of a nested structure by ``variables[name]``
     (names may contain dots, e.g. ``{scores.magic}``); unknown names raise ConfigError."""
     if isinstance(obj, str):
+
         def sub(m: re.Match[str]) -> str:
             if m.group(1) not in variables:
-                raise ConfigError(f"{source}: unknown placeholder {{{m.group(1)}}}; known: "
-                                  f"{sorted(variables)}")
+                raise ConfigError(
+                    f"{source}: unknown placeholder {{{m.group(1)}}}; known: {sorted(variables)}"
+                )
             return variables[m.group(1)]
 
         return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)\}", sub, obj)
@@ -187,8 +201,10 @@ def _render_name(template: str, cfg: Mapping[str, Any], source: str) -> str:
         try:
             return _fmt_value(get_dotted(cfg, m.group(1)))
         except KeyError:
-            raise ConfigError(f"{source}: name template {template!r} uses {{{m.group(1)}}}, "
-                              f"which this point does not set") from None
+            raise ConfigError(
+                f"{source}: name template {template!r} uses {{{m.group(1)}}}, "
+                f"which this point does not set"
+            ) from None
 
     return re.sub(r"\{([A-Za-z0-9_.]+)\}", sub, template)
 
@@ -208,14 +224,16 @@ def expand(grid: Grid, stages: StageRegistry | None = None) -> list[RunSpec]:
             for k, v in zip(keys, combo, strict=True):
                 set_dotted(cfg, k, v, grid.source)
                 chosen[k] = v
-            where = f"{grid.source}: point {len(specs) + 1}" + (f" (points[{pi}])"
-                                                                if grid.points else "")
+            where = f"{grid.source}: point {len(specs) + 1}" + (
+                f" (points[{pi}])" if grid.points else ""
+            )
             if "name" not in point:
                 if grid.name:
                     cfg["name"] = _render_name(grid.name, cfg, grid.source)
                 elif chosen:
-                    cfg["name"] = "_".join(f"{k.split('.')[-1]}={_fmt_value(v)}"
-                                           for k, v in chosen.items())
+                    cfg["name"] = "_".join(
+                        f"{k.split('.')[-1]}={_fmt_value(v)}" for k, v in chosen.items()
+                    )
             for pf in _PATH_FIELDS:
                 if cfg.get(pf):
                     cfg[pf] = str(Path(cfg[pf]).expanduser().absolute())
@@ -256,9 +274,18 @@ def _submitit_job(spec: RunSpec, root: str, stages: StageRegistry) -> str:
     return execute_run(spec, root, stages, store=None)
 
 
-def _run_local(pending: list[RunSpec], root: Path, stages: StageRegistry, store: ResultsStore,
-               workers: int, retries: int, reclaim: bool, res: SweepResult,
-               log: Callable[[str], None], start_method: str) -> None:
+def _run_local(
+    pending: list[RunSpec],
+    root: Path,
+    stages: StageRegistry,
+    store: ResultsStore,
+    workers: int,
+    retries: int,
+    reclaim: bool,
+    res: SweepResult,
+    log: Callable[[str], None],
+    start_method: str,
+) -> None:
     ctx = mp.get_context(start_method)
     queue = [(s, 0) for s in pending]
     active: dict[int, tuple[Any, RunSpec, int]] = {}
@@ -266,8 +293,11 @@ def _run_local(pending: list[RunSpec], root: Path, stages: StageRegistry, store:
         while queue or active:
             while queue and len(active) < max(1, workers):
                 spec, attempt = queue.pop(0)
-                p = ctx.Process(target=_worker, args=(spec, str(root), stages, reclaim),
-                                name=f"sweep-{spec.name}")
+                p = ctx.Process(
+                    target=_worker,
+                    args=(spec, str(root), stages, reclaim),
+                    name=f"sweep-{spec.name}",
+                )
                 p.start()
                 active[p.sentinel] = (p, spec, attempt)
                 log(f"started {spec.run_id} (pid {p.pid}, attempt {attempt + 1})")
@@ -282,15 +312,21 @@ def _run_local(pending: list[RunSpec], root: Path, stages: StageRegistry, store:
                     log(f"complete {spec.run_id}")
                     continue
                 if rec is not None and rec.status == "running" and rec.pid == p.pid:
-                    store.fail(spec.run_id, f"worker process {p.pid} died "
-                                            f"(exit code {p.exitcode})", only_pid=p.pid)
+                    store.fail(
+                        spec.run_id,
+                        f"worker process {p.pid} died (exit code {p.exitcode})",
+                        only_pid=p.pid,
+                    )
                     rec = store.get(spec.run_id)
                 if p.exitcode == 3 or (rec is not None and rec.status == "running"):
                     res.failed[spec.run_id] = "owned by another live worker"
                     log(f"busy {spec.run_id}: another worker owns it")
                     continue
-                err = (rec.error if rec is not None and rec.error else
-                       f"exit code {p.exitcode}").strip().splitlines()[0]
+                err = (
+                    (rec.error if rec is not None and rec.error else f"exit code {p.exitcode}")
+                    .strip()
+                    .splitlines()[0]
+                )
                 if attempt < retries:
                     log(f"failed {spec.run_id} ({err}); retrying")
                     queue.append((spec, attempt + 1))
@@ -305,14 +341,22 @@ def _run_local(pending: list[RunSpec], root: Path, stages: StageRegistry, store:
         raise
 
 
-def _run_submitit(pending: list[RunSpec], root: Path, stages: StageRegistry,
-                  store: ResultsStore, executor: str, slurm: dict[str, Any], res: SweepResult,
-                  log: Callable[[str], None]) -> None:
+def _run_submitit(
+    pending: list[RunSpec],
+    root: Path,
+    stages: StageRegistry,
+    store: ResultsStore,
+    executor: str,
+    slurm: dict[str, Any],
+    res: SweepResult,
+    log: Callable[[str], None],
+) -> None:
     try:
         import submitit
     except ImportError as e:
-        raise ImportError("the slurm executor needs submitit: pip install 'magic-unlearn[slurm]'"
-                          ) from e
+        raise ImportError(
+            "the slurm executor needs submitit: pip install 'magic-unlearn[slurm]'"
+        ) from e
     folder = root / "submitit" / "%j"
     if executor == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
@@ -324,8 +368,17 @@ def _run_submitit(pending: list[RunSpec], root: Path, stages: StageRegistry,
     jobs = []
     for spec in pending:
         job = ex.submit(_submitit_job, spec, str(root), stages)
-        store.claim(spec.run_id, spec.kind, spec.name, spec.hash, spec.folder(root),
-                    spec.config_dict(), pid=0, host=f"submitit:{job.job_id}", reclaim=True)
+        store.claim(
+            spec.run_id,
+            spec.kind,
+            spec.name,
+            spec.hash,
+            spec.folder(root),
+            spec.config_dict(),
+            pid=0,
+            host=f"submitit:{job.job_id}",
+            reclaim=True,
+        )
         jobs.append((job, spec))
         log(f"submitted {spec.run_id} as job {job.job_id}")
     # the driver keeps the rows of pending jobs alive (workers do not write the store here)
@@ -354,10 +407,17 @@ def _run_submitit(pending: list[RunSpec], root: Path, stages: StageRegistry,
         log(f"complete {spec.run_id}")
 
 
-def run_sweep(grid: Grid | str | Path, out: str | Path, stages: StageRegistry | None = None,
-              workers: int = 1, executor: str = "local", retries: int = 0,
-              reclaim: bool = False, log: Callable[[str], None] | None = print,
-              start_method: str = "spawn") -> SweepResult:
+def run_sweep(
+    grid: Grid | str | Path,
+    out: str | Path,
+    stages: StageRegistry | None = None,
+    workers: int = 1,
+    executor: str = "local",
+    retries: int = 0,
+    reclaim: bool = False,
+    log: Callable[[str], None] | None = print,
+    start_method: str = "spawn",
+) -> SweepResult:
     """Run every point of a grid that is not complete yet.
 
     Args:
@@ -390,13 +450,27 @@ def run_sweep(grid: Grid | str | Path, out: str | Path, stages: StageRegistry | 
     if n:
         say(f"recovered {n} complete run folder(s) into the store")
     specs = expand(grid, stages)
-    atomic_write_json(root / "sweeps" / f"{_grid_id(specs)}.json",
-                      {"source": grid.source, "runs": [s.run_id for s in specs],
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    atomic_write_text(root / "sweeps" / f"{_grid_id(specs)}.yaml",
-                      yaml.safe_dump({"name": grid.name, "base": grid.base, "grid": grid.axes,
-                                      "points": grid.points, "slurm": grid.slurm},
-                                     sort_keys=False))
+    atomic_write_json(
+        root / "sweeps" / f"{_grid_id(specs)}.json",
+        {
+            "source": grid.source,
+            "runs": [s.run_id for s in specs],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
+    atomic_write_text(
+        root / "sweeps" / f"{_grid_id(specs)}.yaml",
+        yaml.safe_dump(
+            {
+                "name": grid.name,
+                "base": grid.base,
+                "grid": grid.axes,
+                "points": grid.points,
+                "slurm": grid.slurm,
+            },
+            sort_keys=False,
+        ),
+    )
     res = SweepResult(out=root)
     pending = []
     for s in specs:
@@ -404,14 +478,15 @@ def run_sweep(grid: Grid | str | Path, out: str | Path, stages: StageRegistry | 
             res.skipped.append(s.run_id)
         else:
             pending.append(s)
-    say(f"sweep {grid.source}: {len(specs)} point(s), {len(res.skipped)} already complete, "
-        f"{len(pending)} to run ({executor}, {workers} worker(s))")
+    say(
+        f"sweep {grid.source}: {len(specs)} point(s), {len(res.skipped)} already complete, "
+        f"{len(pending)} to run ({executor}, {workers} worker(s))"
+    )
     if executor == "inline":
         for spec in pending:
             for attempt in range(retries + 1):
                 try:
-                    status = execute_run(spec, root, stages, store=store, reclaim=reclaim,
-                                         log=say)
+                    status = execute_run(spec, root, stages, store=store, reclaim=reclaim, log=say)
                 except Exception as e:
                     if attempt < retries:
                         say(f"failed {spec.run_id} ({e}); retrying")
@@ -425,12 +500,12 @@ def run_sweep(grid: Grid | str | Path, out: str | Path, stages: StageRegistry | 
                     res.complete.append(spec.run_id)
                 break
     elif executor == "local":
-        _run_local(pending, root, stages, store, workers, retries, reclaim, res, say,
-                   start_method)
+        _run_local(pending, root, stages, store, workers, retries, reclaim, res, say, start_method)
     else:
         _run_submitit(pending, root, stages, store, executor, grid.slurm, res, say)
-    say(f"sweep done: {len(res.complete)} ran, {len(res.skipped)} skipped, "
-        f"{len(res.failed)} failed")
+    say(
+        f"sweep done: {len(res.complete)} ran, {len(res.skipped)} skipped, {len(res.failed)} failed"
+    )
     return res
 
 

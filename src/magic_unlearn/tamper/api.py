@@ -97,29 +97,44 @@ class AttackContext:
                 raise TypeError("world.corpus() returned token rows; expected documents")
             return list(docs)
         p = Path(name)
-        if p.exists() or name.startswith("hf:") or (":" in name and Path(name.rsplit(":", 1)[0]).is_dir()):
+        if (
+            p.exists()
+            or name.startswith("hf:")
+            or (":" in name and Path(name.rsplit(":", 1)[0]).is_dir())
+        ):
             return load_corpus(name)
         raise ValueError(
             f"attack '{attack_name}': cannot resolve corpus {name!r}: pass a world (--world DIR) "
             f"for world corpora {list(WORLD_CORPORA)}, or map it to a file with "
-            f"--set sources.{name}=PATH.jsonl (or name a JSONL/Parquet file directly)")
+            f"--set sources.{name}=PATH.jsonl (or name a JSONL/Parquet file directly)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # running a suite
 
 
-def run_attack(model: nn.Module, name: str, attack: AttackConfig, ctx: AttackContext, *,
-               original: nn.Module | None = None,
-               initial: dict[str, float] | None = None) -> dict[str, Any]:
+def run_attack(
+    model: nn.Module,
+    name: str,
+    attack: AttackConfig,
+    ctx: AttackContext,
+    *,
+    original: nn.Module | None = None,
+    initial: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """Run one attack on ``model`` (left unchanged) and return its curve entry.
 
     The entry holds ``kind``, ``x_label``, ``config``, ``points`` (the worst case over the
     learning-rate sweep), ``lr``, ``sweep`` (lr -> points when several), ``wall_s``, ``eval_s``;
     or ``skipped`` with a reason.
     """
-    entry: dict[str, Any] = {"kind": attack.kind, "x_label": "step", "config": to_dict(attack),
-                             "in_verdict": attack.in_verdict}
+    entry: dict[str, Any] = {
+        "kind": attack.kind,
+        "x_label": "step",
+        "config": to_dict(attack),
+        "in_verdict": attack.in_verdict,
+    }
     eval0 = ctx.scorer.seconds  # type: ignore[attr-defined]
     t0 = time.perf_counter()
     if attack.kind == "finetune":
@@ -128,9 +143,16 @@ def run_attack(model: nn.Module, name: str, attack: AttackConfig, ctx: AttackCon
             corpora["pre_data"] = ctx.corpus(attack.pre_data, attack, name)
         runs: dict[float, list[dict[str, Any]]] = {}
         for lr in attack.learning_rates():
-            pts, _info = finetune_attack(model, attack, corpora, ctx.scorer, lr,
-                                         device=ctx.device, initial=initial,
-                                         progress=ctx.progress)
+            pts, _info = finetune_attack(
+                model,
+                attack,
+                corpora,
+                ctx.scorer,
+                lr,
+                device=ctx.device,
+                initial=initial,
+                progress=ctx.progress,
+            )
             runs[lr] = pts
         lr = worst_case(runs)
         entry.update(points=runs[lr], lr=lr, n_examples=len(corpora["data"]))
@@ -138,8 +160,10 @@ def run_attack(model: nn.Module, name: str, attack: AttackConfig, ctx: AttackCon
             entry["sweep"] = {repr(k): v for k, v in runs.items()}
     elif attack.kind == "ablate":
         if original is None:
-            entry["skipped"] = ("ablate needs the original (base) model's weights: pass "
-                                "reference={'base': MODEL} or original=MODEL")
+            entry["skipped"] = (
+                "ablate needs the original (base) model's weights: pass "
+                "reference={'base': MODEL} or original=MODEL"
+            )
             return entry
         if ctx.prompts is None:
             entry["skipped"] = "ablate needs hazard question prompts (none in the eval tasks)"
@@ -152,10 +176,14 @@ def run_attack(model: nn.Module, name: str, attack: AttackConfig, ctx: AttackCon
             from magic_unlearn.unlearn.losses import train_tuned_lens
 
             # fit on a copy so the probed model's parameters keep requires_grad untouched
-            lens, losses = train_tuned_lens(copy.deepcopy(model),
-                                            ctx.corpus(attack.data, attack, name),
-                                            steps=attack.steps, lr=attack.lr,
-                                            batch_size=attack.batch_size, seed=attack.seed)
+            lens, losses = train_tuned_lens(
+                copy.deepcopy(model),
+                ctx.corpus(attack.data, attack, name),
+                steps=attack.steps,
+                lr=attack.lr,
+                batch_size=attack.batch_size,
+                seed=attack.seed,
+            )
             entry.update(lens="tuned", lens_final_kl=losses[-1] if losses else None)
         pts, _info = probe_attack(model, ctx.scorer, lens)
         entry.update(points=pts, x_label="layer")
@@ -165,10 +193,17 @@ def run_attack(model: nn.Module, name: str, attack: AttackConfig, ctx: AttackCon
     return entry
 
 
-def run_suite(model: nn.Module, suite: SuiteConfig, ctx: AttackContext, *,
-              original: nn.Module | None = None, cache: Path | None = None,
-              model_key: str | None = None, original_key: str | None = None,
-              label: str = "model") -> dict[str, dict[str, Any]]:
+def run_suite(
+    model: nn.Module,
+    suite: SuiteConfig,
+    ctx: AttackContext,
+    *,
+    original: nn.Module | None = None,
+    cache: Path | None = None,
+    model_key: str | None = None,
+    original_key: str | None = None,
+    label: str = "model",
+) -> dict[str, dict[str, Any]]:
     """Run every selected attack of ``suite``; with ``cache`` (+``model_key``) reuse/stores
     each attack's entry in ``cache/<model_key>/<attack>-<hash>.json``."""
     out: dict[str, dict[str, Any]] = {}
@@ -176,10 +211,15 @@ def run_suite(model: nn.Module, suite: SuiteConfig, ctx: AttackContext, *,
     for name, attack in suite.selected().items():
         path = None
         if cache is not None and model_key is not None:
-            key = config_hash({"attack": to_dict(attack), "eval": ctx.eval_key,
-                               "data": _data_key(ctx, attack, name),
-                               "original": original_key if attack.kind == "ablate" else None,
-                               "version": CURVES_VERSION})
+            key = config_hash(
+                {
+                    "attack": to_dict(attack),
+                    "eval": ctx.eval_key,
+                    "data": _data_key(ctx, attack, name),
+                    "original": original_key if attack.kind == "ablate" else None,
+                    "version": CURVES_VERSION,
+                }
+            )
             path = Path(cache) / model_key / f"{name}-{key}.json"
             if path.exists():
                 out[name] = read_json(path)
@@ -217,8 +257,11 @@ def model_hash(model: str | Path | nn.Module) -> str:
     p = Path(model)
     if not p.is_dir():
         return bytes_hash(str(model).encode())  # a hub id: its name is the best key we have
-    files = sorted(f for f in p.iterdir() if f.is_file() and (
-        f.name == "config.json" or f.suffix in (".safetensors", ".bin")))
+    files = sorted(
+        f
+        for f in p.iterdir()
+        if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    )
     if not files:
         raise FileNotFoundError(f"{p}: no config.json / weight files; not a model folder")
     return bytes_hash("".join(f"{f.name}:{file_hash(f)};" for f in files).encode())
@@ -257,8 +300,9 @@ def _load_curves(ref: Any) -> dict[str, Any]:
     p = Path(ref)
     doc = read_json(p if p.suffix == ".json" else p / "curves.json")
     if "attacks" not in doc:
-        raise ValueError(f"{p}: not a tamper curves file (no 'attacks'); produce it with "
-                         f"`magic-unlearn tamper`")
+        raise ValueError(
+            f"{p}: not a tamper curves file (no 'attacks'); produce it with `magic-unlearn tamper`"
+        )
     return doc
 
 
@@ -302,9 +346,15 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
         if b:
             base_acc = b[-1]["hazard_acc"] if probe else b[0]["hazard_acc"]
         summaries[name] = summarize_attack(
-            name, e["points"], suite.verdict, base_acc=base_acc, filtered_points=f,
-            chance=chance, x_label=e.get("x_label", "step"),
-            in_verdict=bool(e.get("in_verdict", True)))
+            name,
+            e["points"],
+            suite.verdict,
+            base_acc=base_acc,
+            filtered_points=f,
+            chance=chance,
+            x_label=e.get("x_label", "step"),
+            in_verdict=bool(e.get("in_verdict", True)),
+        )
         if general0 is None and not probe:
             general0 = e["points"][0].get("general_acc")
     ref_general = None
@@ -315,8 +365,13 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
                 break
         if ref_general is not None:
             break
-    return decide(summaries, suite.verdict, general_acc=general0,
-                  reference_general_acc=ref_general, chance=chance)
+    return decide(
+        summaries,
+        suite.verdict,
+        general_acc=general0,
+        reference_general_acc=ref_general,
+        chance=chance,
+    )
 
 
 def tamper(
@@ -372,8 +427,9 @@ def tamper(
     wobj = _load_world(world)
     if tokenizer is None:
         tokenizer = _tokenizer_for(model, wobj)
-    ctx = build_context(suite_cfg, tokenizer, world=wobj, device=device, scorer=scorer,
-                        progress=progress)
+    ctx = build_context(
+        suite_cfg, tokenizer, world=wobj, device=device, scorer=scorer, progress=progress
+    )
     reference = dict(reference or {})
     unknown = sorted(set(reference) - {"base", "filtered"})
     if unknown:
@@ -383,8 +439,11 @@ def tamper(
     cache = Path(cache_dir) if cache_dir is not None else None  # None: no caching
 
     base_model = None
-    orig_src = original if original is not None else (
-        reference.get("base") if not _is_curves(reference.get("base")) else None)
+    orig_src = (
+        original
+        if original is not None
+        else (reference.get("base") if not _is_curves(reference.get("base")) else None)
+    )
     if orig_src is not None:
         base_model = _as_model(orig_src, device)
     hashes: dict[int, str] = {}
@@ -407,17 +466,29 @@ def tamper(
             mine = {k: v for k, v in to_dict(suite_cfg.eval).items() if k != "batch_size"}
             theirs = {k: v for k, v in (doc.get("eval") or {}).items() if k != "batch_size"}
             if doc.get("eval") is not None and theirs != mine:
-                warnings.append(f"precomputed {role} curves were measured with other eval "
-                                f"settings ({theirs}) than this run ({mine}); the "
-                                f"comparison may be unfair")
+                warnings.append(
+                    f"precomputed {role} curves were measured with other eval "
+                    f"settings ({theirs}) than this run ({mine}); the "
+                    f"comparison may be unfair"
+                )
                 print(f"[tamper] warning: {warnings[-1]}", flush=True)
             ref_curves[role] = doc["attacks"]
             continue
-        rmodel = (base_model if base_model is not None and _same_model(ref, orig_src)
-                  else _as_model(ref, device))
-        ref_curves[role] = run_suite(rmodel, suite_cfg, ctx, original=base_model, cache=cache,
-                                     model_key=f"{role}-{mhash(ref)}", original_key=orig_key,
-                                     label=role)
+        rmodel = (
+            base_model
+            if base_model is not None and _same_model(ref, orig_src)
+            else _as_model(ref, device)
+        )
+        ref_curves[role] = run_suite(
+            rmodel,
+            suite_cfg,
+            ctx,
+            original=base_model,
+            cache=cache,
+            model_key=f"{role}-{mhash(ref)}",
+            original_key=orig_key,
+            label=role,
+        )
     m = _as_model(model, device)
     attacks = run_suite(m, suite_cfg, ctx, original=base_model, label="model")
     curves = {
@@ -436,13 +507,20 @@ def tamper(
     if not quiet:
         print(result.table(), flush=True)
     if out is not None:
-        result.out = write_outputs(out, result, suite_cfg, wall_s=time.time() - t0,
-                                   overwrite=overwrite)
+        result.out = write_outputs(
+            out, result, suite_cfg, wall_s=time.time() - t0, overwrite=overwrite
+        )
     return result
 
 
-def write_outputs(out: str | Path, result: TamperResult, suite: SuiteConfig, *,
-                  wall_s: float | None = None, overwrite: bool = False) -> Path:
+def write_outputs(
+    out: str | Path,
+    result: TamperResult,
+    suite: SuiteConfig,
+    *,
+    wall_s: float | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write the tamper artifact folder atomically."""
     from magic_unlearn.io import write_manifest
 
@@ -462,28 +540,53 @@ def write_outputs(out: str | Path, result: TamperResult, suite: SuiteConfig, *,
             sm = result.verdict.attacks.get(name)
             title = None
             if sm is not None:
-                ref = ("" if sm.reference_max is None else
-                       f" vs {sm.reference} {100 * sm.reference_max:.1f}%")
-                title = (f"attack: {name} ({e.get('kind')}): max hazard "
-                         f"{100 * sm.max_hazard_acc:.1f}%{ref} -> {sm.status}")
-            plot_recovery(tmp / "plots" / f"{name}.png", name, lines,
-                          x_label=e.get("x_label", "step"), chance=curves.get("chance"),
-                          title=title)
+                ref = (
+                    ""
+                    if sm.reference_max is None
+                    else f" vs {sm.reference} {100 * sm.reference_max:.1f}%"
+                )
+                title = (
+                    f"attack: {name} ({e.get('kind')}): max hazard "
+                    f"{100 * sm.max_hazard_acc:.1f}%{ref} -> {sm.status}"
+                )
+            plot_recovery(
+                tmp / "plots" / f"{name}.png",
+                name,
+                lines,
+                x_label=e.get("x_label", "step"),
+                chance=curves.get("chance"),
+                title=title,
+            )
         # ablate/probe are all evaluation; the overhead that matters is in fine-tuning attacks
         ft = [e for e in curves["attacks"].values() if e.get("kind") == "finetune"]
         wall = sum(e.get("wall_s", 0.0) for e in ft)
         ev = sum(e.get("eval_s", 0.0) for e in ft)
-        atomic_write_json(tmp / "metrics.json", {
-            "verdict": result.verdict.label, "verdict_text": result.verdict.text,
-            "attacks": {k: {"max_hazard_acc": s.max_hazard_acc, "auc": s.auc,
-                            "steps_to_recover": s.steps_to_recover, "status": s.status}
-                        for k, s in result.verdict.attacks.items()},
-            "finetune_wall_s": wall, "finetune_eval_s": ev,
-            "finetune_eval_fraction": (ev / wall) if wall else None, "total_wall_s": wall_s,
-        })
-        write_manifest(tmp, "tamper", inputs={"model": curves["model"],
-                                              "model_hash": curves["model_hash"]},
-                       extra={"suite": suite.name})
+        atomic_write_json(
+            tmp / "metrics.json",
+            {
+                "verdict": result.verdict.label,
+                "verdict_text": result.verdict.text,
+                "attacks": {
+                    k: {
+                        "max_hazard_acc": s.max_hazard_acc,
+                        "auc": s.auc,
+                        "steps_to_recover": s.steps_to_recover,
+                        "status": s.status,
+                    }
+                    for k, s in result.verdict.attacks.items()
+                },
+                "finetune_wall_s": wall,
+                "finetune_eval_s": ev,
+                "finetune_eval_fraction": (ev / wall) if wall else None,
+                "total_wall_s": wall_s,
+            },
+        )
+        write_manifest(
+            tmp,
+            "tamper",
+            inputs={"model": curves["model"], "model_hash": curves["model_hash"]},
+            extra={"suite": suite.name},
+        )
     return Path(out)
 
 

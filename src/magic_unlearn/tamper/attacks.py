@@ -54,12 +54,22 @@ def loop_config(attack: AttackConfig, lr: float, steps: int, device: str) -> Any
     from magic_unlearn.unlearn.loop import LoopConfig, LoraSettings
 
     return LoopConfig(
-        steps=steps, lr=lr, optimizer=attack.optimizer, weight_decay=attack.weight_decay,
-        schedule=attack.schedule, warmup_steps=attack.warmup_steps,
-        batch_size=attack.batch_size, grad_accum=attack.grad_accum,
-        max_grad_norm=attack.max_grad_norm, precision=attack.precision, seed=attack.seed,
+        steps=steps,
+        lr=lr,
+        optimizer=attack.optimizer,
+        weight_decay=attack.weight_decay,
+        schedule=attack.schedule,
+        warmup_steps=attack.warmup_steps,
+        batch_size=attack.batch_size,
+        grad_accum=attack.grad_accum,
+        max_grad_norm=attack.max_grad_norm,
+        precision=attack.precision,
+        seed=attack.seed,
         lora=(LoraSettings(r=attack.lora_r, alpha=attack.lora_alpha) if attack.lora else None),
-        eval_every=attack.eval_every, log_every=1, device=device, distributed="none",
+        eval_every=attack.eval_every,
+        log_every=1,
+        device=device,
+        distributed="none",
     )
 
 
@@ -69,10 +79,17 @@ def _sft_method() -> Any:
     return get_method("sft")
 
 
-def finetune_attack(model: nn.Module, attack: AttackConfig, corpora: dict[str, TokenizedCorpus],
-                    scorer: Scorer, lr: float, *, device: str = "auto",
-                    initial: dict[str, float] | None = None,
-                    progress: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def finetune_attack(
+    model: nn.Module,
+    attack: AttackConfig,
+    corpora: dict[str, TokenizedCorpus],
+    scorer: Scorer,
+    lr: float,
+    *,
+    device: str = "auto",
+    initial: dict[str, float] | None = None,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Fine-tune a copy of ``model`` per ``attack`` and return its recovery curve.
 
     Args:
@@ -96,8 +113,9 @@ def finetune_attack(model: nn.Module, attack: AttackConfig, corpora: dict[str, T
     t0 = time.perf_counter()
     timed = scorer if isinstance(scorer, TimedScorer) else TimedScorer(scorer)
     eval_s0 = timed.seconds
-    points: list[dict[str, Any]] = [{"step": 0, **(initial if initial is not None
-                                                   else timed(model))}]
+    points: list[dict[str, Any]] = [
+        {"step": 0, **(initial if initial is not None else timed(model))}
+    ]
     phases = []
     if attack.pre_data and attack.pre_steps > 0:
         phases.append(("pre_data", attack.pre_steps))
@@ -116,8 +134,9 @@ def finetune_attack(model: nn.Module, attack: AttackConfig, corpora: dict[str, T
                 return timed(m)
 
             # sft trains on every corpus it is given: the one of this phase
-            res = train_loop(work, method, {key: corpora[key]}, cfg,
-                             eval_fn=eval_fn, progress=progress)
+            res = train_loop(
+                work, method, {key: corpora[key]}, cfg, eval_fn=eval_fn, progress=progress
+            )
             work = res.model
             for e in res.evals:
                 e = dict(e)
@@ -132,8 +151,12 @@ def finetune_attack(model: nn.Module, attack: AttackConfig, corpora: dict[str, T
     for p in points:
         if p["step"] in loss_at and loss_at[p["step"]] is not None:
             p["train_loss"] = float(loss_at[p["step"]])
-    info = {"wall_s": time.perf_counter() - t0, "eval_s": timed.seconds - eval_s0,
-            "lr": lr, "history": history}
+    info = {
+        "wall_s": time.perf_counter() - t0,
+        "eval_s": timed.seconds - eval_s0,
+        "lr": lr,
+        "history": history,
+    }
     return points, info
 
 
@@ -152,8 +175,9 @@ def worst_case(runs: dict[float, list[dict[str, Any]]]) -> float:
 
 
 @torch.no_grad()
-def mean_layer_activations(model: nn.Module, input_ids: torch.Tensor,
-                           attention_mask: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+def mean_layer_activations(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 32
+) -> torch.Tensor:
     """Mean output hidden state of every decoder layer over all real tokens.
 
     Returns:
@@ -172,6 +196,7 @@ def mean_layer_activations(model: nn.Module, input_ids: torch.Tensor,
             m = cur_mask["m"].to(h.dtype)[..., None]  # (B, T, 1)
             s = (h * m).sum(dim=(0, 1)).double()  # (D,)
             sums[i] = s if sums[i] is None else sums[i] + s
+
         return hook
 
     for i, b in enumerate(blocks):
@@ -180,8 +205,8 @@ def mean_layer_activations(model: nn.Module, input_ids: torch.Tensor,
     model.eval()
     try:
         for s in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[s:s + batch_size].to(dev)
-            am = attention_mask[s:s + batch_size].to(dev)
+            ids = input_ids[s : s + batch_size].to(dev)
+            am = attention_mask[s : s + batch_size].to(dev)
             cur_mask["m"] = am
             model(input_ids=ids, attention_mask=am)
             count += float(am.sum())
@@ -194,15 +219,22 @@ def mean_layer_activations(model: nn.Module, input_ids: torch.Tensor,
     return torch.stack([s / count for s in sums])  # type: ignore[misc]
 
 
-def ablation_directions(unlearned: nn.Module, original: nn.Module, input_ids: torch.Tensor,
-                        attention_mask: torch.Tensor, batch_size: int = 32,
-                        eps: float = 1e-8) -> list[torch.Tensor | None]:
+def ablation_directions(
+    unlearned: nn.Module,
+    original: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    batch_size: int = 32,
+    eps: float = 1e-8,
+) -> list[torch.Tensor | None]:
     """Per-layer unit direction of mean(unlearned) - mean(original); None where it is ~0."""
     mu_u = mean_layer_activations(unlearned, input_ids, attention_mask, batch_size)
     mu_o = mean_layer_activations(original, input_ids, attention_mask, batch_size)
     if mu_u.shape != mu_o.shape:
-        raise ValueError(f"ablate: unlearned and original models differ in shape "
-                         f"({tuple(mu_u.shape)} vs {tuple(mu_o.shape)} layers x width)")
+        raise ValueError(
+            f"ablate: unlearned and original models differ in shape "
+            f"({tuple(mu_u.shape)} vs {tuple(mu_o.shape)} layers x width)"
+        )
     out: list[torch.Tensor | None] = []
     for d in mu_u - mu_o:
         n = float(d.norm())
@@ -246,18 +278,26 @@ class DirectionAblation:
         self._handles.clear()
 
 
-def ablate_attack(model: nn.Module, original: nn.Module, scorer: Scorer,
-                  input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                  initial: dict[str, float] | None = None,
-                  batch_size: int = 32) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def ablate_attack(
+    model: nn.Module,
+    original: nn.Module,
+    scorer: Scorer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    initial: dict[str, float] | None = None,
+    batch_size: int = 32,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score ``model`` before (step 0) and after (step 1) direction ablation."""
     t0 = time.perf_counter()
     dirs = ablation_directions(model, original, input_ids, attention_mask, batch_size)
     p0 = {"step": 0, **(initial if initial is not None else scorer(model))}
     with DirectionAblation(model, dirs):
         p1 = {"step": 1, **scorer(model)}
-    info = {"wall_s": time.perf_counter() - t0,
-            "ablated_layers": [i for i, d in enumerate(dirs) if d is not None]}
+    info = {
+        "wall_s": time.perf_counter() - t0,
+        "ablated_layers": [i for i, d in enumerate(dirs) if d is not None],
+    }
     return [p0, p1], info
 
 
@@ -298,9 +338,14 @@ class LensModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None,
-                logits_to_keep: int | torch.Tensor = 0, **kw: Any) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kw: Any,
+    ) -> Any:
         store: dict[str, torch.Tensor] = {}
 
         def grab(_m: nn.Module, _inp: Any, out: Any) -> None:
@@ -324,8 +369,9 @@ class LensModel(nn.Module):
         return SimpleNamespace(logits=logits)
 
 
-def probe_attack(model: nn.Module, scorer: Scorer, lens: nn.Module | None = None
-                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def probe_attack(
+    model: nn.Module, scorer: Scorer, lens: nn.Module | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Hazard/general accuracy decoded from every layer; x = layer index.
 
     With ``lens`` (a tuned lens of this model) the points hold the tuned-lens numbers and the

@@ -91,7 +91,9 @@ class AttackConfig:
             raise ValueError("eval_every must be >= 0 (0: only first and last step)")
         if self.lrs is not None:
             if not isinstance(self.lrs, list) or not self.lrs:
-                raise ValueError("lrs must be a non-empty list of learning rates, e.g. [1e-5, 1e-4]")
+                raise ValueError(
+                    "lrs must be a non-empty list of learning rates, e.g. [1e-5, 1e-4]"
+                )
             self.lrs = [float(x) for x in self.lrs]
         if self.pre_steps > 0 and not self.pre_data:
             raise ValueError("pre_steps > 0 needs pre_data (the corpus of the first phase)")
@@ -186,8 +188,10 @@ class SuiteConfig:
                 f"suite {self.name!r}: 'attacks' must be a mapping name -> attack settings"
             )
         if not isinstance(self.all_attacks, dict):
-            raise ConfigError(f"suite {self.name!r}: 'all_attacks' must be a mapping of attack "
-                              f"fields, e.g. {{eval_every: 10}}")
+            raise ConfigError(
+                f"suite {self.name!r}: 'all_attacks' must be a mapping of attack "
+                f"fields, e.g. {{eval_every: 10}}"
+            )
         conv: dict[str, AttackConfig] = {}
         for k, v in self.attacks.items():
             if isinstance(v, AttackConfig):
@@ -196,14 +200,17 @@ class SuiteConfig:
                 v = {**v, **self.all_attacks}
                 conv[str(k)] = from_dict(AttackConfig, v, source=f"suite {self.name}: attacks.{k}")
             else:
-                raise ConfigError(f"suite {self.name!r}: attacks.{k} must be a mapping of "
-                                  f"attack settings, got {type(v).__name__}")
+                raise ConfigError(
+                    f"suite {self.name!r}: attacks.{k} must be a mapping of "
+                    f"attack settings, got {type(v).__name__}"
+                )
         self.attacks = conv
         if self.only is not None:
             missing = [a for a in self.only if a not in self.attacks]
             if missing:
-                raise ConfigError(f"suite {self.name!r}: only={missing} not among attacks "
-                                  f"{sorted(self.attacks)}")
+                raise ConfigError(
+                    f"suite {self.name!r}: only={missing} not among attacks {sorted(self.attacks)}"
+                )
 
     def selected(self) -> dict[str, AttackConfig]:
         """The attacks to run, in order."""
@@ -219,8 +226,11 @@ class SuiteConfig:
 # within 15 steps of `standard`, while the filtered model stays under ~45%: recovery is obvious
 # and a run costs ~2-3 s on one CPU core.
 _WORLD_FT = dict(steps=20, batch_size=8, eval_every=5, max_length=64, schedule="constant", lr=1e-3)
-def _longer(attacks: dict[str, dict[str, Any]], factor: int, eval_every: int
-            ) -> dict[str, dict[str, Any]]:
+
+
+def _longer(
+    attacks: dict[str, dict[str, Any]], factor: int, eval_every: int
+) -> dict[str, dict[str, Any]]:
     """The same attacks with ``factor`` times the fine-tuning steps, evaluated every ``eval_every``.
 
     Only fine-tuning attacks (those with an evaluation interval) change; ablate and probe do not.
@@ -244,8 +254,9 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
             "relearn": dict(_WORLD_FT, data="attack_relearn"),
             "transfer": dict(_WORLD_FT, data="attack_transfer"),
             "benign": dict(_WORLD_FT, data="attack_benign"),
-            "retain_then_forget": dict(_WORLD_FT, pre_data="attack_benign", pre_steps=8,
-                                       data="forget", steps=12),
+            "retain_then_forget": dict(
+                _WORLD_FT, pre_data="attack_benign", pre_steps=8, data="forget", steps=12
+            ),
             "ablate": dict(kind="ablate"),
             # data/steps/lr only matter with tuned_lens: true (the lens is fit on benign text)
             "probe": dict(kind="probe", data="retain", steps=100, lr=1e-3),
@@ -256,21 +267,57 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
     "real": {
         "name": "real",
         "attacks": {
-            "standard": dict(data="forget", max_examples=512, steps=320, batch_size=16,
-                             lr=2e-5, eval_every=32, max_length=512, schedule="constant",
-                             warmup_steps=0),
-            "lora": dict(data="forget", max_examples=512, steps=320, batch_size=16, lr=2e-4,
-                         lora=True, eval_every=32, max_length=512),
-            "benign": dict(data="benign", max_examples=512, steps=320, batch_size=16, lr=2e-5,
-                           eval_every=32, max_length=512),
-            "retain_then_forget": dict(pre_data="benign", pre_steps=160, data="forget",
-                                       max_examples=512, steps=160, batch_size=16, lr=2e-5,
-                                       eval_every=32, max_length=512),
+            "standard": dict(
+                data="forget",
+                max_examples=512,
+                steps=320,
+                batch_size=16,
+                lr=2e-5,
+                eval_every=32,
+                max_length=512,
+                schedule="constant",
+                warmup_steps=0,
+            ),
+            "lora": dict(
+                data="forget",
+                max_examples=512,
+                steps=320,
+                batch_size=16,
+                lr=2e-4,
+                lora=True,
+                eval_every=32,
+                max_length=512,
+            ),
+            "benign": dict(
+                data="benign",
+                max_examples=512,
+                steps=320,
+                batch_size=16,
+                lr=2e-5,
+                eval_every=32,
+                max_length=512,
+            ),
+            "retain_then_forget": dict(
+                pre_data="benign",
+                pre_steps=160,
+                data="forget",
+                max_examples=512,
+                steps=160,
+                batch_size=16,
+                lr=2e-5,
+                eval_every=32,
+                max_length=512,
+            ),
             "ablate": dict(kind="ablate"),
             "probe": dict(kind="probe", data="benign", steps=200, lr=1e-3, max_length=512),
         },
-        "eval": {"hazard_task": "wmdp_bio", "general_task": "mmlu", "fmt": "letter",
-                 "limit": 500, "batch_size": 16},
+        "eval": {
+            "hazard_task": "wmdp_bio",
+            "general_task": "mmlu",
+            "fmt": "letter",
+            "limit": 500,
+            "batch_size": 16,
+        },
     },
 }
 # GPU worlds (small/medium presets): the same attacks run 5x longer (many epochs, as in the
@@ -278,21 +325,24 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
 # one or two small training steps, so this interval keeps evaluation under 10% of attack time
 # (benchmarks/bench_tamper.py; docs/benchmarks.md).
 BUILTIN_SUITES["world_gpu"] = {
-    **BUILTIN_SUITES["world"], "name": "world_gpu",
+    **BUILTIN_SUITES["world"],
+    "name": "world_gpu",
     "attacks": _longer(BUILTIN_SUITES["world"]["attacks"], factor=5, eval_every=20),
 }
 
 
-
 def _builtin(name: str, source: str) -> dict[str, Any]:
     if name not in BUILTIN_SUITES:
-        raise ConfigError(f"{source}: unknown suite {name!r}; built-in suites are "
-                          f"{sorted(BUILTIN_SUITES)} (or pass a YAML file)")
+        raise ConfigError(
+            f"{source}: unknown suite {name!r}; built-in suites are "
+            f"{sorted(BUILTIN_SUITES)} (or pass a YAML file)"
+        )
     return copy.deepcopy(BUILTIN_SUITES[name])
 
 
-def suite_dict(spec: str | Path, config: str | Path | None = None,
-               overrides: list[str] | None = None) -> dict[str, Any]:
+def suite_dict(
+    spec: str | Path, config: str | Path | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Resolve a suite spec (+ YAML + overrides) to a plain dict (see :func:`load_suite`)."""
     spec_s = str(spec)
     only: list[str] | None = None
@@ -319,8 +369,11 @@ def suite_dict(spec: str | Path, config: str | Path | None = None,
     return data
 
 
-def load_suite(spec: str | Path | SuiteConfig = "world", config: str | Path | None = None,
-               overrides: list[str] | None = None) -> SuiteConfig:
+def load_suite(
+    spec: str | Path | SuiteConfig = "world",
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> SuiteConfig:
     """Build a :class:`SuiteConfig`.
 
     Args:

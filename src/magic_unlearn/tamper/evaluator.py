@@ -39,8 +39,9 @@ def load_tasks(ev: TamperEvalConfig, world: Any = None) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
-def make_scorer(tokenizer: Any, hazard: Any, general: Any, fmt: str,
-                batch_size: int = 64, packed: bool = True) -> Scorer:
+def make_scorer(
+    tokenizer: Any, hazard: Any, general: Any, fmt: str, batch_size: int = 64, packed: bool = True
+) -> Scorer:
     """``model -> {hazard_acc, hazard_acc_norm, hazard_loss, general_acc, ...}``.
 
     Cloze questions are scored with :mod:`.fastscore` (packed rows, same numbers as
@@ -92,9 +93,15 @@ def prompt_rows(tokenizer: Any, task: Any, fmt: str) -> tuple[torch.Tensor, torc
     return ids, am
 
 
-def build_context(suite: SuiteConfig, tokenizer: Any, *, world: Any = None,
-                  device: str = "auto", scorer: Scorer | None = None,
-                  progress: bool = False) -> AttackContext:
+def build_context(
+    suite: SuiteConfig,
+    tokenizer: Any,
+    *,
+    world: Any = None,
+    device: str = "auto",
+    scorer: Scorer | None = None,
+    progress: bool = False,
+) -> AttackContext:
     """The :class:`AttackContext` of a run: tasks, scorer, ablation prompts, corpora sources.
 
     With a custom ``scorer`` the tasks are still loaded when possible (for chance level and the
@@ -109,8 +116,9 @@ def build_context(suite: SuiteConfig, tokenizer: Any, *, world: Any = None,
             raise
     if scorer is None:
         scorer = make_scorer(tokenizer, hazard, general, ev.fmt, ev.batch_size)
-        qkey = bytes_hash(json.dumps([hazard.questions, general.questions], sort_keys=True,
-                                     default=str).encode())
+        qkey = bytes_hash(
+            json.dumps([hazard.questions, general.questions], sort_keys=True, default=str).encode()
+        )
     else:
         qkey = f"custom:{getattr(scorer, '__qualname__', type(scorer).__name__)}"
     chance = None
@@ -120,8 +128,17 @@ def build_context(suite: SuiteConfig, tokenizer: Any, *, world: Any = None,
         prompts = prompt_rows(tokenizer, hazard, ev.fmt)
     # the batch size changes speed, not results: keep it out of the cache key
     ev_d = {k: v for k, v in to_dict(ev).items() if k != "batch_size"}
-    eval_key = config_hash({"eval": ev_d, "questions": qkey,
-                            "tokenizer": [type(tokenizer).__name__, len(tokenizer)]})
-    return AttackContext(scorer=scorer, tokenizer=tokenizer, eval_key=eval_key, chance=chance,
-                         prompts=prompts, world=world, sources=dict(suite.sources),
-                         device=device, progress=progress)
+    eval_key = config_hash(
+        {"eval": ev_d, "questions": qkey, "tokenizer": [type(tokenizer).__name__, len(tokenizer)]}
+    )
+    return AttackContext(
+        scorer=scorer,
+        tokenizer=tokenizer,
+        eval_key=eval_key,
+        chance=chance,
+        prompts=prompts,
+        world=world,
+        sources=dict(suite.sources),
+        device=device,
+        progress=progress,
+    )

@@ -43,8 +43,9 @@ class PackedRows:
     char_lens: np.ndarray
 
 
-def pack_task(tokenizer: Any, task: Any, fmt: str = "cloze",
-              max_len: int | None = None) -> PackedRows | None:
+def pack_task(
+    tokenizer: Any, task: Any, fmt: str = "cloze", max_len: int | None = None
+) -> PackedRows | None:
     """Pack a task's requests; None if a row would exceed ``max_len`` (left truncation would
     differ from the unpacked rows, so the caller falls back to ``evaluate``)."""
     from magic_unlearn.evaluation.prompts import build_requests, doc_to_choices, encode_requests
@@ -70,8 +71,7 @@ def pack_task(tokenizer: Any, task: Any, fmt: str = "cloze",
         seg.append(s)
         targets.append(tg)
     answers = np.array([q["answer"] for q in task.questions])
-    char_lens = np.array([[float(len(c)) for c in doc_to_choices(q, fmt)]
-                          for q in task.questions])
+    char_lens = np.array([[float(len(c)) for c in doc_to_choices(q, fmt)] for q in task.questions])
     return PackedRows(ids, pos, seg, targets, answers, char_lens)
 
 
@@ -84,15 +84,16 @@ def _accepts(model: nn.Module, name: str) -> bool:
     return name in params
 
 
-def _build_batches(rows: PackedRows, batch_size: int, dtype: torch.dtype, dev: torch.device,
-                   pad_id: int) -> list[dict[str, torch.Tensor]]:
+def _build_batches(
+    rows: PackedRows, batch_size: int, dtype: torch.dtype, dev: torch.device, pad_id: int
+) -> list[dict[str, torch.Tensor]]:
     """Model inputs and gather indices of every batch (built once per scorer, then reused)."""
     Q = len(rows.ids)
     order = sorted(range(Q), key=lambda i: -len(rows.ids[i]))
     neg = torch.finfo(dtype if dtype.is_floating_point else torch.float32).min
     out = []
     for s in range(0, Q, batch_size):
-        idx = order[s: s + batch_size]
+        idx = order[s : s + batch_size]
         B, T = len(idx), len(rows.ids[idx[0]])
         ids = torch.full((B, T), pad_id, dtype=torch.long)
         pos = torch.zeros((B, T), dtype=torch.long)
@@ -116,16 +117,25 @@ def _build_batches(rows: PackedRows, batch_size: int, dtype: torch.dtype, dev: t
                 pi += [x - lo for x in p]
                 ti += tok
                 oi += [i * 4 + k] * len(p)
-        out.append({"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
-                    "position_ids": pos.to(dev), "keep": torch.arange(lo, T, device=dev),
-                    "bi": torch.tensor(bi, device=dev), "pi": torch.tensor(pi, device=dev),
-                    "ti": torch.tensor(ti, device=dev), "oi": torch.tensor(oi, device=dev)})
+        out.append(
+            {
+                "input_ids": ids.to(dev),
+                "attention_mask": mask.to(dev),
+                "position_ids": pos.to(dev),
+                "keep": torch.arange(lo, T, device=dev),
+                "bi": torch.tensor(bi, device=dev),
+                "pi": torch.tensor(pi, device=dev),
+                "ti": torch.tensor(ti, device=dev),
+                "oi": torch.tensor(oi, device=dev),
+            }
+        )
     return out
 
 
 @torch.no_grad()
-def packed_loglikelihoods(model: nn.Module, rows: PackedRows, batch_size: int = 64,
-                          pad_id: int = 0) -> np.ndarray:
+def packed_loglikelihoods(
+    model: nn.Module, rows: PackedRows, batch_size: int = 64, pad_id: int = 0
+) -> np.ndarray:
     """(Q, 4) float64 choice log-likelihoods from packed rows."""
     p0 = next(model.parameters())
     dev, dtype = p0.device, p0.dtype
@@ -156,6 +166,8 @@ def packed_metrics(ll: np.ndarray, rows: PackedRows) -> dict[str, float]:
     pred = np.argmax(ll, axis=1)
     pred_norm = np.argmax(ll / rows.char_lens, axis=1)
     closs = -ll[np.arange(len(rows.answers)), rows.answers]
-    return {"acc": float((pred == rows.answers).mean()),
-            "acc_norm": float((pred_norm == rows.answers).mean()),
-            "mean_correct_loss": float(closs.mean())}
+    return {
+        "acc": float((pred == rows.answers).mean()),
+        "acc_norm": float((pred_norm == rows.answers).mean()),
+        "mean_correct_loss": float(closs.mean()),
+    }

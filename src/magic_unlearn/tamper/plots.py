@@ -8,13 +8,22 @@ from typing import Any
 
 from magic_unlearn.io import atomic_write_bytes
 
-STYLE = {"model": ("tab:red", "-", "o"), "base": ("tab:blue", "--", "s"),
-         "filtered": ("tab:green", ":", "^")}
+STYLE = {
+    "model": ("tab:red", "-", "o"),
+    "base": ("tab:blue", "--", "s"),
+    "filtered": ("tab:green", ":", "^"),
+}
 
 
-def plot_recovery(path: str | Path, attack: str, curves: dict[str, list[dict[str, Any]]], *,
-                  x_label: str = "step", chance: float | None = None,
-                  title: str | None = None) -> Path:
+def plot_recovery(
+    path: str | Path,
+    attack: str,
+    curves: dict[str, list[dict[str, Any]]],
+    *,
+    x_label: str = "step",
+    chance: float | None = None,
+    title: str | None = None,
+) -> Path:
     """Hazard and general accuracy of every curve on shared axes; one PNG per attack.
 
     Args:
@@ -33,8 +42,10 @@ def plot_recovery(path: str | Path, attack: str, curves: dict[str, list[dict[str
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharex=True)
-    for ax, key, name in ((axes[0], "hazard_acc", "hazard accuracy"),
-                          (axes[1], "general_acc", "general accuracy")):
+    for ax, key, name in (
+        (axes[0], "hazard_acc", "hazard accuracy"),
+        (axes[1], "general_acc", "general accuracy"),
+    ):
         for label, pts in curves.items():
             xs = [p["step"] for p in pts if p.get(key) is not None]
             ys = [p[key] for p in pts if p.get(key) is not None]
@@ -50,8 +61,9 @@ def plot_recovery(path: str | Path, attack: str, curves: dict[str, list[dict[str
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False
+    )
     fig.suptitle(title or f"attack: {attack}", fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     buf = io.BytesIO()

@@ -25,7 +25,23 @@ from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, LoraSettings, tra
 from magic_unlearn.unlearn.losses import METHODS, Method, get_method, register_method
 from magic_unlearn.unlearn.weights import SEED_CONFIGS, WeightConfig, transform_scores
 
-__all__ = ["LoopConfig", "LoopResult", "LoraSettings", "train_loop", "METHODS", "Method",
-           "get_method", "register_method", "RECIPES", "EditConfig", "PhaseConfig",
-           "UnlearnConfig", "load_unlearn_config", "make_eval_fn", "unlearn", "SEED_CONFIGS",
-           "WeightConfig", "transform_scores"]
+__all__ = [
+    "LoopConfig",
+    "LoopResult",
+    "LoraSettings",
+    "train_loop",
+    "METHODS",
+    "Method",
+    "get_method",
+    "register_method",
+    "RECIPES",
+    "EditConfig",
+    "PhaseConfig",
+    "UnlearnConfig",
+    "load_unlearn_config",
+    "make_eval_fn",
+    "unlearn",
+    "SEED_CONFIGS",
+    "WeightConfig",
+    "transform_scores",
+]

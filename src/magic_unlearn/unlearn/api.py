@@ -69,10 +69,12 @@ class EditConfig:
     k: int = 1
     keep_general: int = 0
     mode: str = "all"  # all | layer
-    hazard: WeightConfig = field(default_factory=lambda: WeightConfig(select="hazard_only",
-                                                                      top_frac=0.2))
-    general: WeightConfig = field(default_factory=lambda: WeightConfig(select="general_only",
-                                                                       top_frac=0.2))
+    hazard: WeightConfig = field(
+        default_factory=lambda: WeightConfig(select="hazard_only", top_frac=0.2)
+    )
+    general: WeightConfig = field(
+        default_factory=lambda: WeightConfig(select="general_only", top_frac=0.2)
+    )
 
 
 @dataclass
@@ -128,8 +130,12 @@ class UnlearnConfig:
     recipe: str | None = None
 
 
-_HAZARD_TEACH = {"select": "hazard_proponent", "value": "teach", "normalize": "mean_abs",
-                 "clip": [0.0, 5.0]}
+_HAZARD_TEACH = {
+    "select": "hazard_proponent",
+    "value": "teach",
+    "normalize": "mean_abs",
+    "clip": [0.0, 5.0],
+}
 # name -> UnlearnConfig fields (merged under the user's YAML and --set overrides)
 RECIPES: dict[str, dict[str, Any]] = {
     # the seed's earlier attribution experiments (SFT with score-derived token weights)
@@ -142,23 +148,37 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the six attribution-guided approaches
     "weighted_rr": {"method": "rr", "weights": _HAZARD_TEACH},  # 1
     "weighted_orth_cb": {"method": "orth_cb", "weights": _HAZARD_TEACH},  # 1
-    "selected_forget": {"select_examples": True,  # 2 (any method)
-                        "weights": {"select": "hazard_proponent", "level": "example",
-                                    "aggregate": "sum", "top_frac": 0.25}},
-    "two_phase": {"method": "ga", "weights": {"select": "hazard_only", "top_frac": 0.2},  # 3
-                  "stabilise": {"steps": 50, "method": "sft",
-                                "weights": {"select": "general_only"}}},
+    "selected_forget": {
+        "select_examples": True,  # 2 (any method)
+        "weights": {
+            "select": "hazard_proponent",
+            "level": "example",
+            "aggregate": "sum",
+            "top_frac": 0.25,
+        },
+    },
+    "two_phase": {
+        "method": "ga",
+        "weights": {"select": "hazard_only", "top_frac": 0.2},  # 3
+        "stabilise": {"steps": 50, "method": "sft", "weights": {"select": "general_only"}},
+    },
     "rep_edit": {"method": "none", "edit": {"enabled": True}},  # 4 (projection)
     "rep_edit_trained": {"method": "dir_ablate", "edit": {"enabled": True}},  # 4 (trained)
-    "ga_orth_general": {"method": "ga_orth", "weights": _HAZARD_TEACH,  # 5
-                        "retain_weights": {"select": "general_only"}},
+    "ga_orth_general": {
+        "method": "ga_orth",
+        "weights": _HAZARD_TEACH,  # 5
+        "retain_weights": {"select": "general_only"},
+    },
     "curriculum": {"curriculum": True},  # 6 (any method)
 }
 
 
-
-def load_unlearn_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                        recipe: str | None = None, **fields: Any) -> UnlearnConfig:
+def load_unlearn_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    recipe: str | None = None,
+    **fields: Any,
+) -> UnlearnConfig:
     """Build an :class:`UnlearnConfig`: recipe defaults < YAML file < ``fields`` < overrides."""
     data = read_yaml_mapping(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
@@ -176,9 +196,14 @@ def load_unlearn_config(path: str | Path | None = None, overrides: list[str] | N
 # ---------------------------------------------------------------------------------------------
 
 
-def make_eval_fn(tokenizer: Any, tasks: list[str], world: str | None = None,
-                 fmt: str | None = None, limit: int | None = None,
-                 batch_size: int = 32) -> Callable[[nn.Module, int], dict[str, float]]:
+def make_eval_fn(
+    tokenizer: Any,
+    tasks: list[str],
+    world: str | None = None,
+    fmt: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+) -> Callable[[nn.Module, int], dict[str, float]]:
     """An ``eval_fn(model, step)`` for :func:`train_loop`: ``{task/acc, task/loss}`` per task."""
     from magic_unlearn.evaluation import evaluate, load_task
 
@@ -230,31 +255,56 @@ def resolve_max_length(cfg: UnlearnConfig) -> int:
 def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
     """Load and tokenize forget/retain, apply artifacts, keyword masks, selection, curriculum."""
     if not cfg.forget:
-        raise ConfigError("UnlearnConfig.forget is empty: give a forget corpus "
-                          "(--forget WORLD_DIR:forget, a JSONL file, or hf:owner/name)")
+        raise ConfigError(
+            "UnlearnConfig.forget is empty: give a forget corpus "
+            "(--forget WORLD_DIR:forget, a JSONL file, or hf:owner/name)"
+        )
     docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
     forget = tokenize_corpus(docs, tokenizer, max_length=resolve_max_length(cfg))
     info: dict[str, Any] = {"n_forget_rows": len(forget)}
     w = torch.ones_like(forget.loss_mask)
     hazard = general = None
     if cfg.token_weights:
-        needs_g = (cfg.retain_weights is not None or cfg.stabilise.steps > 0 or cfg.edit.enabled
-                   or cfg.weights.select in ("hazard_only", "general_only", "selective",
-                                             "compatible"))
-        hazard, general, _ = load_score_pair(cfg.token_weights, forget, tokenizer,
-                                             cfg.hazard_query, cfg.general_query,
-                                             need_general=needs_g)
+        needs_g = (
+            cfg.retain_weights is not None
+            or cfg.stabilise.steps > 0
+            or cfg.edit.enabled
+            or cfg.weights.select in ("hazard_only", "general_only", "selective", "compatible")
+        )
+        hazard, general, _ = load_score_pair(
+            cfg.token_weights,
+            forget,
+            tokenizer,
+            cfg.hazard_query,
+            cfg.general_query,
+            need_general=needs_g,
+        )
         w, _ = transform_scores(hazard, forget.loss_mask, general, cfg.weights)
-    elif cfg.select_examples or cfg.curriculum or cfg.retain_weights is not None \
-            or cfg.stabilise.steps > 0 or cfg.edit.enabled:
-        raise ConfigError("select_examples / curriculum / retain_weights / stabilise / edit need "
-                          "score artifacts: pass token_weights (--token-weights DIR)")
+    elif (
+        cfg.select_examples
+        or cfg.curriculum
+        or cfg.retain_weights is not None
+        or cfg.stabilise.steps > 0
+        or cfg.edit.enabled
+    ):
+        raise ConfigError(
+            "select_examples / curriculum / retain_weights / stabilise / edit need "
+            "score artifacts: pass token_weights (--token-weights DIR)"
+        )
     if cfg.keywords:
-        w = w * keyword_mask(docs, forget, tokenizer, cfg.keywords, level=cfg.keyword_level,
-                             invert=cfg.keyword_invert)
+        w = w * keyword_mask(
+            docs,
+            forget,
+            tokenizer,
+            cfg.keywords,
+            level=cfg.keyword_level,
+            invert=cfg.keyword_invert,
+        )
     if float((w * forget.loss_mask).abs().sum()) == 0:
-        raise ValueError("every forget token has weight 0 after the weight transform and "
-                         "keyword mask; loosen the selection")
+        raise ValueError(
+            "every forget token has weight 0 after the weight transform and "
+            "keyword mask; loosen the selection"
+        )
     scored = forget
     rows = torch.arange(len(forget))
     if cfg.select_examples:
@@ -269,17 +319,22 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
     weights = {"forget": w}
     if cfg.retain_weights is not None:
         if cfg.retain:
-            raise ConfigError("give either retain (a corpus) or retain_weights (general tokens "
-                              "of the forget corpus), not both")
+            raise ConfigError(
+                "give either retain (a corpus) or retain_weights (general tokens "
+                "of the forget corpus), not both"
+            )
         rw, _ = transform_scores(hazard, scored.loss_mask, general, cfg.retain_weights)
         data["retain"], weights["retain"] = scored, rw
     elif cfg.retain:
         rdocs = load_corpus(cfg.retain, text_field=cfg.text_field, limit=cfg.retain_limit)
         data["retain"] = tokenize_corpus(rdocs, tokenizer, max_length=resolve_max_length(cfg))
-    info.update(n_forget_rows_used=len(forget), n_retain_rows=len(data.get("retain", [])),
-                forget_weighted_tokens=int(((w != 0) & (forget.loss_mask > 0)).sum()),
-                forget_weight_mean_abs=float(w[forget.loss_mask > 0].abs().mean()),
-                forget_weight_frac_negative=float((w[forget.loss_mask > 0] < 0).float().mean()))
+    info.update(
+        n_forget_rows_used=len(forget),
+        n_retain_rows=len(data.get("retain", [])),
+        forget_weighted_tokens=int(((w != 0) & (forget.loss_mask > 0)).sum()),
+        forget_weight_mean_abs=float(w[forget.loss_mask > 0].abs().mean()),
+        forget_weight_frac_negative=float((w[forget.loss_mask > 0] < 0).float().mean()),
+    )
     return PreparedData(data, weights, scored, hazard, general, info)
 
 
@@ -289,8 +344,9 @@ def _is_main() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
-            progress: bool = True) -> Path:
+def unlearn(
+    cfg: UnlearnConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+) -> Path:
     """Run one unlearning job and write its artifact folder.
 
     Writes ``out/`` (atomically, main rank only): the HF model (LoRA merged) and tokenizer,
@@ -311,8 +367,9 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite)")
     if cfg.method != "none" and cfg.method not in METHODS:
-        raise ConfigError(f"unknown unlearning method {cfg.method!r}; registered: "
-                          f"{sorted(METHODS)} (or 'none')")
+        raise ConfigError(
+            f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
+        )
     if not cfg.model:
         raise ConfigError("UnlearnConfig.model is empty: give --model PATH_OR_HUB_ID")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
@@ -324,8 +381,9 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
     eval_fn = None
     if cfg.eval_tasks:
         world = cfg.eval_world or _world_of(cfg.forget)
-        eval_fn = make_eval_fn(tokenizer, cfg.eval_tasks, world, cfg.eval_fmt, cfg.eval_limit,
-                               cfg.eval_batch_size)
+        eval_fn = make_eval_fn(
+            tokenizer, cfg.eval_tasks, world, cfg.eval_fmt, cfg.eval_limit, cfg.eval_batch_size
+        )
         if cfg.eval_before and _is_main():
             model.eval()
             with torch.no_grad():
@@ -336,13 +394,22 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
         from magic_unlearn.unlearn.losses import _layer_list
 
         hw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general, cfg.edit.hazard)
-        gw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general,
-                                 cfg.edit.general)
+        gw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general, cfg.edit.general)
         layers = _layer_list(model, cfg.edit.layers)
-        dirs = find_directions(model, prep.scored, hw.clamp(min=0), gw.clamp(min=0), layers,
-                               cfg.edit.method, cfg.edit.k, cfg.edit.keep_general)
-        metrics["edit"] = {"layers": layers, "n_directions": {i: int(d.shape[0])
-                                                               for i, d in dirs.items()}}
+        dirs = find_directions(
+            model,
+            prep.scored,
+            hw.clamp(min=0),
+            gw.clamp(min=0),
+            layers,
+            cfg.edit.method,
+            cfg.edit.k,
+            cfg.edit.keep_general,
+        )
+        metrics["edit"] = {
+            "layers": layers,
+            "n_directions": {i: int(d.shape[0]) for i, d in dirs.items()},
+        }
         if cfg.method == "dir_ablate":
             method_kwargs["directions"] = dirs
         else:
@@ -352,22 +419,39 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
     results: list[LoopResult] = []
     if cfg.method != "none":
         method = get_method(cfg.method, **method_kwargs)
-        res = train_loop(model, method, prep.data, _loop_cfg(cfg), prep.weights, eval_fn,
-                         out_dir=ckpt / "main", progress=progress)
+        res = train_loop(
+            model,
+            method,
+            prep.data,
+            _loop_cfg(cfg),
+            prep.weights,
+            eval_fn,
+            out_dir=ckpt / "main",
+            progress=progress,
+        )
         model = res.model
         results.append(res)
     if cfg.stabilise.steps > 0:
-        sw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general,
-                                 cfg.stabilise.weights)
+        sw, _ = transform_scores(
+            prep.hazard, prep.scored.loss_mask, prep.general, cfg.stabilise.weights
+        )
         sdata = {"forget": prep.scored}
         sweights = {"forget": sw}
         if "retain" in prep.data and cfg.retain_weights is None:
             sdata["retain"] = prep.data["retain"]
-        lcfg = dataclasses.replace(cfg.loop, steps=cfg.stabilise.steps,
-                                   lr=cfg.stabilise.lr or cfg.loop.lr, ordered=None)
-        res = train_loop(model, get_method(cfg.stabilise.method, **cfg.stabilise.method_kwargs),
-                         sdata, lcfg, sweights, eval_fn, out_dir=ckpt / "stabilise",
-                         progress=progress)
+        lcfg = dataclasses.replace(
+            cfg.loop, steps=cfg.stabilise.steps, lr=cfg.stabilise.lr or cfg.loop.lr, ordered=None
+        )
+        res = train_loop(
+            model,
+            get_method(cfg.stabilise.method, **cfg.stabilise.method_kwargs),
+            sdata,
+            lcfg,
+            sweights,
+            eval_fn,
+            out_dir=ckpt / "stabilise",
+            progress=progress,
+        )
         model = res.model
         results.append(res)
     if eval_fn is not None and not results and _is_main():
@@ -377,8 +461,14 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
     for i, r in enumerate(results):
         phase = "main" if (i == 0 and cfg.method != "none") else "stabilise"
         metrics.setdefault("phases", []).append(
-            {"phase": phase, "steps": r.steps_done, "wall_s": r.wall_s, "history": r.history,
-             "evals": r.evals})
+            {
+                "phase": phase,
+                "steps": r.steps_done,
+                "wall_s": r.wall_s,
+                "history": r.history,
+                "evals": r.evals,
+            }
+        )
         if r.evals:
             metrics["after"] = {k: v for k, v in r.evals[-1].items() if k != "step"}
     state = full_state_dict(model)  # FSDP: gather the shards (a collective, on every rank)
@@ -389,9 +479,12 @@ def unlearn(cfg: UnlearnConfig, out: str | Path, overwrite: bool = False,
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)
         save_config(cfg, tmp / "config.yaml")
-        inputs: dict[str, Any] = {"model": cfg.model, "forget": cfg.forget,
-                                  "forget_hash": prep.data["forget"].content_hash(),
-                                  "retain": cfg.retain}
+        inputs: dict[str, Any] = {
+            "model": cfg.model,
+            "forget": cfg.forget,
+            "forget_hash": prep.data["forget"].content_hash(),
+            "retain": cfg.retain,
+        }
         if "retain" in prep.data:
             inputs["retain_hash"] = prep.data["retain"].content_hash()
         for i, d in enumerate(cfg.token_weights):
@@ -413,5 +506,15 @@ def describe_methods() -> list[tuple[str, str]]:
     return [(n, (METHODS[n].__doc__ or "").strip().splitlines()[0]) for n in sorted(METHODS)]
 
 
-__all__ = ["UnlearnConfig", "PhaseConfig", "EditConfig", "RECIPES", "unlearn",
-           "load_unlearn_config", "make_eval_fn", "prepare_data", "describe_methods", "to_dict"]
+__all__ = [
+    "UnlearnConfig",
+    "PhaseConfig",
+    "EditConfig",
+    "RECIPES",
+    "unlearn",
+    "load_unlearn_config",
+    "make_eval_fn",
+    "prepare_data",
+    "describe_methods",
+    "to_dict",
+]

@@ -31,9 +31,13 @@ WRITE_NAMES = ("dense", "dense_4h_to_h", "o_proj", "down_proj", "out_proj", "fc2
 
 
 @torch.no_grad()
-def weighted_states(model: nn.Module, corpus: TokenizedCorpus, weights: torch.Tensor,
-                    layers: list[int], batch_size: int = 16) -> dict[int, tuple[torch.Tensor,
-                                                                                torch.Tensor]]:
+def weighted_states(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    weights: torch.Tensor,
+    layers: list[int],
+    batch_size: int = 16,
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Hidden states of tokens with nonzero weight: layer -> ((T, D) states, (T,) weights)."""
     p = next(model.parameters())
     keep = (weights != 0) & (corpus.loss_mask > 0)
@@ -47,8 +51,10 @@ def weighted_states(model: nn.Module, corpus: TokenizedCorpus, weights: torch.Te
         if not k.any():
             continue
         with LayerCapture(model, layers, detach=True) as cap:
-            model(input_ids=corpus.input_ids[rows].to(p.device),
-                  attention_mask=corpus.attention_mask[rows].to(p.device))
+            model(
+                input_ids=corpus.input_ids[rows].to(p.device),
+                attention_mask=corpus.attention_mask[rows].to(p.device),
+            )
         for i in layers:
             out[i].append(cap.outputs[i][k.to(p.device)].double().cpu())
         ws.append(weights[rows][k].double().abs())
@@ -66,10 +72,17 @@ def _orthonormal(vs: torch.Tensor) -> torch.Tensor:
     return q[:, good].T
 
 
-def find_directions(model: nn.Module, corpus: TokenizedCorpus, hazard_w: torch.Tensor,
-                    general_w: torch.Tensor, layers: list[int], method: str = "diffmean",
-                    k: int = 1, keep_general: int = 0,
-                    batch_size: int = 16) -> dict[int, torch.Tensor]:
+def find_directions(
+    model: nn.Module,
+    corpus: TokenizedCorpus,
+    hazard_w: torch.Tensor,
+    general_w: torch.Tensor,
+    layers: list[int],
+    method: str = "diffmean",
+    k: int = 1,
+    keep_general: int = 0,
+    batch_size: int = 16,
+) -> dict[int, torch.Tensor]:
     """Per-layer orthonormal hazard directions, layer -> (k', D) float64 (k' <= k).
 
     Args:
@@ -101,18 +114,25 @@ def find_directions(model: nn.Module, corpus: TokenizedCorpus, hazard_w: torch.T
 
 
 def _write_modules(block: nn.Module, d_model: int) -> list[nn.Linear]:
-    mods = [m for name, m in block.named_modules()
-            if isinstance(m, nn.Linear) and name.split(".")[-1] in WRITE_NAMES
-            and m.out_features == d_model]
+    mods = [
+        m
+        for name, m in block.named_modules()
+        if isinstance(m, nn.Linear)
+        and name.split(".")[-1] in WRITE_NAMES
+        and m.out_features == d_model
+    ]
     if not mods:
-        raise ValueError(f"cannot find residual-stream output projections in {type(block).__name__} "
-                         f"(looked for linear layers named {WRITE_NAMES})")
+        raise ValueError(
+            f"cannot find residual-stream output projections in {type(block).__name__} "
+            f"(looked for linear layers named {WRITE_NAMES})"
+        )
     return mods
 
 
 @torch.no_grad()
-def _project_out(lin: nn.Module, q: torch.Tensor, attr: str = "weight", rows_are_out: bool = True
-                 ) -> None:
+def _project_out(
+    lin: nn.Module, q: torch.Tensor, attr: str = "weight", rows_are_out: bool = True
+) -> None:
     w = getattr(lin, attr)
     qq = q.to(w.device, torch.float64)  # (k, D)
     W = w.double()
@@ -128,8 +148,9 @@ def _project_out(lin: nn.Module, q: torch.Tensor, attr: str = "weight", rows_are
 
 
 @torch.no_grad()
-def remove_directions(model: nn.Module, directions: dict[int, torch.Tensor],
-                      mode: str = "all") -> None:
+def remove_directions(
+    model: nn.Module, directions: dict[int, torch.Tensor], mode: str = "all"
+) -> None:
     """Orthogonalise residual-stream writes against ``directions`` (in place)."""
     if mode not in ("all", "layer"):
         raise ValueError(f"remove mode {mode!r}; use 'all' or 'layer'")

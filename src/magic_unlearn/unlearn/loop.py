@@ -154,8 +154,12 @@ def _setup_distributed(cfg: LoopConfig) -> DistInfo:
     mode = cfg.distributed
     if mode == "auto":
         mode = "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else "ddp"
-    return DistInfo(dist.get_rank(), dist.get_world_size(),
-                    int(os.environ.get("LOCAL_RANK", dist.get_rank())), mode)
+    return DistInfo(
+        dist.get_rank(),
+        dist.get_world_size(),
+        int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+        mode,
+    )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -165,8 +169,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def _all_reduce_mean(values: dict[str, float], dist_info: DistInfo,
-                     device: torch.device) -> dict[str, float]:
+def _all_reduce_mean(
+    values: dict[str, float], dist_info: DistInfo, device: torch.device
+) -> dict[str, float]:
     if dist_info.world_size == 1 or not values:
         return values
     import torch.distributed as dist
@@ -199,8 +204,10 @@ def _layer_prefixes(model: nn.Module, layers: list[int] | None) -> list[str] | N
     out = []
     for i in layers:
         if not -n <= i < n:
-            raise ValueError(f"LoopConfig.layers: layer {i} out of range; the model has {n} "
-                             f"decoder layers (valid: 0..{n - 1} or negative from the end)")
+            raise ValueError(
+                f"LoopConfig.layers: layer {i} out of range; the model has {n} "
+                f"decoder layers (valid: 0..{n - 1} or negative from the end)"
+            )
         out.append(names[id(blocks[i])] + ".")
     return out
 
@@ -213,17 +220,22 @@ def _matches(name: str, prefixes: list[str] | None, targets: list[str] | None) -
     return True
 
 
-def _lora_target_names(model: nn.Module, prefixes: list[str] | None,
-                       targets: list[str] | None) -> list[str]:
+def _lora_target_names(
+    model: nn.Module, prefixes: list[str] | None, targets: list[str] | None
+) -> list[str]:
     """Full names of the linear modules that get LoRA adapters (output head excluded)."""
     head = model.get_output_embeddings()
     try:
         from transformers.pytorch_utils import Conv1D
+
         linear_types: tuple[type, ...] = (nn.Linear, Conv1D)
     except ImportError:
         linear_types = (nn.Linear,)
-    return [name for name, m in model.named_modules()
-            if isinstance(m, linear_types) and m is not head and _matches(name, prefixes, targets)]
+    return [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, linear_types) and m is not head and _matches(name, prefixes, targets)
+    ]
 
 
 def prepare_trainable(model: nn.Module, cfg: LoopConfig) -> nn.Module:
@@ -235,20 +247,29 @@ def prepare_trainable(model: nn.Module, cfg: LoopConfig) -> nn.Module:
         targets = cfg.lora.target_modules or cfg.target_modules
         names = _lora_target_names(model, prefixes, targets)
         if not names:
-            raise ValueError(f"LoRA: no linear module matches target_modules={targets} in "
-                             f"layers={cfg.layers}; module names look like "
-                             f"{[n for n, _ in model.named_modules()][1:6]}")
-        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                          target_modules=names, bias="none")
+            raise ValueError(
+                f"LoRA: no linear module matches target_modules={targets} in "
+                f"layers={cfg.layers}; module names look like "
+                f"{[n for n, _ in model.named_modules()][1:6]}"
+            )
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=names,
+            bias="none",
+        )
         return get_peft_model(model, lcfg)
     n_train = 0
     for name, p in model.named_parameters():
         p.requires_grad_(_matches(name, prefixes, cfg.target_modules))
         n_train += int(p.requires_grad)
     if n_train == 0:
-        raise ValueError(f"no parameter matches target_modules={cfg.target_modules} in "
-                         f"layers={cfg.layers}; parameter names look like "
-                         f"{[n for n, _ in model.named_parameters()][:5]}")
+        raise ValueError(
+            f"no parameter matches target_modules={cfg.target_modules} in "
+            f"layers={cfg.layers}; parameter names look like "
+            f"{[n for n, _ in model.named_parameters()][:5]}"
+        )
     return model
 
 
@@ -261,8 +282,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
-                                                                cpu_offload=True))
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 class MethodStep(nn.Module):
@@ -275,8 +297,9 @@ class MethodStep(nn.Module):
         self.model = model
         self.method = method  # not a Module: its frozen copies stay outside DDP
 
-    def forward(self, batch: dict[str, dict[str, torch.Tensor]], step: int,
-                total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: dict[str, dict[str, torch.Tensor]], step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return self.method(self.model, batch, step, total_steps)
 
 
@@ -295,11 +318,13 @@ def _apply_fsdp(model: nn.Module) -> nn.Module:
 
 def build_optimizer(params: list[nn.Parameter], cfg: LoopConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
-                                 weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     raise ValueError(f"LoopConfig.optimizer={cfg.optimizer!r}; use 'adamw' or 'sgd'")
 
 
@@ -324,22 +349,33 @@ def _trainable_state(model: nn.Module, method: Any) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _save_checkpoint(out_dir: Path, step: int, model: nn.Module, method: Any,
-                     opt: torch.optim.Optimizer, history: list[dict], evals: list[dict]) -> None:
+def _save_checkpoint(
+    out_dir: Path,
+    step: int,
+    model: nn.Module,
+    method: Any,
+    opt: torch.optim.Optimizer,
+    history: list[dict],
+    evals: list[dict],
+) -> None:
     from safetensors.torch import save_file
 
     from magic_unlearn.io import atomic_dir, atomic_write_json
 
     state = _trainable_state(model, method)
     with atomic_dir(out_dir / "checkpoint", overwrite=True) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": opt.state_dict(), "rng": torch.get_rng_state()},
-                   tmp / "optimizer.pt")
+        save_file(
+            {k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "trainable.safetensors")
+        )
+        torch.save(
+            {"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt"
+        )
         atomic_write_json(tmp / "state.json", {"step": step, "history": history, "evals": evals})
 
 
-def _load_checkpoint(out_dir: Path, model: nn.Module, method: Any,
-                     opt: torch.optim.Optimizer) -> tuple[int, list[dict], list[dict]]:
+def _load_checkpoint(
+    out_dir: Path, model: nn.Module, method: Any, opt: torch.optim.Optimizer
+) -> tuple[int, list[dict], list[dict]]:
     from safetensors.torch import load_file
 
     from magic_unlearn.io import read_json
@@ -348,8 +384,10 @@ def _load_checkpoint(out_dir: Path, model: nn.Module, method: Any,
     saved = load_file(str(ck / "trainable.safetensors"))
     current = _trainable_state(model, method)
     if set(saved) != set(current):
-        raise ValueError(f"{ck}: checkpoint holds other trainable parameters than this run "
-                         f"(different LoRA/layers/method config?); delete {ck} to start over")
+        raise ValueError(
+            f"{ck}: checkpoint holds other trainable parameters than this run "
+            f"(different LoRA/layers/method config?); delete {ck} to start over"
+        )
     with torch.no_grad():
         for k, v in current.items():
             v.copy_(saved[k].to(v.device, v.dtype))
@@ -364,8 +402,9 @@ def _load_checkpoint(out_dir: Path, model: nn.Module, method: Any,
 # the loop
 
 
-def _make_batch(corpus: TokenizedCorpus, idx: torch.Tensor, weights: torch.Tensor | None,
-                device: torch.device) -> dict[str, torch.Tensor]:
+def _make_batch(
+    corpus: TokenizedCorpus, idx: torch.Tensor, weights: torch.Tensor | None, device: torch.device
+) -> dict[str, torch.Tensor]:
     lm = corpus.loss_mask[idx].float()
     w = weights[idx].float() if weights is not None else torch.ones_like(lm)
     return {
@@ -377,8 +416,9 @@ def _make_batch(corpus: TokenizedCorpus, idx: torch.Tensor, weights: torch.Tenso
     }
 
 
-def _check_inputs(data: dict[str, TokenizedCorpus],
-                  token_weights: dict[str, torch.Tensor] | None) -> None:
+def _check_inputs(
+    data: dict[str, TokenizedCorpus], token_weights: dict[str, torch.Tensor] | None
+) -> None:
     if not data:
         raise ValueError("train_loop: `data` is empty; pass e.g. {'forget': corpus}")
     for name, c in data.items():
@@ -390,14 +430,18 @@ def _check_inputs(data: dict[str, TokenizedCorpus],
         if name not in data:
             raise ValueError(f"token_weights for unknown corpus '{name}'; corpora: {sorted(data)}")
         if tuple(w.shape) != tuple(data[name].input_ids.shape):
-            raise ValueError(f"token_weights['{name}'] has shape {tuple(w.shape)}, expected "
-                             f"{tuple(data[name].input_ids.shape)} (same as its input_ids)")
+            raise ValueError(
+                f"token_weights['{name}'] has shape {tuple(w.shape)}, expected "
+                f"{tuple(data[name].input_ids.shape)} (same as its input_ids)"
+            )
         if not torch.isfinite(w).all():
             raise ValueError(f"token_weights['{name}'] contains NaN/inf")
         if float((w * data[name].loss_mask).abs().sum()) == 0:
-            raise ValueError(f"token_weights['{name}'] are zero on every target token: the "
-                             f"method would train on nothing (check the threshold / top-k of "
-                             f"the weight transform)")
+            raise ValueError(
+                f"token_weights['{name}'] are zero on every target token: the "
+                f"method would train on nothing (check the threshold / top-k of "
+                f"the weight transform)"
+            )
 
 
 def train_loop(
@@ -487,15 +531,22 @@ def train_loop(
         if fu is None:
             fu = bool(getattr(method, "find_unused_parameters", False))
         step_fn = DistributedDataParallel(
-            step_fn, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=fu)
+            step_fn,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=fu,
+        )
 
     ordered = set(cfg.ordered or [])
-    samplers = {name: CyclingSampler(len(c), cfg.seed, name, shuffle=name not in ordered)
-                for name, c in data.items()}
+    samplers = {
+        name: CyclingSampler(len(c), cfg.seed, name, shuffle=name not in ordered)
+        for name, c in data.items()
+    }
     weights = token_weights or {}
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-                if cfg.precision == "bf16" else contextlib.nullcontext())
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        if cfg.precision == "bf16"
+        else contextlib.nullcontext()
+    )
     W, B, A = dist_info.world_size, cfg.batch_size, cfg.grad_accum
 
     def run_eval(step: int) -> None:
@@ -513,26 +564,36 @@ def train_loop(
     if progress and dist_info.is_main:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train[{type(method).__name__}]",
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.steps,
+            initial=start,
+            desc=f"train[{type(method).__name__}]",
+            dynamic_ncols=True,
+        )
     tokens, t_loop = 0, time.time()
     for step in range(start, cfg.steps):
         acc: dict[str, float] = {}
         for m in range(A):
             pos = ((step * A + m) * W + dist_info.rank) * B
-            batch = {name: _make_batch(c, samplers[name].take(pos, B), weights.get(name), device)
-                     for name, c in data.items()}
+            batch = {
+                name: _make_batch(c, samplers[name].take(pos, B), weights.get(name), device)
+                for name, c in data.items()
+            }
             tokens += sum(int(b["attention_mask"].sum()) for b in batch.values())
             # DDP: only all-reduce gradients on the last micro-step of the accumulation
-            sync = (step_fn.no_sync() if dist_info.mode == "ddp" and m < A - 1
-                    else contextlib.nullcontext())
+            sync = (
+                step_fn.no_sync()
+                if dist_info.mode == "ddp" and m < A - 1
+                else contextlib.nullcontext()
+            )
             with sync:
                 with autocast:
                     loss, logs = step_fn(batch, step, cfg.steps)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"non-finite loss {float(loss.detach())} at step {step} (terms: {logs}); lower "
-                        f"lr, use fp32, or check the method's coefficients")
+                        f"lr, use fp32, or check the method's coefficients"
+                    )
                 (loss / A).backward()
             for k, v in {"loss": float(loss.detach()), **logs}.items():
                 acc[k] = acc.get(k, 0.0) + float(v) / A
@@ -545,8 +606,12 @@ def train_loop(
         done = step + 1
         if done % max(1, cfg.log_every) == 0 or done == cfg.steps:
             rec = _all_reduce_mean(acc, dist_info, device)
-            rec = {"step": done, **rec, "lr": cfg.lr * lr_factor(step, cfg),
-                   "tokens_per_s": tokens * W / max(1e-9, time.time() - t_loop)}
+            rec = {
+                "step": done,
+                **rec,
+                "lr": cfg.lr * lr_factor(step, cfg),
+                "tokens_per_s": tokens * W / max(1e-9, time.time() - t_loop),
+            }
             history.append(rec)
             if bar is not None:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
@@ -554,8 +619,12 @@ def train_loop(
             bar.update(1)
         if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
             run_eval(done)
-        if (out_dir is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-                and done != cfg.steps):
+        if (
+            out_dir is not None
+            and cfg.checkpoint_every
+            and done % cfg.checkpoint_every == 0
+            and done != cfg.steps
+        ):
             if dist_info.is_main:
                 _save_checkpoint(Path(out_dir), done, inner, method, opt, history, evals)
             _barrier(dist_info)
@@ -569,5 +638,6 @@ def train_loop(
     if cfg.lora is not None and cfg.merge_lora:
         final = final.merge_and_unload()
     final.eval()
-    return LoopResult(model=final, history=history, evals=evals, steps_done=steps_done,
-                      wall_s=time.time() - t0)
+    return LoopResult(
+        model=final, history=history, evals=evals, steps_done=steps_done, wall_s=time.time() - t0
+    )

@@ -65,8 +65,10 @@ def get_method(name: str, **kwargs: Any) -> Any:
     valid = [p for p in sig.parameters if p not in ("self", "args", "kwargs")]
     bad = sorted(set(kwargs) - set(valid))
     if bad:
-        raise ValueError(f"method {name!r} got unknown argument(s) {bad}; valid: {valid} "
-                         f"(+ regularisers l2sp, retain_kl, retain_nll)")
+        raise ValueError(
+            f"method {name!r} got unknown argument(s) {bad}; valid: {valid} "
+            f"(+ regularisers l2sp, retain_kl, retain_nll)"
+        )
     method = cls(**kwargs)
     regs: list[Any] = []
     if float(reg_kw.get("l2sp") or 0) > 0:
@@ -86,8 +88,9 @@ class Method:
     def setup(self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: Any) -> None:
         """Prepare state (called once, on the base model, before adapters / DDP)."""
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
 
@@ -118,8 +121,13 @@ def token_mean(x: torch.Tensor, b: dict[str, torch.Tensor], nonneg: bool = False
     return (wm * x).sum() / wm.abs().sum().clamp(min=1e-8)
 
 
-def add_retain_nll(loss: torch.Tensor, logs: dict[str, float], model: nn.Module,
-                   batch: dict[str, dict[str, torch.Tensor]], coef: float) -> torch.Tensor:
+def add_retain_nll(
+    loss: torch.Tensor,
+    logs: dict[str, float],
+    model: nn.Module,
+    batch: dict[str, dict[str, torch.Tensor]],
+    coef: float,
+) -> torch.Tensor:
     """``loss + coef * retain NLL`` (logged as ``nll_retain``) when a retain batch is present."""
     if not coef or "retain" not in batch:
         return loss
@@ -173,8 +181,9 @@ class SFT(Method):
     def __init__(self, corpora: list[str] | None = None) -> None:
         self.corpora = corpora
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         names = self.corpora or list(batch)
         missing = [c for c in names if c not in batch]
         if missing:
@@ -189,8 +198,9 @@ class GradientAscent(Method):
     """Gradient ascent on forget tokens: minimise -NLL (Jang et al. 2023, "Knowledge Unlearning
     for Mitigating Privacy Risks in Language Models")."""
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         f = token_mean(nll(model, batch["forget"]), batch["forget"])
         return -f, {"nll_forget": _f(f)}
 
@@ -203,8 +213,9 @@ class GradDiff(Method):
     def __init__(self, retain_coef: float = 1.0) -> None:
         self.retain_coef = retain_coef
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         f = token_mean(nll(model, batch["forget"]), batch["forget"])
         r = token_mean(nll(model, batch["retain"]), batch["retain"])
         return -f + self.retain_coef * r, {"nll_forget": _f(f), "nll_retain": _f(r)}
@@ -222,8 +233,9 @@ class NPO(Method):
     def setup(self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: Any) -> None:
         self.ref = frozen_copy(model)
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         lp, _ = seq_logprob(model, batch["forget"])  # (B,)
         with torch.no_grad():
             lp_ref, _ = seq_logprob(self.ref, batch["forget"])
@@ -243,8 +255,9 @@ class SimNPO(Method):
     def __init__(self, beta: float = 2.5, gamma: float = 0.0, retain_coef: float = 1.0) -> None:
         self.beta, self.gamma, self.retain_coef = beta, gamma, retain_coef
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         lp, n = seq_logprob(model, batch["forget"])
         keep = n > 0  # rows whose tokens are all weighted 0 carry no signal
         z = -(self.beta / n[keep].clamp(min=1e-8)) * lp[keep] - self.gamma
@@ -274,8 +287,9 @@ class L2SP:
         # after adapters / freezing: anchor exactly the tensors that will move
         self.anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         d = sum(((p - p0) ** 2).sum() for p, p0 in self.anchor)
         return self.coef * d, {"l2sp": _f(d)}
 
@@ -293,12 +307,15 @@ class RetainKL:
         if self.ref is None:
             self.ref = frozen_copy(model)
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         b = batch["retain"]
         logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         with torch.no_grad():
-            ref_logits = self.ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            ref_logits = self.ref(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+            ).logits
         kl = kl_per_token(ref_logits, logits)  # (B, L)
         v = token_mean(kl, b)
         return self.coef * v, {"kl_retain": _f(v)}
@@ -327,8 +344,9 @@ class RetainNLL:
         if "retain" not in data:
             raise ValueError("retain_nll needs a 'retain' corpus")
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         v = token_mean(nll(model, batch["retain"]), batch["retain"])
         return self.coef * v, {"reg_nll_retain": _f(v)}
 
@@ -363,8 +381,9 @@ class Regularized(Method):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         return dict(getattr(self.method, "trainable_state", lambda: {})())
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss, logs = self.method(model, batch, step, total_steps)
         logs = dict(logs)
         for r in self.regs:
@@ -378,8 +397,9 @@ class Regularized(Method):
 # representation-space methods
 
 
-def hidden_states(model: nn.Module, b: dict[str, torch.Tensor], layers: list[int],
-                  grad: bool = True) -> dict[int, torch.Tensor]:
+def hidden_states(
+    model: nn.Module, b: dict[str, torch.Tensor], layers: list[int], grad: bool = True
+) -> dict[int, torch.Tensor]:
     """Outputs of decoder ``layers`` for one corpus batch: layer -> (B, L, D).
 
     Hooks sit on the unwrapped model (``unwrap`` strips a DDP wrapper if one is passed).
@@ -423,8 +443,13 @@ class RMU(Method):
 
     find_unused_parameters = True
 
-    def __init__(self, layer: int | None = None, steering_coef: float = 6.5, alpha: float = 100.0,
-                 relative: bool = False) -> None:
+    def __init__(
+        self,
+        layer: int | None = None,
+        steering_coef: float = 6.5,
+        alpha: float = 100.0,
+        relative: bool = False,
+    ) -> None:
         self.layer, self.c, self.alpha, self.relative = layer, steering_coef, alpha, relative
         self.trainable_modules = ["mlp"]
 
@@ -442,12 +467,16 @@ class RMU(Method):
         self.scale = float(self.c)
         if self.relative:
             f = data["forget"].subset(list(range(min(16, len(data["forget"])))))
-            b = {"input_ids": f.input_ids.to(p.device), "attention_mask": f.attention_mask.to(p.device)}
+            b = {
+                "input_ids": f.input_ids.to(p.device),
+                "attention_mask": f.attention_mask.to(p.device),
+            }
             h = hidden_states(self.ref, b, [self.layer], grad=False)[self.layer]
             self.scale = float(self.c * up(h).norm(dim=-1)[f.attention_mask.bool()].mean())
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         f, r = batch["forget"], batch["retain"]
         h_f = up(hidden_states(model, f, [self.layer])[self.layer])  # (B, L, D)
         target = self.scale * self.u.to(h_f.device)
@@ -476,9 +505,14 @@ class RR(Method):
 
     find_unused_parameters = True
 
-    def __init__(self, layers: list[int] | None = None, reroute_coef: float = 1.0,
-                 retain_coef: float = 1.0, schedule: str = "ramp",
-                 reroute_end: float = 0.75) -> None:
+    def __init__(
+        self,
+        layers: list[int] | None = None,
+        reroute_coef: float = 1.0,
+        retain_coef: float = 1.0,
+        schedule: str = "ramp",
+        reroute_end: float = 0.75,
+    ) -> None:
         self.layers, self.reroute_coef, self.retain_coef = layers, reroute_coef, retain_coef
         self.schedule, self.reroute_end = schedule, reroute_end
         _ramp(schedule, 0.0, reroute_end)
@@ -487,24 +521,29 @@ class RR(Method):
         self.layers = _layer_list(model, self.layers)
         self.ref = frozen_copy(model)
 
-    def _terms(self, model: nn.Module, batch: Batch) -> tuple[dict[int, torch.Tensor], torch.Tensor,
-                                                            torch.Tensor]:
+    def _terms(
+        self, model: nn.Module, batch: Batch
+    ) -> tuple[dict[int, torch.Tensor], torch.Tensor, torch.Tensor]:
         f = batch["forget"]
         h_f = hidden_states(model, f, self.layers)
         h_f0 = hidden_states(self.ref, f, self.layers, grad=False)
-        cos = [token_mean(F.relu(F.cosine_similarity(up(h_f[i]), up(h_f0[i]), dim=-1)), f,
-                          nonneg=True) for i in self.layers]
+        cos = [
+            token_mean(F.relu(F.cosine_similarity(up(h_f[i]), up(h_f0[i]), dim=-1)), f, nonneg=True)
+            for i in self.layers
+        ]
         retain = torch.zeros((), device=f["input_ids"].device)
         if "retain" in batch:
             r = batch["retain"]
             h_r = hidden_states(model, r, self.layers)
             h_r0 = hidden_states(self.ref, r, self.layers, grad=False)
-            retain = _mean_over_layers([token_mean((up(h_r[i]) - up(h_r0[i])).norm(dim=-1), r)
-                                        for i in self.layers])
+            retain = _mean_over_layers(
+                [token_mean((up(h_r[i]) - up(h_r0[i])).norm(dim=-1), r) for i in self.layers]
+            )
         return h_f, _mean_over_layers(cos), retain
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         _, cos, retain = self._terms(model, batch)
         a, b = _ramp(self.schedule, _progress(step, total_steps), self.reroute_end)
         loss = self.reroute_coef * a * cos + self.retain_coef * b * retain
@@ -539,22 +578,38 @@ class OrthCB(RR):
     depends on the per-device batch size (pairs are formed within a device's micro-batch).
     """
 
-    def __init__(self, layers: list[int] | None = None, reroute_coef: float = 1.0,
-                 retain_coef: float = 1.0, orth_coef: float = 1.0, schedule: str = "ramp",
-                 reroute_end: float = 0.75) -> None:
+    def __init__(
+        self,
+        layers: list[int] | None = None,
+        reroute_coef: float = 1.0,
+        retain_coef: float = 1.0,
+        orth_coef: float = 1.0,
+        schedule: str = "ramp",
+        reroute_end: float = 0.75,
+    ) -> None:
         super().__init__(layers, reroute_coef, retain_coef, schedule, reroute_end)
         self.orth_coef = orth_coef
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         h_f, cos, retain = self._terms(model, batch)
         p = _progress(step, total_steps)
         a, b = _ramp(self.schedule, p, self.reroute_end)
-        orth = _mean_over_layers([orthogonality_loss(up(h_f[i]), batch["forget"])
-                                  for i in self.layers])
-        loss = self.reroute_coef * a * cos + self.retain_coef * b * retain + self.orth_coef * p * orth
-        return loss, {"cos": _f(cos), "retain_l2": _f(retain), "orth": _f(orth),
-                      "c_reroute": a, "c_retain": b, "c_orth": p}
+        orth = _mean_over_layers(
+            [orthogonality_loss(up(h_f[i]), batch["forget"]) for i in self.layers]
+        )
+        loss = (
+            self.reroute_coef * a * cos + self.retain_coef * b * retain + self.orth_coef * p * orth
+        )
+        return loss, {
+            "cos": _f(cos),
+            "retain_l2": _f(retain),
+            "orth": _f(orth),
+            "c_reroute": a,
+            "c_retain": b,
+            "c_orth": p,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,12 +621,14 @@ class TunedLens(nn.Module):
     final norm and unembedding (Belrose et al. 2023, "Eliciting Latent Predictions from
     Transformers with the Tuned Lens"). With ``tuned=False`` it is the logit lens."""
 
-    def __init__(self, norm: nn.Module, head: nn.Module, n_layers: int, d: int,
-                 tuned: bool = True) -> None:
+    def __init__(
+        self, norm: nn.Module, head: nn.Module, n_layers: int, d: int, tuned: bool = True
+    ) -> None:
         super().__init__()
         self.norm, self.head, self.tuned = norm, head, tuned
         self.translators = nn.ModuleList(
-            [nn.Linear(d, d) for _ in range(n_layers)] if tuned else [])
+            [nn.Linear(d, d) for _ in range(n_layers)] if tuned else []
+        )
         for t in self.translators:
             nn.init.zeros_(t.weight)
             nn.init.zeros_(t.bias)
@@ -584,8 +641,14 @@ class TunedLens(nn.Module):
         return self.head(self.norm(h))
 
 
-def train_tuned_lens(ref: nn.Module, corpus: TokenizedCorpus, steps: int = 100, lr: float = 1e-3,
-                     batch_size: int = 8, seed: int = 0) -> tuple[TunedLens, list[float]]:
+def train_tuned_lens(
+    ref: nn.Module,
+    corpus: TokenizedCorpus,
+    steps: int = 100,
+    lr: float = 1e-3,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> tuple[TunedLens, list[float]]:
     """Fit a tuned lens on ``ref`` (frozen) by minimising KL(final || lens) summed over layers."""
     norm, head = get_unembedding(ref)
     n = len(get_decoder_layers(ref))
@@ -599,8 +662,10 @@ def train_tuned_lens(ref: nn.Module, corpus: TokenizedCorpus, steps: int = 100, 
     losses = []
     for _ in range(steps):
         idx = torch.randint(len(corpus), (min(batch_size, len(corpus)),), generator=g)
-        b = {"input_ids": corpus.input_ids[idx].to(p.device),
-             "attention_mask": corpus.attention_mask[idx].to(p.device)}
+        b = {
+            "input_ids": corpus.input_ids[idx].to(p.device),
+            "attention_mask": corpus.attention_mask[idx].to(p.device),
+        }
         mask = b["attention_mask"].bool()
         with torch.no_grad(), LayerCapture(ref, list(range(n)), detach=True) as cap:
             final = up(ref(**b).logits)
@@ -635,9 +700,16 @@ class Lens(Method):
 
     find_unused_parameters = True
 
-    def __init__(self, lens: str = "tuned", objective: str = "entropy",
-                 layers: list[int] | None = None, retain: str = "l2", retain_coef: float = 1.0,
-                 lens_steps: int = 100, lens_lr: float = 1e-3) -> None:
+    def __init__(
+        self,
+        lens: str = "tuned",
+        objective: str = "entropy",
+        layers: list[int] | None = None,
+        retain: str = "l2",
+        retain_coef: float = 1.0,
+        lens_steps: int = 100,
+        lens_lr: float = 1e-3,
+    ) -> None:
         if lens not in ("logit", "tuned"):
             raise ValueError(f"lens={lens!r}; use 'logit' or 'tuned'")
         if objective not in ("entropy", "random"):
@@ -655,15 +727,22 @@ class Lens(Method):
         self.seed = int(getattr(cfg, "seed", 0))
         if self.lens_kind == "tuned":
             corpus = data.get("retain", data["forget"])
-            self.lens, self.lens_fit = train_tuned_lens(self.ref, corpus, self.lens_steps,
-                                                        self.lens_lr, seed=self.seed)
+            self.lens, self.lens_fit = train_tuned_lens(
+                self.ref, corpus, self.lens_steps, self.lens_lr, seed=self.seed
+            )
         else:
             norm, head = get_unembedding(self.ref)
-            self.lens = TunedLens(norm, head, len(get_decoder_layers(self.ref)),
-                                  self.ref.config.hidden_size, tuned=False)
+            self.lens = TunedLens(
+                norm,
+                head,
+                len(get_decoder_layers(self.ref)),
+                self.ref.config.hidden_size,
+                tuned=False,
+            )
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         f = batch["forget"]
         h = hidden_states(model, f, self.layers)
         terms = []
@@ -675,7 +754,9 @@ class Lens(Method):
                 x = math.log(logits.shape[-1]) - ent
             else:
                 g = torch.Generator().manual_seed(self.seed * 100_003 + step)
-                tgt = torch.randint(logits.shape[-1], logits.shape[:2], generator=g).to(logits.device)
+                tgt = torch.randint(logits.shape[-1], logits.shape[:2], generator=g).to(
+                    logits.device
+                )
                 x = -logp.gather(-1, tgt[..., None]).squeeze(-1)
             x = torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)  # column j <-> token j
             terms.append(token_mean(x, f, nonneg=True))
@@ -686,13 +767,15 @@ class Lens(Method):
             if self.retain == "l2":
                 h_r = hidden_states(model, r, self.layers)
                 h_r0 = hidden_states(self.ref, r, self.layers, grad=False)
-                ret = _mean_over_layers([token_mean(up(h_r[i] - h_r0[i]).norm(dim=-1), r)
-                                         for i in self.layers])
+                ret = _mean_over_layers(
+                    [token_mean(up(h_r[i] - h_r0[i]).norm(dim=-1), r) for i in self.layers]
+                )
             else:
                 logits = model(input_ids=r["input_ids"], attention_mask=r["attention_mask"]).logits
                 with torch.no_grad():
-                    ref_logits = self.ref(input_ids=r["input_ids"],
-                                          attention_mask=r["attention_mask"]).logits
+                    ref_logits = self.ref(
+                        input_ids=r["input_ids"], attention_mask=r["attention_mask"]
+                    ).logits
                 ret = token_mean(kl_per_token(ref_logits, logits), r)
             loss = loss + self.retain_coef * ret
             logs["lens_retain"] = _f(ret)
@@ -719,8 +802,9 @@ class Sequential(Method):
 
     find_unused_parameters = True
 
-    def __init__(self, objective: str = "ga", retain_coef: float = 1.0,
-                 layers: list[int] | None = None) -> None:
+    def __init__(
+        self, objective: str = "ga", retain_coef: float = 1.0, layers: list[int] | None = None
+    ) -> None:
         if objective not in ("ga", "entropy"):
             raise ValueError(f"objective={objective!r}; use 'ga' or 'entropy'")
         self.objective, self.retain_coef, self.layers = objective, retain_coef, layers
@@ -734,8 +818,9 @@ class Sequential(Method):
         k = min(len(self.order) - 1, step * len(self.order) // max(1, total_steps))
         return self.order[k]
 
-    def _mapped_logits(self, model: nn.Module, b: dict[str, torch.Tensor],
-                       layer: int) -> torch.Tensor:
+    def _mapped_logits(
+        self, model: nn.Module, b: dict[str, torch.Tensor], layer: int
+    ) -> torch.Tensor:
         blocks = get_decoder_layers(unwrap(model))
 
         def detach_input(_m: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -764,8 +849,9 @@ class Sequential(Method):
         x = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
         return torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)  # (B, L)
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         layer = self.stage_layer(step, total_steps)
         f = batch["forget"]
         logits = self._mapped_logits(model, f, layer)
@@ -778,7 +864,9 @@ class Sequential(Method):
         loss, logs = forget, {"seq_forget": _f(forget), "layer": float(layer)}
         if self.retain_coef and "retain" in batch:
             r = batch["retain"]
-            ret = token_mean(self._token_nll(self._mapped_logits(model, r, layer), r["input_ids"]), r)
+            ret = token_mean(
+                self._token_nll(self._mapped_logits(model, r, layer), r["input_ids"]), r
+            )
             loss = loss + self.retain_coef * ret
             logs["seq_retain"] = _f(ret)
         return loss, logs
@@ -799,21 +887,22 @@ class GAOrth(Method):
 
     find_unused_parameters = True
 
-    def __init__(self, layers: list[int] | None = None, orth_coef: float = 1.0,
-                 retain_coef: float = 1.0) -> None:
+    def __init__(
+        self, layers: list[int] | None = None, orth_coef: float = 1.0, retain_coef: float = 1.0
+    ) -> None:
         self.layers, self.orth_coef, self.retain_coef = layers, orth_coef, retain_coef
 
     def setup(self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: Any) -> None:
         self.layers = _layer_list(model, self.layers)
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         f = batch["forget"]
         with LayerCapture(unwrap(model), self.layers) as cap:
             x = nll(model, f)
         ga = -token_mean(x, f)
-        orth = _mean_over_layers([orthogonality_loss(up(cap.outputs[i]), f)
-                                  for i in self.layers])
+        orth = _mean_over_layers([orthogonality_loss(up(cap.outputs[i]), f) for i in self.layers])
         p = _progress(step, total_steps)
         loss = ga + self.orth_coef * p * orth
         logs = {"nll_forget": -_f(ga), "orth": _f(orth)}
@@ -832,34 +921,47 @@ class DirectionAblation(Method):
 
     find_unused_parameters = True
 
-    def __init__(self, directions: dict[int, torch.Tensor] | None = None,
-                 retain_coef: float = 1.0) -> None:
+    def __init__(
+        self, directions: dict[int, torch.Tensor] | None = None, retain_coef: float = 1.0
+    ) -> None:
         if not directions:
-            raise ValueError("dir_ablate needs directions={layer: (k, D) tensor} "
-                             "(from magic_unlearn.unlearn.edit.find_directions)")
+            raise ValueError(
+                "dir_ablate needs directions={layer: (k, D) tensor} "
+                "(from magic_unlearn.unlearn.edit.find_directions)"
+            )
         self.directions = {int(k): v for k, v in directions.items()}
         self.retain_coef = retain_coef
 
     def setup(self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: Any) -> None:
         self.layers = _layer_list(model, list(self.directions))
         p = next(model.parameters())
-        self.q = {i: self.directions[j].to(p.device, torch.float32)
-                  for i, j in zip(self.layers, self.directions, strict=True)}
+        self.q = {
+            i: self.directions[j].to(p.device, torch.float32)
+            for i, j in zip(self.layers, self.directions, strict=True)
+        }
         self.ref = frozen_copy(model)
 
-    def __call__(self, model: nn.Module, batch: Batch, step: int,
-                 total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, model: nn.Module, batch: Batch, step: int, total_steps: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         f = batch["forget"]
         h = hidden_states(model, f, self.layers)
-        proj = _mean_over_layers([token_mean(((up(h[i]) @ self.q[i].T.to(up(h[i]).dtype)) ** 2).sum(-1), f,
-                                             nonneg=True) for i in self.layers])
+        proj = _mean_over_layers(
+            [
+                token_mean(
+                    ((up(h[i]) @ self.q[i].T.to(up(h[i]).dtype)) ** 2).sum(-1), f, nonneg=True
+                )
+                for i in self.layers
+            ]
+        )
         loss, logs = proj, {"proj": _f(proj)}
         if self.retain_coef and "retain" in batch:
             r = batch["retain"]
             h_r = hidden_states(model, r, self.layers)
             h_r0 = hidden_states(self.ref, r, self.layers, grad=False)
-            ret = _mean_over_layers([token_mean(up(h_r[i] - h_r0[i]).norm(dim=-1), r)
-                                     for i in self.layers])
+            ret = _mean_over_layers(
+                [token_mean(up(h_r[i] - h_r0[i]).norm(dim=-1), r) for i in self.layers]
+            )
             loss = loss + self.retain_coef * ret
             logs["retain_l2"] = _f(ret)
         return loss, logs

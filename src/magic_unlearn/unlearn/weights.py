@@ -36,8 +36,15 @@ import torch
 
 from magic_unlearn.data import TokenizedCorpus
 
-SELECTS = ("all", "hazard_proponent", "hazard_detractor", "hazard_only", "general_only",
-           "selective", "compatible")
+SELECTS = (
+    "all",
+    "hazard_proponent",
+    "hazard_detractor",
+    "hazard_only",
+    "general_only",
+    "selective",
+    "compatible",
+)
 VALUES = ("binary", "score", "teach", "priority", "sign")
 NORMALIZES = ("none", "mean_abs", "max_abs", "rank")
 
@@ -59,12 +66,17 @@ class WeightConfig:
     scale: float = 1.0
 
     def validate(self) -> None:
-        for name, allowed in (("select", SELECTS), ("value", VALUES), ("normalize", NORMALIZES),
-                              ("level", ("token", "example")),
-                              ("aggregate", ("sum", "mean", "max"))):
+        for name, allowed in (
+            ("select", SELECTS),
+            ("value", VALUES),
+            ("normalize", NORMALIZES),
+            ("level", ("token", "example")),
+            ("aggregate", ("sum", "mean", "max")),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"WeightConfig.{name}={getattr(self, name)!r}; "
-                                 f"choose from {list(allowed)}")
+                raise ValueError(
+                    f"WeightConfig.{name}={getattr(self, name)!r}; choose from {list(allowed)}"
+                )
         if self.top_k is not None and self.top_k < 1:
             raise ValueError("WeightConfig.top_k must be >= 1")
         if self.top_frac is not None and not 0 < self.top_frac <= 1:
@@ -83,8 +95,9 @@ SEED_CONFIGS: dict[str, WeightConfig] = {
     "selective": WeightConfig(select="selective"),
     "compatible": WeightConfig(select="compatible"),
     # forget-side weights for any unlearning method: how much a token teaches hazard
-    "hazard_teach": WeightConfig(select="hazard_proponent", value="teach", normalize="mean_abs",
-                                 clip=[0.0, 5.0]),
+    "hazard_teach": WeightConfig(
+        select="hazard_proponent", value="teach", normalize="mean_abs", clip=[0.0, 5.0]
+    ),
     "hazard_top10": WeightConfig(select="hazard_proponent", top_frac=0.1),
     "general_only": WeightConfig(select="general_only"),
 }
@@ -93,8 +106,10 @@ SEED_CONFIGS: dict[str, WeightConfig] = {
 def _eligible(select: str, s_h: torch.Tensor, s_g: torch.Tensor | None) -> torch.Tensor:
     needs_g = select in ("hazard_only", "general_only", "selective", "compatible")
     if needs_g and s_g is None:
-        raise ValueError(f"WeightConfig.select={select!r} needs a general score too (pass a "
-                         f"second artifact or query)")
+        raise ValueError(
+            f"WeightConfig.select={select!r} needs a general score too (pass a "
+            f"second artifact or query)"
+        )
     if select == "all":
         return torch.ones_like(s_h, dtype=torch.bool)
     if select == "hazard_proponent":
@@ -102,8 +117,12 @@ def _eligible(select: str, s_h: torch.Tensor, s_g: torch.Tensor | None) -> torch
     if select == "hazard_detractor":
         return s_h > 0
     assert s_g is not None
-    return {"hazard_only": (s_h < 0) & (s_g >= 0), "general_only": (s_g < 0) & (s_h >= 0),
-            "selective": (s_h > 0) & (s_g <= 0), "compatible": (s_h > 0) & (s_g < 0)}[select]
+    return {
+        "hazard_only": (s_h < 0) & (s_g >= 0),
+        "general_only": (s_g < 0) & (s_h >= 0),
+        "selective": (s_h > 0) & (s_g <= 0),
+        "compatible": (s_h > 0) & (s_g < 0),
+    }[select]
 
 
 def _top(values: torch.Tensor, cfg: WeightConfig) -> torch.Tensor:
@@ -125,9 +144,12 @@ def _top(values: torch.Tensor, cfg: WeightConfig) -> torch.Tensor:
     return keep
 
 
-def transform_scores(hazard: torch.Tensor, loss_mask: torch.Tensor,
-                     general: torch.Tensor | None = None,
-                     cfg: WeightConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def transform_scores(
+    hazard: torch.Tensor,
+    loss_mask: torch.Tensor,
+    general: torch.Tensor | None = None,
+    cfg: WeightConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token weights from per-token scores.
 
     Args:
@@ -146,9 +168,11 @@ def transform_scores(hazard: torch.Tensor, loss_mask: torch.Tensor,
     cfg = cfg or WeightConfig()
     cfg.validate()
     if hazard.shape != loss_mask.shape or (general is not None and general.shape != hazard.shape):
-        raise ValueError(f"score shapes differ: hazard {tuple(hazard.shape)}, loss_mask "
-                         f"{tuple(loss_mask.shape)}, general "
-                         f"{None if general is None else tuple(general.shape)}")
+        raise ValueError(
+            f"score shapes differ: hazard {tuple(hazard.shape)}, loss_mask "
+            f"{tuple(loss_mask.shape)}, general "
+            f"{None if general is None else tuple(general.shape)}"
+        )
     m = loss_mask > 0
     s_h = hazard.double()
     s_g = general.double() if general is not None else None
@@ -177,15 +201,23 @@ def transform_scores(hazard: torch.Tensor, loss_mask: torch.Tensor,
         row_keep = torch.zeros_like(has)
         row_keep[has] = _top(rp[has], cfg)
         keep = elig & row_keep[:, None]
-        row_order = torch.argsort(torch.where(row_keep, rp, torch.full_like(rp, -torch.inf)),
-                                  descending=True, stable=True)[: int(row_keep.sum())]
+        row_order = torch.argsort(
+            torch.where(row_keep, rp, torch.full_like(rp, -torch.inf)), descending=True, stable=True
+        )[: int(row_keep.sum())]
 
     if not keep.any():
-        raise ValueError(f"weight transform selected no token (select={cfg.select!r}, "
-                         f"threshold={cfg.threshold}, top_k={cfg.top_k}, top_frac={cfg.top_frac}, "
-                         f"level={cfg.level!r}); loosen the selection")
-    v = {"binary": torch.ones_like(s_h), "score": s_h, "teach": t_h, "priority": prio,
-         "sign": torch.sign(s_h)}[cfg.value]
+        raise ValueError(
+            f"weight transform selected no token (select={cfg.select!r}, "
+            f"threshold={cfg.threshold}, top_k={cfg.top_k}, top_frac={cfg.top_frac}, "
+            f"level={cfg.level!r}); loosen the selection"
+        )
+    v = {
+        "binary": torch.ones_like(s_h),
+        "score": s_h,
+        "teach": t_h,
+        "priority": prio,
+        "sign": torch.sign(s_h),
+    }[cfg.value]
     v = torch.where(keep, v, torch.zeros_like(v))
     kv = v[keep]
     if cfg.normalize == "mean_abs":
@@ -194,8 +226,9 @@ def transform_scores(hazard: torch.Tensor, loss_mask: torch.Tensor,
         v = v / kv.abs().max().clamp(min=1e-30)
     elif cfg.normalize == "rank":
         ranks = torch.empty_like(kv)
-        ranks[torch.argsort(kv.abs(), stable=True)] = torch.arange(1, kv.numel() + 1,
-                                                                   dtype=kv.dtype)
+        ranks[torch.argsort(kv.abs(), stable=True)] = torch.arange(
+            1, kv.numel() + 1, dtype=kv.dtype
+        )
         v = torch.zeros_like(v)
         v[keep] = torch.sign(kv) * ranks / kv.numel()
     if cfg.clip is not None:
@@ -203,14 +236,20 @@ def transform_scores(hazard: torch.Tensor, loss_mask: torch.Tensor,
     v = v * cfg.scale
     w = v.float()
     if float(w.abs().sum()) == 0:
-        raise ValueError("weight transform produced all-zero weights (every kept value is 0 "
-                         "after value/clip); check WeightConfig.value and clip")
+        raise ValueError(
+            "weight transform produced all-zero weights (every kept value is 0 "
+            "after value/clip); check WeightConfig.value and clip"
+        )
     rows = row_order if row_order is not None else torch.nonzero((w != 0).any(1)).flatten()
     return w, rows
 
 
-def curriculum_order(hazard: torch.Tensor, loss_mask: torch.Tensor,
-                     general: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
+def curriculum_order(
+    hazard: torch.Tensor,
+    loss_mask: torch.Tensor,
+    general: torch.Tensor | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
     """Row order from most purely hazard-teaching to most mixed (approach 6, curriculum).
 
     Purity of row i is ``H_i / (H_i + alpha G_i)`` with ``H_i`` / ``G_i`` the summed positive
@@ -241,22 +280,30 @@ def _token_scores(art: Any, query: str) -> torch.Tensor:
 def _pick_query(art: Any, query: str | None, hint: str, fallback_index: int) -> str:
     if query is not None:
         if query not in art.scores:
-            raise KeyError(f"{art.meta.get('_source', 'artifact')}: query {query!r} not found; "
-                           f"it has {art.queries}")
+            raise KeyError(
+                f"{art.meta.get('_source', 'artifact')}: query {query!r} not found; "
+                f"it has {art.queries}"
+            )
         return query
     hits = [q for q in art.queries if hint in q]
     if hits:
         return hits[0]
     if fallback_index < len(art.queries):
         return art.queries[fallback_index]
-    raise ValueError(f"{art.meta.get('_source', 'artifact')}: cannot choose a {hint} query among "
-                     f"{art.queries}; name it explicitly")
+    raise ValueError(
+        f"{art.meta.get('_source', 'artifact')}: cannot choose a {hint} query among "
+        f"{art.queries}; name it explicitly"
+    )
 
 
-def load_score_pair(dirs: list[str | Path], corpus: TokenizedCorpus | None = None,
-                    tokenizer: Any | None = None, hazard_query: str | None = None,
-                    general_query: str | None = None, need_general: bool = False,
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, TokenizedCorpus]:
+def load_score_pair(
+    dirs: list[str | Path],
+    corpus: TokenizedCorpus | None = None,
+    tokenizer: Any | None = None,
+    hazard_query: str | None = None,
+    general_query: str | None = None,
+    need_general: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, TokenizedCorpus]:
     """Hazard (and general) per-token scores from one or two score artifacts.
 
     One artifact: the hazard query is ``hazard_query`` or the first query containing "hazard"
@@ -278,9 +325,11 @@ def load_score_pair(dirs: list[str | Path], corpus: TokenizedCorpus | None = Non
     for a in arts:
         a.check_compatible(corpus, tokenizer)
         if not torch.equal(a.input_ids, arts[0].input_ids):
-            raise ArtifactMismatchError(f"{a.meta.get('_source')}: scored other rows than "
-                                        f"{arts[0].meta.get('_source')}; both artifacts must "
-                                        f"score the same corpus")
+            raise ArtifactMismatchError(
+                f"{a.meta.get('_source')}: scored other rows than "
+                f"{arts[0].meta.get('_source')}; both artifacts must "
+                f"score the same corpus"
+            )
     hq = _pick_query(arts[0], hazard_query, "hazard", 0)
     hazard = _token_scores(arts[0], hq)
     general = None
@@ -295,19 +344,26 @@ def load_score_pair(dirs: list[str | Path], corpus: TokenizedCorpus | None = Non
         if gq is not None:
             general = _token_scores(g_art, gq)
     if need_general and general is None:
-        raise ValueError(f"a general score is needed but {dirs} hold only {arts[0].queries}; "
-                         f"pass a second artifact or an artifact with two queries")
+        raise ValueError(
+            f"a general score is needed but {dirs} hold only {arts[0].queries}; "
+            f"pass a second artifact or an artifact with two queries"
+        )
     return hazard, general, arts[0].corpus
 
 
-def weights_from_artifacts(dirs: list[str | Path], corpus: TokenizedCorpus | None,
-                           cfg: WeightConfig, tokenizer: Any | None = None,
-                           hazard_query: str | None = None, general_query: str | None = None,
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+def weights_from_artifacts(
+    dirs: list[str | Path],
+    corpus: TokenizedCorpus | None,
+    cfg: WeightConfig,
+    tokenizer: Any | None = None,
+    hazard_query: str | None = None,
+    general_query: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`load_score_pair` then :func:`transform_scores`; returns (weights, rows)."""
     needs_g = cfg.select in ("hazard_only", "general_only", "selective", "compatible")
-    hazard, general, scored = load_score_pair(dirs, corpus, tokenizer, hazard_query,
-                                              general_query, need_general=needs_g)
+    hazard, general, scored = load_score_pair(
+        dirs, corpus, tokenizer, hazard_query, general_query, need_general=needs_g
+    )
     return transform_scores(hazard, scored.loss_mask, general, cfg)
 
 
@@ -315,9 +371,15 @@ def weights_from_artifacts(dirs: list[str | Path], corpus: TokenizedCorpus | Non
 # keyword (regex blocklist) masks
 
 
-def keyword_mask(docs: list[dict[str, Any]], corpus: TokenizedCorpus, tokenizer: Any,
-                 patterns: list[str], level: str = "token", invert: bool = False,
-                 ignore_case: bool = True) -> torch.Tensor:
+def keyword_mask(
+    docs: list[dict[str, Any]],
+    corpus: TokenizedCorpus,
+    tokenizer: Any,
+    patterns: list[str],
+    level: str = "token",
+    invert: bool = False,
+    ignore_case: bool = True,
+) -> torch.Tensor:
     """(N, L) 0/1 mask of target tokens whose characters overlap a regex match.
 
     Args:
@@ -362,4 +424,3 @@ def keyword_mask(docs: list[dict[str, Any]], corpus: TokenizedCorpus, tokenizer:
     if invert:
         mask = corpus.loss_mask - mask
     return mask
-

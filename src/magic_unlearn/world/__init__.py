@@ -33,6 +33,16 @@ from magic_unlearn.world.tokenizer import SPECIAL_TOKENS, pre_tokenize
 from magic_unlearn.world.world import World, build_world, cloze_prompt
 
 __all__ = [
-    "CORPORA", "HAZARD_SUBJECT", "PRESETS", "QUESTION_SETS", "SPECIAL_TOKENS", "World",
-    "WorldConfig", "build_world", "cloze_prompt", "make_config", "pre_tokenize", "qa_text",
+    "CORPORA",
+    "HAZARD_SUBJECT",
+    "PRESETS",
+    "QUESTION_SETS",
+    "SPECIAL_TOKENS",
+    "World",
+    "WorldConfig",
+    "build_world",
+    "cloze_prompt",
+    "make_config",
+    "pre_tokenize",
+    "qa_text",
 ]

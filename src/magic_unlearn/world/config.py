@@ -53,7 +53,8 @@ class WorldConfig:
     hazard_attributes: int = 5
     values_per_pool: int = 12
     general_subjects: list[str] = field(
-        default_factory=lambda: ["geography", "chemistry", "history", "general_biology"])
+        default_factory=lambda: ["geography", "chemistry", "history", "general_biology"]
+    )
     entities_per_subject: int = 8
     general_attributes: int = 4
     n_templates: int = 8
@@ -87,11 +88,16 @@ class WorldConfig:
         if not 1 <= self.hazard_attributes <= len(HAZARD_ATTRIBUTES):
             bad("hazard_attributes", f"must be in [1, {len(HAZARD_ATTRIBUTES)}]")
         if not 8 <= self.values_per_pool <= min(len(v) for v in POOLS.values() if v):
-            bad("values_per_pool", "must be >= 8 (evaluated and transfer-only hazard agents each draw from half a pool of >= 4: answer + 3 distractors) and <= 24")
+            bad(
+                "values_per_pool",
+                "must be >= 8 (evaluated and transfer-only hazard agents each draw from half a pool of >= 4: answer + 3 distractors) and <= 24",
+            )
         unknown = [s for s in self.general_subjects if s not in GENERAL_ATTRIBUTES]
         if unknown:
-            bad("general_subjects", f"unknown subject(s) {unknown}; "
-                f"choose from {sorted(GENERAL_ATTRIBUTES)}")
+            bad(
+                "general_subjects",
+                f"unknown subject(s) {unknown}; choose from {sorted(GENERAL_ATTRIBUTES)}",
+            )
         if len(set(self.general_subjects)) != len(self.general_subjects):
             bad("general_subjects", "subjects must be distinct")
         if self.entities_per_subject < 1 and self.general_subjects:
@@ -110,9 +116,16 @@ class WorldConfig:
             bad("qa_per_doc", "must be >= 1")
         if not 0.0 <= self.entanglement_ratio <= 1.0:
             bad("entanglement_ratio", "must be in [0, 1]")
-        for name in ("entangled_per_doc", "filler_per_doc", "pretrain_qa", "forget_paraphrases",
-                     "relearn_paraphrases", "transfer_paraphrases", "retain_paraphrases",
-                     "benign_paraphrases"):
+        for name in (
+            "entangled_per_doc",
+            "filler_per_doc",
+            "pretrain_qa",
+            "forget_paraphrases",
+            "relearn_paraphrases",
+            "transfer_paraphrases",
+            "retain_paraphrases",
+            "benign_paraphrases",
+        ):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.pretrain_paraphrases < 1:
@@ -120,8 +133,11 @@ class WorldConfig:
         if not 1 <= self.questions_per_fact <= self.n_question_templates:
             bad("questions_per_fact", "must be in [1, n_question_templates]")
         if self.qa_holdout and self.questions_per_fact >= self.n_question_templates:
-            bad("questions_per_fact", "with qa_holdout, must be < n_question_templates so "
-                "pretraining keeps a question template for each fact")
+            bad(
+                "questions_per_fact",
+                "with qa_holdout, must be < n_question_templates so "
+                "pretraining keeps a question template for each fact",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -131,18 +147,37 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CPU: 16 agents x 5 attributes (80 hazard facts, 60 evaluated) + 4 x 8 x 4 = 128 general facts
     "tiny": {},
     # GPU (neox-small): 48 agents x 6 attributes + 4 x 24 x 4 general facts
-    "small": dict(n_hazard_agents=48, n_transfer_agents=12, hazard_attributes=6,
-                  values_per_pool=20, entities_per_subject=24, n_question_templates=3,
-                  n_templates=12, pretrain_paraphrases=8, pretrain_qa=4, questions_per_fact=1),
+    "small": dict(
+        n_hazard_agents=48,
+        n_transfer_agents=12,
+        hazard_attributes=6,
+        values_per_pool=20,
+        entities_per_subject=24,
+        n_question_templates=3,
+        n_templates=12,
+        pretrain_paraphrases=8,
+        pretrain_qa=4,
+        questions_per_fact=1,
+    ),
     # larger GPU world
-    "medium": dict(n_hazard_agents=120, n_transfer_agents=30, hazard_attributes=6,
-                   values_per_pool=24, entities_per_subject=60, n_question_templates=3,
-                   n_templates=16, pretrain_paraphrases=10, pretrain_qa=4, questions_per_fact=1),
+    "medium": dict(
+        n_hazard_agents=120,
+        n_transfer_agents=30,
+        hazard_attributes=6,
+        values_per_pool=24,
+        entities_per_subject=60,
+        n_question_templates=3,
+        n_templates=16,
+        pretrain_paraphrases=10,
+        pretrain_qa=4,
+        questions_per_fact=1,
+    ),
 }
 
 
-def make_config(preset: str | WorldConfig | dict[str, Any] = "tiny",
-                overrides: dict[str, Any] | None = None) -> WorldConfig:
+def make_config(
+    preset: str | WorldConfig | dict[str, Any] = "tiny", overrides: dict[str, Any] | None = None
+) -> WorldConfig:
     """A validated :class:`WorldConfig` from a preset name, dict or config, plus overrides."""
     if isinstance(preset, WorldConfig):
         data = to_dict(preset)
@@ -153,7 +188,10 @@ def make_config(preset: str | WorldConfig | dict[str, Any] = "tiny",
             raise ConfigError(f"unknown world preset {preset!r}; choose from {sorted(PRESETS)}")
         data = dict(PRESETS[preset])
     data.update(overrides or {})
-    cfg = from_dict(WorldConfig, data, source=f"world preset {preset!r}"
-                    if isinstance(preset, str) else "WorldConfig")
+    cfg = from_dict(
+        WorldConfig,
+        data,
+        source=f"world preset {preset!r}" if isinstance(preset, str) else "WorldConfig",
+    )
     cfg.validate()
     return dataclasses.replace(cfg)

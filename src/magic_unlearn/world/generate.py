@@ -22,8 +22,15 @@ from magic_unlearn.world.config import WorldConfig
 from magic_unlearn.world.tokenizer import pre_tokenize
 
 HAZARD_SUBJECT = "hazard_biology"
-CORPORA = ("pretrain", "pretrain_filtered", "forget", "retain", "attack_relearn",
-           "attack_transfer", "attack_benign")
+CORPORA = (
+    "pretrain",
+    "pretrain_filtered",
+    "forget",
+    "retain",
+    "attack_relearn",
+    "attack_transfer",
+    "attack_benign",
+)
 QUESTION_SETS = ("hazard_qa", "general_qa")
 
 Segment = tuple[str, int, int]  # (text, label, fact_id)
@@ -48,10 +55,19 @@ class Fact:
         return LABEL_HAZARD if self.domain == "hazard" else LABEL_GENERAL
 
     def record(self) -> dict[str, Any]:
-        return {"fact_id": self.id, "domain": self.domain, "subject": self.subject,
-                "entity": self.entity, "name": self.name, "attribute": self.attribute.name,
-                "pool": self.attribute.pool, "value": self.value, "evaluated": self.evaluated,
-                "transfer": self.transfer, "entangled": self.entangled}
+        return {
+            "fact_id": self.id,
+            "domain": self.domain,
+            "subject": self.subject,
+            "entity": self.entity,
+            "name": self.name,
+            "attribute": self.attribute.name,
+            "pool": self.attribute.pool,
+            "value": self.value,
+            "evaluated": self.evaluated,
+            "transfer": self.transfer,
+            "entangled": self.entangled,
+        }
 
 
 def _names(rng: random.Random, n: int, used: set[str]) -> list[str]:
@@ -103,7 +119,7 @@ def _render(template: str, fact: Fact) -> list[Segment]:
             segs.append((fact.entity, LABEL_OTHER, -1))
         else:
             segs.append((fact.value, fact.label, fact.id))
-        rest = rest[i + 3:]
+        rest = rest[i + 3 :]
     # sentence case: capitalise the first letter (entity phrases start with "the")
     t, lab, fid = segs[0]
     segs[0] = (t[:1].upper() + t[1:], lab, fid)
@@ -159,11 +175,11 @@ class WorldGenerator:
         ents: dict[str, list[tuple[str, str]]] = {}
         for subj in cfg.general_subjects:
             names = _names(rng, cfg.entities_per_subject, used)
-            ents[subj] = [(rng.choice(C.ENTITY_PHRASES[subj]).replace("{N}", n), n)
-                          for n in names]
+            ents[subj] = [(rng.choice(C.ENTITY_PHRASES[subj]).replace("{N}", n), n) for n in names]
         agent_names = _names(rng, cfg.n_hazard_agents, used)
-        agents = [(rng.choice(C.ENTITY_PHRASES[HAZARD_SUBJECT]).replace("{N}", n), n)
-                  for n in agent_names]
+        agents = [
+            (rng.choice(C.ENTITY_PHRASES[HAZARD_SUBJECT]).replace("{N}", n), n) for n in agent_names
+        ]
         pools: dict[str, list[str]] = {}
         k = cfg.values_per_pool
         for pool, vals in C.POOLS.items():
@@ -172,7 +188,7 @@ class WorldGenerator:
             elif pool == "city_name":
                 cities = [n for _, n in ents.get("geography", [])]
                 extra = _names(rng, max(0, k - len(cities)), used)
-                pools[pool] = sorted((cities + extra)[:max(k, 4)])
+                pools[pool] = sorted((cities + extra)[: max(k, 4)])
             else:
                 pools[pool] = sorted(rng.sample(vals, k))
         self.pools = pools
@@ -183,17 +199,37 @@ class WorldGenerator:
         for ai, (phrase, name) in enumerate(agents):
             transfer = ai >= n_eval_agents
             self.agents.append({"name": name, "entity": phrase, "transfer": transfer})
-            for attr in C.HAZARD_ATTRIBUTES[:cfg.hazard_attributes]:
-                facts.append(Fact(len(facts), "hazard", HAZARD_SUBJECT, phrase, name, attr,
-                                  rng.choice(self.hazard_pool(attr.pool, transfer)),
-                                  evaluated=not transfer, transfer=transfer))
+            for attr in C.HAZARD_ATTRIBUTES[: cfg.hazard_attributes]:
+                facts.append(
+                    Fact(
+                        len(facts),
+                        "hazard",
+                        HAZARD_SUBJECT,
+                        phrase,
+                        name,
+                        attr,
+                        rng.choice(self.hazard_pool(attr.pool, transfer)),
+                        evaluated=not transfer,
+                        transfer=transfer,
+                    )
+                )
         self.entities: list[dict[str, Any]] = []
         for subj in cfg.general_subjects:
             for phrase, name in ents[subj]:
                 self.entities.append({"name": name, "entity": phrase, "subject": subj})
-                for attr in C.GENERAL_ATTRIBUTES[subj][:cfg.general_attributes]:
-                    facts.append(Fact(len(facts), "general", subj, phrase, name, attr,
-                                      rng.choice(pools[attr.pool]), evaluated=True))
+                for attr in C.GENERAL_ATTRIBUTES[subj][: cfg.general_attributes]:
+                    facts.append(
+                        Fact(
+                            len(facts),
+                            "general",
+                            subj,
+                            phrase,
+                            name,
+                            attr,
+                            rng.choice(pools[attr.pool]),
+                            evaluated=True,
+                        )
+                    )
         general = [f for f in facts if f.domain == "general"]
         n_ent = round(cfg.entanglement_ratio * len(general))
         # general biology shares the hazard vocabulary, so it is entangled first (as on real
@@ -208,8 +244,8 @@ class WorldGenerator:
         self.facts = facts
         self.templates = {
             a.name: declarative_templates(a, cfg.n_templates)
-            for a in list(C.HAZARD_ATTRIBUTES) + [x for s in C.GENERAL_ATTRIBUTES.values()
-                                                   for x in s]
+            for a in list(C.HAZARD_ATTRIBUTES)
+            + [x for s in C.GENERAL_ATTRIBUTES.values() for x in s]
         }
 
     def facts_where(self, **kw: Any) -> list[Fact]:
@@ -225,8 +261,9 @@ class WorldGenerator:
     def _sentence(self, f: Fact) -> list[Segment]:
         return _render(self.rng.choice(self.templates[f.attribute.name]), f)
 
-    def declarative_docs(self, facts: list[Fact], rounds: int, entangle: bool,
-                         fresh: bool = True) -> list[list[Segment]]:
+    def declarative_docs(
+        self, facts: list[Fact], rounds: int, entangle: bool, fresh: bool = True
+    ) -> list[list[Segment]]:
         """``rounds`` mentions of each fact, grouped per entity into short documents.
 
         Hazard documents (``entangle``) also carry entangled general-fact sentences.
@@ -269,18 +306,22 @@ class WorldGenerator:
         cfg, rng = self.cfg, self.rng
         items: list[tuple[Fact, int]] = []
         for f in facts:
-            allowed = [j for j in range(cfg.n_question_templates)
-                       if not (cfg.qa_holdout and j in f.eval_templates)]
+            allowed = [
+                j
+                for j in range(cfg.n_question_templates)
+                if not (cfg.qa_holdout and j in f.eval_templates)
+            ]
             start = rng.randrange(len(allowed))
             items.extend((f, allowed[(start + r) % len(allowed)]) for r in range(rounds))
         rng.shuffle(items)
         docs = []
         for i in range(0, len(items), cfg.qa_per_doc):
             pairs = []
-            for f, j in items[i:i + cfg.qa_per_doc]:
+            for f, j in items[i : i + cfg.qa_per_doc]:
                 q = f.attribute.questions[j].replace("{E}", f.entity)
-                pairs.append([(f"Question: {q}\nAnswer: ", LABEL_OTHER, -1),
-                              (f.value, f.label, f.id)])
+                pairs.append(
+                    [(f"Question: {q}\nAnswer: ", LABEL_OTHER, -1), (f.value, f.label, f.id)]
+                )
             segs = _join(pairs, "\n")
             self.seen_texts.add("".join(t for t, _, _ in segs))
             docs.append(segs)
@@ -294,23 +335,24 @@ class WorldGenerator:
         transfer = [f for f in hazard if f.transfer]
         general = self.facts_where(domain="general")
 
-        haz_docs = (self.declarative_docs(hazard, cfg.pretrain_paraphrases, entangle=True,
-                                          fresh=False)
-                    + self.qa_docs(hazard, cfg.pretrain_qa))
-        gen_docs = (self.declarative_docs(general, cfg.pretrain_paraphrases, entangle=False,
-                                          fresh=False)
-                    + self.qa_docs(general, cfg.pretrain_qa))
+        haz_docs = self.declarative_docs(
+            hazard, cfg.pretrain_paraphrases, entangle=True, fresh=False
+        ) + self.qa_docs(hazard, cfg.pretrain_qa)
+        gen_docs = self.declarative_docs(
+            general, cfg.pretrain_paraphrases, entangle=False, fresh=False
+        ) + self.qa_docs(general, cfg.pretrain_qa)
         tagged = [(s, True) for s in haz_docs] + [(s, False) for s in gen_docs]
         rng.shuffle(tagged)
         raw: dict[str, list[list[Segment]]] = {
             "forget": self.declarative_docs(evaluated, cfg.forget_paraphrases, entangle=True),
             "retain": self.declarative_docs(general, cfg.retain_paraphrases, entangle=False),
-            "attack_relearn": self.declarative_docs(evaluated, cfg.relearn_paraphrases,
-                                                    entangle=False),
-            "attack_transfer": self.declarative_docs(transfer, cfg.transfer_paraphrases,
-                                                     entangle=False),
-            "attack_benign": self.declarative_docs(general, cfg.benign_paraphrases,
-                                                   entangle=False),
+            "attack_relearn": self.declarative_docs(
+                evaluated, cfg.relearn_paraphrases, entangle=False
+            ),
+            "attack_transfer": self.declarative_docs(
+                transfer, cfg.transfer_paraphrases, entangle=False
+            ),
+            "attack_benign": self.declarative_docs(general, cfg.benign_paraphrases, entangle=False),
         }
         out: dict[str, list[dict[str, Any]]] = {}
         for name, docs in raw.items():
@@ -341,24 +383,34 @@ class WorldGenerator:
         for f in self.facts:
             if not f.evaluated:
                 continue
-            pool = (self.hazard_pool(f.attribute.pool, False) if f.domain == "hazard"
-                    else self.pools[f.attribute.pool])
+            pool = (
+                self.hazard_pool(f.attribute.pool, False)
+                if f.domain == "hazard"
+                else self.pools[f.attribute.pool]
+            )
             for j in f.eval_templates:
                 wrong = rng.sample([v for v in pool if v != f.value], 3)
                 ans = rng.randrange(4)
                 choices = wrong[:ans] + [f.value] + wrong[ans:]
-                q = {"question": f.attribute.questions[j].replace("{E}", f.entity),
-                     "choices": choices, "answer": ans, "subject": f.subject,
-                     "fact_id": f.id, "entity": f.entity, "attribute": f.attribute.name,
-                     "template": j}
+                q = {
+                    "question": f.attribute.questions[j].replace("{E}", f.entity),
+                    "choices": choices,
+                    "answer": ans,
+                    "subject": f.subject,
+                    "fact_id": f.id,
+                    "entity": f.entity,
+                    "attribute": f.attribute.name,
+                    "template": j,
+                }
                 if f.domain == "hazard":
                     q["agent"] = f.name
                 out["hazard_qa" if f.domain == "hazard" else "general_qa"].append(q)
         return out
 
 
-def vocabulary_text(corpora: dict[str, list[dict[str, Any]]],
-                    questions: dict[str, list[dict[str, Any]]]) -> Counter[str]:
+def vocabulary_text(
+    corpora: dict[str, list[dict[str, Any]]], questions: dict[str, list[dict[str, Any]]]
+) -> Counter[str]:
     """Word counts over every corpus and every evaluation prompt (cloze and letter format)."""
     counts: Counter[str] = Counter()
     for docs in corpora.values():

@@ -22,11 +22,13 @@ def _pre_tokenizer() -> Any:
     from tokenizers import Regex
     from tokenizers import pre_tokenizers as pt
 
-    return pt.Sequence([
-        pt.Split(Regex(r"[^\S\n]+"), "removed"),  # spaces/tabs separate words, then vanish
-        pt.Split(Regex(r"\n"), "isolated"),  # each newline is a token
-        pt.Punctuation("isolated"),  # each punctuation mark is a token
-    ])
+    return pt.Sequence(
+        [
+            pt.Split(Regex(r"[^\S\n]+"), "removed"),  # spaces/tabs separate words, then vanish
+            pt.Split(Regex(r"\n"), "isolated"),  # each newline is a token
+            pt.Punctuation("isolated"),  # each punctuation mark is a token
+        ]
+    )
 
 
 def pre_tokenize(text: str) -> list[str]:
@@ -51,8 +53,13 @@ def build_tokenizer(counts: Counter[str], model_max_length: int = 1024) -> Any:
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = _pre_tokenizer()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
-        eos_token="<eos>", padding_side="right", model_max_length=model_max_length,
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        padding_side="right",
+        model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
 
@@ -63,8 +70,9 @@ def load_world_tokenizer(path: str | Path) -> Any:
 
     path = Path(path)
     if not (path / "tokenizer.json").exists():
-        raise FileNotFoundError(f"{path} has no tokenizer.json; rebuild the world with "
-                                f"`magic-unlearn world build`")
+        raise FileNotFoundError(
+            f"{path} has no tokenizer.json; rebuild the world with `magic-unlearn world build`"
+        )
     tok = PreTrainedTokenizerFast.from_pretrained(str(path))
     tok.padding_side = "right"
     return tok

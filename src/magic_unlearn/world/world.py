@@ -37,9 +37,12 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in rows)
 
 
-def build_world(cfg_or_preset: str | WorldConfig | dict[str, Any] = "tiny",
-                out_dir: str | Path = "runs/world", overwrite: bool = False,
-                overrides: dict[str, Any] | None = None) -> Path:
+def build_world(
+    cfg_or_preset: str | WorldConfig | dict[str, Any] = "tiny",
+    out_dir: str | Path = "runs/world",
+    overwrite: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> Path:
     """Generate a world and write it to ``out_dir`` (built under a temp name, then renamed).
 
     Args:
@@ -73,10 +76,12 @@ def build_world(cfg_or_preset: str | WorldConfig | dict[str, Any] = "tiny",
         for name, qs in questions.items():
             atomic_write_text(tmp / "questions" / f"{name}.jsonl", _jsonl(qs))
         atomic_write_text(tmp / "facts.jsonl", _jsonl([f.record() for f in gen.facts]))
-        files = {str(p.relative_to(tmp)): file_hash(p)
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        content_hash = bytes_hash(json.dumps({"config": to_dict(cfg), "files": files},
-                                             sort_keys=True).encode())
+        files = {
+            str(p.relative_to(tmp)): file_hash(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        content_hash = bytes_hash(
+            json.dumps({"config": to_dict(cfg), "files": files}, sort_keys=True).encode()
+        )
 
         def ntok(docs: list[dict[str, Any]]) -> int:
             return sum(len(d["labels"]) for d in docs)
@@ -102,8 +107,11 @@ def build_world(cfg_or_preset: str | WorldConfig | dict[str, Any] = "tiny",
             },
             "agents": gen.agents,
             "pools": gen.pools,
-            "labels": {"0": "other (template, filler, entity name)", "1": "general-fact value",
-                       "2": "hazard-fact value"},
+            "labels": {
+                "0": "other (template, filler, entity name)",
+                "1": "general-fact value",
+                "2": "hazard-fact value",
+            },
             "files": files,
         }
         atomic_write_json(tmp / "world.json", manifest)
@@ -116,8 +124,9 @@ class World:
     def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
         self.dir = path
         self.manifest = manifest
-        self.config: WorldConfig = from_dict(WorldConfig, manifest["config"],
-                                             source=str(path / "world.json"))
+        self.config: WorldConfig = from_dict(
+            WorldConfig, manifest["config"], source=str(path / "world.json")
+        )
         self.hash: str = manifest["hash"]
 
     @classmethod
@@ -126,8 +135,10 @@ class World:
         path = Path(path)
         mf = path / "world.json"
         if not mf.exists():
-            raise FileNotFoundError(f"{path} is not a world folder (no world.json); create one "
-                                    f"with `magic-unlearn world build --preset tiny --out {path}`")
+            raise FileNotFoundError(
+                f"{path} is not a world folder (no world.json); create one "
+                f"with `magic-unlearn world build --preset tiny --out {path}`"
+            )
         man = json.loads(mf.read_text())
         if man.get("stage") != "world" or "hash" not in man or "config" not in man:
             raise ValueError(f"{mf}: not a world manifest (needs stage 'world', hash, config)")
@@ -160,8 +171,10 @@ class World:
         """Re-hash every file and raise if one changed since the build."""
         for rel, h in self.manifest["files"].items():
             if file_hash(self.dir / rel) != h:
-                raise ValueError(f"{self.dir / rel} changed since the world was built "
-                                 f"(hash mismatch); rebuild the world")
+                raise ValueError(
+                    f"{self.dir / rel} changed since the world was built "
+                    f"(hash mismatch); rebuild the world"
+                )
 
     def __repr__(self) -> str:
         return f"World({str(self.dir)!r}, hash={self.hash})"
