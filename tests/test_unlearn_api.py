@@ -283,3 +283,41 @@ def test_interrupted_unlearn_resumes_to_the_same_model(setup: Path) -> None:
             assert torch.allclose(x, y, atol=1e-6), k
     finally:
         METHODS.pop("_crash_once_test", None)
+
+
+def test_resume_with_other_settings_is_refused_or_restarted(setup: Path) -> None:
+    """A checkpoint of an interrupted run resumes only into the same settings (issue #18)."""
+    from magic_unlearn.checkpoint import CheckpointMismatchError
+    from magic_unlearn.unlearn.losses import METHODS, GradDiff, register_method
+
+    @register_method("_crash_at_3_test")
+    class CrashAt3(GradDiff):
+        def __call__(self, model, batch, step, total):  # noqa: ANN001, ANN204
+            if step == 3:
+                raise KeyboardInterrupt("simulated crash")
+            return super().__call__(model, batch, step, total)
+
+    try:
+        common = dict(
+            model=str(setup / "base"),
+            forget=str(setup / "forget.jsonl"),
+            retain=str(setup / "retain.jsonl"),
+        )
+        ov = [f"max_length={MAXLEN}", "loop.batch_size=2", "loop.steps=6", "loop.device=cpu"]
+        ov += ["loop.checkpoint_every=2", "loop.log_every=1"]
+        crash = load_unlearn_config(
+            None, [*ov, "loop.lr=1e-4"], method="_crash_at_3_test", **common
+        )
+        with pytest.raises(KeyboardInterrupt):
+            unlearn(crash, setup / "res", progress=False)
+        assert (setup / ".res.ckpt" / "main" / "checkpoint").exists()
+        other = load_unlearn_config(None, [*ov, "loop.lr=5e-3"], method="graddiff", **common)
+        with pytest.raises(CheckpointMismatchError, match="other settings.*--overwrite"):
+            unlearn(other, setup / "res", progress=False)
+        assert not (setup / "res").exists()
+        unlearn(other, setup / "res", overwrite=True, progress=False)  # starts over
+        hist = json.loads((setup / "res" / "metrics.json").read_text())["phases"][0]["history"]
+        assert [h["step"] for h in hist] == list(range(1, 7))  # from the start, not step 2
+        assert all(h["lr"] == pytest.approx(5e-3) for h in hist)
+    finally:
+        METHODS.pop("_crash_at_3_test", None)

@@ -13,7 +13,7 @@ import torch
 
 from magic_unlearn.data import TokenizedCorpus, per_token_nll
 from magic_unlearn.models import build_model
-from magic_unlearn.unlearn import LoopConfig, LoraSettings, get_method, train_loop
+from magic_unlearn.unlearn import LoopConfig, LoraSpec, get_method, train_loop
 from magic_unlearn.unlearn.loop import CyclingSampler
 
 V = 40
@@ -178,7 +178,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path: Path, lora: bool) -> None:
         warmup_steps=2,
         device="cpu",
         log_every=1,
-        lora=LoraSettings(r=2) if lora else None,
+        lora=LoraSpec(r=2) if lora else None,
     )
     data = {"forget": c, "retain": r}
     ref = train_loop(tiny(), get_method("graddiff"), data, cfg, progress=False)
@@ -205,7 +205,7 @@ def test_lora_merge_gives_same_logits_as_adapter_model() -> None:
         batch_size=4,
         device="cpu",
         merge_lora=False,
-        lora=LoraSettings(r=4, alpha=8, target_modules=["query_key_value", "dense_4h_to_h"]),
+        lora=LoraSpec(r=4, alpha=8, target_modules=["query_key_value", "dense_4h_to_h"]),
     )
     res = train_loop(tiny(), get_method("sft"), {"forget": c}, cfg, progress=False)
     peft_model = res.model
@@ -226,7 +226,7 @@ def test_lora_adapters_only_on_chosen_layers_and_modules() -> None:
         device="cpu",
         merge_lora=False,
         layers=[0],
-        lora=LoraSettings(r=2, target_modules=["dense"]),
+        lora=LoraSpec(r=2, target_modules=["dense"]),
     )
     res = train_loop(tiny(), get_method("sft"), {"forget": make_corpus()}, cfg, progress=False)
     names = {n.split(".lora_")[0] for n, p in res.model.named_parameters() if p.requires_grad}

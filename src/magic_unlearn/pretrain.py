@@ -25,10 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from magic_unlearn.checkpoint import load_checkpoint, save_checkpoint
 from magic_unlearn.config import config_hash, save_config, to_dict
 from magic_unlearn.data import tokenize_corpus
 from magic_unlearn.io import atomic_dir, atomic_write_json, read_json, write_manifest
 from magic_unlearn.models import build_model, resolve_device, resolve_dtype
+from magic_unlearn.schedules import lr_factor
 
 VARIANTS = {"base": "pretrain", "filtered": "pretrain_filtered"}
 
@@ -179,11 +181,7 @@ def training_rows(
 
 def lr_at(step: int, total: int, cfg: PretrainConfig) -> float:
     """Linear warm-up to ``lr`` then cosine decay to ``min_lr_ratio * lr``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return cfg.lr * lr_factor(step, total, "cosine", cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -225,38 +223,24 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
 def _save_checkpoint(
     work: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, history: list[float]
 ) -> None:
-    from safetensors.torch import save_file
-
-    tmp = work / "ckpt.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-        str(tmp / "model.safetensors"),
+    save_checkpoint(
+        work / "ckpt",
+        model.state_dict(),
+        {"optimizer": opt.state_dict()},
+        {"step": step, "loss_history": history},
     )
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    atomic_write_json(tmp / "state.json", {"step": step, "loss_history": history})
-    final = work / "ckpt"
-    old = work / "ckpt.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_checkpoint(
     work: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device
 ) -> tuple[int, list[float]]:
-    from safetensors.torch import load_file
-
-    ck = work / "ckpt"
-    if not (ck / "state.json").exists():
+    # the run key in work/key.json already ties the folder to this run's settings
+    ck = load_checkpoint(work / "ckpt", device=device)
+    if ck is None:
         return 0, []
-    model.load_state_dict(load_file(str(ck / "model.safetensors"), device=str(device)))
-    opt.load_state_dict(torch.load(ck / "optimizer.pt", map_location=device, weights_only=True))
-    st = read_json(ck / "state.json")
-    return int(st["step"]), list(st["loss_history"])
+    model.load_state_dict(ck.tensors)
+    opt.load_state_dict(ck.extra["optimizer"])
+    return ck.step, list(ck.state["loss_history"])
 
 
 # ---------------------------------------------------------------------------------- metrics

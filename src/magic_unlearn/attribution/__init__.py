@@ -11,7 +11,7 @@ Public API::
 
 from magic_unlearn.attribution.artifact import ArtifactMismatchError, ScoreArtifact
 from magic_unlearn.attribution.baselines import grad_similarity, random_scores
-from magic_unlearn.attribution.config import LoraSpec, TrajectoryConfig
+from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.magic import TrajectoryDriftError, attribute
 from magic_unlearn.attribution.optim import FunctionalOptimizer, lr_at
 from magic_unlearn.attribution.trajectory import (
@@ -20,6 +20,7 @@ from magic_unlearn.attribution.trajectory import (
     prepare_model,
     train_trajectory,
 )
+from magic_unlearn.lora import LoraSpec
 
 __all__ = [
     "ArtifactMismatchError",

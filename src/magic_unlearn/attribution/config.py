@@ -8,25 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from magic_unlearn.lora import LoraSpec
+from magic_unlearn.schedules import SCHEDULES
+
 OPTIMIZERS = ("sgd", "momentum", "adamw")
-SCHEDULES = ("constant", "warmup", "linear", "cosine")
 CHECKPOINTING = ("every", "sqrt", "kary")
 STORAGE = ("gpu", "cpu", "disk")
 PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass
-class LoraSpec:
-    """LoRA adapters (peft); only adapter weights train and get differentiated.
-
-    ``target_modules=None`` uses peft's default for the architecture (GPT-NeoX: query_key_value).
-    """
-
-    r: int = 8
-    alpha: float = 16.0
-    target_modules: list[str] | None = None
-    # peft's init_lora_weights: True (B = 0, standard) or "gaussian" (both random, small)
-    init: str = "default"
 
 
 @dataclass
@@ -123,6 +111,8 @@ class TrajectoryConfig:
             raise bad("checkpoint_k", self.checkpoint_k, "an integer >= 2 for kary")
         if isinstance(self.lora, dict):
             self.lora = LoraSpec(**self.lora)
+        if self.lora is not None and self.lora.dropout:
+            raise bad("lora.dropout", self.lora.dropout, "0 (a replayed trajectory has no dropout)")
 
     @property
     def drift_limit(self) -> float:

@@ -1,4 +1,4 @@
-"""Functional optimisers with hand-written reverse steps (VJPs), and learning-rate schedules.
+"""Functional optimisers with hand-written reverse steps (VJPs), and the trajectory's learning rates.
 
 The training state is ``(params, buffers)``; ``step`` updates both in place, ``vjp`` maps the
 adjoint of the state after step t to the adjoint of the state before it plus the adjoint of the
@@ -10,12 +10,11 @@ decay (g + wd * p, buffer initialised at zero), AdamW decoupled decay with bias 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.schedules import lr_factor
 
 
 def adjoint_dtype(p: Tensor) -> torch.dtype:
@@ -25,17 +24,7 @@ def adjoint_dtype(p: Tensor) -> torch.dtype:
 
 def lr_at(cfg: TrajectoryConfig, t: int) -> float:
     """Learning rate of step t (0-based)."""
-    w = cfg.warmup_steps
-    if cfg.schedule != "constant" and w > 0 and t < w:
-        return cfg.lr * (t + 1) / w
-    if cfg.schedule in ("constant", "warmup"):
-        return cfg.lr
-    span = max(1, cfg.steps - w)
-    frac = min(1.0, (t - w) / span) if cfg.steps - w > 1 else 0.0
-    lo = cfg.min_lr_ratio
-    if cfg.schedule == "linear":
-        return cfg.lr * (1.0 - (1.0 - lo) * frac)
-    return cfg.lr * (lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+    return cfg.lr * lr_factor(t, cfg.steps, cfg.schedule, cfg.warmup_steps, cfg.min_lr_ratio)
 
 
 class FunctionalOptimizer:

@@ -25,6 +25,7 @@ from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphCache
 from magic_unlearn.attribution.optim import FunctionalOptimizer
 from magic_unlearn.data import TokenizedCorpus, _TokenNLL, per_token_nll  # noqa: F401 - _TokenNLL re-exported
+from magic_unlearn.lora import apply_lora
 from magic_unlearn.models import resolve_dtype
 
 
@@ -206,21 +207,10 @@ def prepare_model(
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
-        init: Any = True if cfg.lora.init in ("default", "true", True) else cfg.lora.init
-        lcfg = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            target_modules=cfg.lora.target_modules,
-            lora_dropout=0.0,
-            bias="none",
-            init_lora_weights=init,
-        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             # adapters of a half-precision base stay float32 (peft's autocast_adapter_dtype)
-            model = get_peft_model(model, lcfg)
+            model = apply_lora(model, cfg.lora)
         model.eval()
         params = [p for n, p in model.named_parameters() if "lora_" in n]
         for p in model.parameters():

@@ -51,7 +51,8 @@ class TimedScorer:
 
 def loop_config(attack: AttackConfig, lr: float, steps: int, device: str) -> Any:
     """The :class:`LoopConfig` of one fine-tuning phase of ``attack``."""
-    from magic_unlearn.unlearn.loop import LoopConfig, LoraSettings
+    from magic_unlearn.lora import LoraSpec
+    from magic_unlearn.unlearn.loop import LoopConfig
 
     return LoopConfig(
         steps=steps,
@@ -65,7 +66,7 @@ def loop_config(attack: AttackConfig, lr: float, steps: int, device: str) -> Any
         max_grad_norm=attack.max_grad_norm,
         precision=attack.precision,
         seed=attack.seed,
-        lora=(LoraSettings(r=attack.lora_r, alpha=attack.lora_alpha) if attack.lora else None),
+        lora=(LoraSpec(r=attack.lora_r, alpha=attack.lora_alpha) if attack.lora else None),
         eval_every=attack.eval_every,
         log_every=1,
         device=device,

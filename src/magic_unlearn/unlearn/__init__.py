@@ -12,6 +12,7 @@ regularisers), :mod:`.weights` (scores -> per-token weights, keyword masks, curr
 :mod:`.edit` (representation editing), :mod:`.api` (``unlearn``, configs, recipes).
 """
 
+from magic_unlearn.lora import LoraSpec
 from magic_unlearn.unlearn.api import (
     RECIPES,
     EditConfig,
@@ -21,14 +22,14 @@ from magic_unlearn.unlearn.api import (
     make_eval_fn,
     unlearn,
 )
-from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, LoraSettings, train_loop
+from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, train_loop
 from magic_unlearn.unlearn.losses import METHODS, Method, get_method, register_method
 from magic_unlearn.unlearn.weights import SEED_CONFIGS, WeightConfig, transform_scores
 
 __all__ = [
     "LoopConfig",
     "LoopResult",
-    "LoraSettings",
+    "LoraSpec",
     "train_loop",
     "METHODS",
     "Method",

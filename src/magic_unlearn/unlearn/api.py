@@ -9,6 +9,7 @@ result atomically. Named recipes (``RECIPES``) preset the seed's attribution con
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from magic_unlearn.checkpoint import CheckpointMismatchError, stale_checkpoints
 from magic_unlearn.config import (
     ConfigError,
     apply_overrides,
+    config_hash,
     deep_merge,
     from_dict,
     read_yaml_mapping,
@@ -36,6 +39,8 @@ from magic_unlearn.unlearn.weights import (
     load_score_pair,
     transform_scores,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -416,6 +421,18 @@ def unlearn(
             remove_directions(model, dirs, cfg.edit.mode)
 
     ckpt = out.parent / f".{out.name}.ckpt"
+    # a checkpoint resumes only into the run that wrote it (the whole resolved config)
+    fingerprint = config_hash(cfg)
+    stale = stale_checkpoints(ckpt, fingerprint)
+    if stale and overwrite:  # --overwrite: start over instead of refusing
+        logger.warning("%s: checkpoint of a run with other settings removed (--overwrite)", ckpt)
+        shutil.rmtree(ckpt)
+    elif stale:
+        raise CheckpointMismatchError(
+            f"{stale[0]}: an interrupted run with other settings left this checkpoint; resuming "
+            f"would mix two runs. Rerun with its settings to resume it, or pass --overwrite "
+            f"(overwrite=True) to start over"
+        )
     results: list[LoopResult] = []
     if cfg.method != "none":
         method = get_method(cfg.method, **method_kwargs)
@@ -428,6 +445,7 @@ def unlearn(
             eval_fn,
             out_dir=ckpt / "main",
             progress=progress,
+            fingerprint=fingerprint,
         )
         model = res.model
         results.append(res)
@@ -451,6 +469,7 @@ def unlearn(
             eval_fn,
             out_dir=ckpt / "stabilise",
             progress=progress,
+            fingerprint=fingerprint,
         )
         model = res.model
         results.append(res)

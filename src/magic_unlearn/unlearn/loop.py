@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import time
 import zlib
@@ -38,18 +37,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from magic_unlearn import schedules
+from magic_unlearn.checkpoint import load_checkpoint, save_checkpoint
+from magic_unlearn.config import config_hash
 from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.lora import LoraSpec, apply_lora
 from magic_unlearn.models import get_decoder_layers, resolve_device, seed_everything
-
-
-@dataclass
-class LoraSettings:
-    """LoRA adapter settings (peft). ``target_modules=None`` adapts every linear layer."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] | None = None
 
 
 @dataclass
@@ -74,7 +67,7 @@ class LoopConfig:
     max_grad_norm: float | None = 1.0
     precision: str = "fp32"  # fp32 | bf16 (autocast; master weights stay as loaded)
     seed: int = 0
-    lora: LoraSettings | None = None
+    lora: LoraSpec | None = None
     layers: list[int] | None = None
     target_modules: list[str] | None = None
     eval_every: int = 0
@@ -242,8 +235,6 @@ def prepare_trainable(model: nn.Module, cfg: LoopConfig) -> nn.Module:
     """Freeze / adapt ``model`` per ``cfg`` (LoRA via peft, or a subset of full parameters)."""
     prefixes = _layer_prefixes(model, cfg.layers)
     if cfg.lora is not None:
-        from peft import LoraConfig, get_peft_model
-
         targets = cfg.lora.target_modules or cfg.target_modules
         names = _lora_target_names(model, prefixes, targets)
         if not names:
@@ -252,14 +243,7 @@ def prepare_trainable(model: nn.Module, cfg: LoopConfig) -> nn.Module:
                 f"layers={cfg.layers}; module names look like "
                 f"{[n for n, _ in model.named_modules()][1:6]}"
             )
-        lcfg = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=names,
-            bias="none",
-        )
-        return get_peft_model(model, lcfg)
+        return apply_lora(model, cfg.lora, target_modules=names)
     n_train = 0
     for name, p in model.named_parameters():
         p.requires_grad_(_matches(name, prefixes, cfg.target_modules))
@@ -329,17 +313,15 @@ def build_optimizer(params: list[nn.Parameter], cfg: LoopConfig) -> torch.optim.
 
 
 def lr_factor(step: int, cfg: LoopConfig) -> float:
-    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (linear warmup, then the schedule)."""
-    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    if cfg.schedule == "linear":
-        return max(0.0, 1.0 - frac)
-    if cfg.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-    raise ValueError(f"LoopConfig.schedule={cfg.schedule!r}; use constant|linear|cosine")
+    """Multiplier of ``cfg.lr`` at optimizer step ``step``: linear warmup (also under
+    ``constant``: the loop's constant schedule warms up when ``warmup_steps`` is set), then the
+    schedule (``linear`` / ``cosine`` decay to 0)."""
+    schedule = cfg.schedule
+    if schedule == "constant" and cfg.warmup_steps > 0:
+        schedule = "warmup"
+    if schedule not in ("constant", "warmup", "linear", "cosine"):
+        raise ValueError(f"LoopConfig.schedule={cfg.schedule!r}; use constant|linear|cosine")
+    return schedules.lr_factor(step, cfg.steps, schedule, cfg.warmup_steps)
 
 
 def _trainable_state(model: nn.Module, method: Any) -> dict[str, torch.Tensor]:
@@ -357,45 +339,35 @@ def _save_checkpoint(
     opt: torch.optim.Optimizer,
     history: list[dict],
     evals: list[dict],
+    fingerprint: str,
 ) -> None:
-    from safetensors.torch import save_file
-
-    from magic_unlearn.io import atomic_dir, atomic_write_json
-
-    state = _trainable_state(model, method)
-    with atomic_dir(out_dir / "checkpoint", overwrite=True) as tmp:
-        save_file(
-            {k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "trainable.safetensors")
-        )
-        torch.save(
-            {"optimizer": opt.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt"
-        )
-        atomic_write_json(tmp / "state.json", {"step": step, "history": history, "evals": evals})
+    save_checkpoint(
+        out_dir / "checkpoint",
+        _trainable_state(model, method),
+        {"optimizer": opt.state_dict(), "rng": torch.get_rng_state()},
+        {"step": step, "history": history, "evals": evals},
+        fingerprint=fingerprint,
+    )
 
 
 def _load_checkpoint(
-    out_dir: Path, model: nn.Module, method: Any, opt: torch.optim.Optimizer
+    out_dir: Path, model: nn.Module, method: Any, opt: torch.optim.Optimizer, fingerprint: str
 ) -> tuple[int, list[dict], list[dict]]:
-    from safetensors.torch import load_file
-
-    from magic_unlearn.io import read_json
-
-    ck = out_dir / "checkpoint"
-    saved = load_file(str(ck / "trainable.safetensors"))
+    ck = load_checkpoint(out_dir / "checkpoint", fingerprint=fingerprint)
+    if ck is None:
+        return 0, [], []
     current = _trainable_state(model, method)
-    if set(saved) != set(current):
+    if set(ck.tensors) != set(current):
         raise ValueError(
-            f"{ck}: checkpoint holds other trainable parameters than this run "
-            f"(different LoRA/layers/method config?); delete {ck} to start over"
+            f"{out_dir / 'checkpoint'}: checkpoint holds other trainable parameters than this "
+            f"run (different LoRA/layers/method config?); delete it to start over"
         )
     with torch.no_grad():
         for k, v in current.items():
-            v.copy_(saved[k].to(v.device, v.dtype))
-    extra = torch.load(ck / "optimizer.pt", weights_only=True, map_location="cpu")
-    opt.load_state_dict(extra["optimizer"])
-    torch.set_rng_state(extra["rng"])
-    st = read_json(ck / "state.json")
-    return int(st["step"]), list(st["history"]), list(st["evals"])
+            v.copy_(ck.tensors[k].to(v.device, v.dtype))
+    opt.load_state_dict(ck.extra["optimizer"])
+    torch.set_rng_state(ck.extra["rng"])
+    return ck.step, list(ck.state["history"]), list(ck.state["evals"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,6 +425,7 @@ def train_loop(
     eval_fn: Callable[[nn.Module, int], dict] | None = None,
     out_dir: Path | None = None,
     progress: bool = True,
+    fingerprint: str | None = None,
 ) -> LoopResult:
     """Train ``model`` with ``method``'s loss on micro-batches drawn from every corpus in ``data``.
 
@@ -471,6 +444,10 @@ def train_loop(
         eval_fn: ``eval_fn(model, step) -> dict`` run (main rank, eval mode, no grad) every
             ``cfg.eval_every`` steps and after the last step.
         out_dir: where checkpoints live.
+        fingerprint: hash of the resolved settings of the run (default: of ``cfg`` and the
+            method's class; :func:`magic_unlearn.unlearn.unlearn` passes its whole resolved
+            config); a checkpoint written under another one is refused rather than resumed into
+            a mix of two runs.
         progress: show a tqdm bar.
 
     Returns:
@@ -517,8 +494,10 @@ def train_loop(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
 
     start, history, evals = 0, [], []
-    if out_dir is not None and (Path(out_dir) / "checkpoint" / "state.json").exists():
-        start, history, evals = _load_checkpoint(Path(out_dir), model, method, opt)
+    if fingerprint is None:  # callers that know the method's settings pass a fuller hash
+        fingerprint = config_hash({"loop": cfg, "method": type(method).__name__})
+    if out_dir is not None:
+        start, history, evals = _load_checkpoint(Path(out_dir), model, method, opt, fingerprint)
         sched.last_epoch = start  # resume the schedule without replaying optimizer steps
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
@@ -626,7 +605,9 @@ def train_loop(
             and done != cfg.steps
         ):
             if dist_info.is_main:
-                _save_checkpoint(Path(out_dir), done, inner, method, opt, history, evals)
+                _save_checkpoint(
+                    Path(out_dir), done, inner, method, opt, history, evals, fingerprint
+                )
             _barrier(dist_info)
     if bar is not None:
         bar.close()
