@@ -149,7 +149,8 @@ def forward_logits(model: nn.Module, input_ids: torch.Tensor, keep: torch.Tensor
     return model(input_ids=input_ids).logits[:, keep]  # (B, K, V)
 
 
-def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary, in float32 at least."""
     # bf16/fp16 log-probs lose ~3 digits; float64 models stay float64 for exact checks
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
@@ -164,7 +165,8 @@ def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tens
     return out.to(device)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used to right-pad rows: the tokenizer's pad token, else its EOS, else 0."""
     for attr in ("pad_token_id", "eos_token_id"):
         v = getattr(tokenizer, attr, None)
         if v is not None:
@@ -191,7 +193,7 @@ def _score_last(
         last = torch.tensor([len(rows[i]) - 1 for i in idx], device=device)  # (B,)
         keep, inv = torch.unique(last, sorted=True, return_inverse=True)  # (K,), (B,)
         logits = forward_logits(model, ids, keep)  # (B, K, V)
-        logp = _log_softmax(logits[torch.arange(len(idx), device=device), inv])  # (B, V)
+        logp = log_softmax(logits[torch.arange(len(idx), device=device), inv])  # (B, V)
         c = torch.tensor([cand[i] for i in idx], device=device)  # (B, C)
         out[idx] = logp.gather(1, c).double().cpu().numpy()
         if pbar is not None:
@@ -217,7 +219,7 @@ def _score_spans(
         lo = min(rows[i][1] for i in idx)
         hi = max(rows[i][1] + len(rows[i][2]) for i in idx)
         keep = torch.arange(lo, hi, device=device)  # (K,)
-        logp = _log_softmax(forward_logits(model, ids, keep))  # (B, K, V)
+        logp = log_softmax(forward_logits(model, ids, keep))  # (B, K, V)
         tgt = torch.zeros((len(idx), hi - lo), dtype=torch.long)
         mask = torch.zeros((len(idx), hi - lo), dtype=torch.bool)
         for b, i in enumerate(idx):
@@ -287,7 +289,7 @@ def score_choices(
             rows = [enc.contexts[i][-max_len:] for i in fast_q]
             cand = [[c[0] for c in enc.continuations[i]] for i in fast_q]
             ll[fast_q] = _score_last(
-                model, rows, cand, batch_size, device, _pad_id(tokenizer), pbar
+                model, rows, cand, batch_size, device, pad_token_id(tokenizer), pbar
             )
         if slow_rows:
             sums = _score_spans(
@@ -295,7 +297,7 @@ def score_choices(
                 [(inp, st, enc.continuations[i][c]) for i, c, (inp, st, _) in slow_rows],
                 batch_size,
                 device,
-                _pad_id(tokenizer),
+                pad_token_id(tokenizer),
                 pbar,
             )
             for (i, c, _), v in zip(slow_rows, sums, strict=True):
