@@ -21,6 +21,7 @@ The configuration is a YAML file (``configs/demo_<preset>.yaml``) loaded into
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,13 +30,33 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
-from magic_unlearn.config import ConfigError, deep_merge, load_config, save_config
+from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.config import (
+    ConfigError,
+    deep_merge,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+)
 from magic_unlearn.io import atomic_write_text
-from magic_unlearn.pipeline.runs import RunConfig, RunSpec, execute_run, is_complete, make_spec
-from magic_unlearn.pipeline.stages import STAGES
+from magic_unlearn.pipeline.report import build_report
+from magic_unlearn.pipeline.runs import (
+    RunConfig,
+    RunSpec,
+    execute_run,
+    is_complete,
+    make_spec,
+    validate_spec,
+)
+from magic_unlearn.pipeline.stages import STAGES, pretrain_config_from_section
 from magic_unlearn.pipeline.store import ResultsStore
 from magic_unlearn.pipeline.sweep import fill_vars
+from magic_unlearn.world import make_config
+
+logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests (hidden from --help)
 
@@ -181,21 +202,20 @@ class Demo:
         cached = done or status == "skipped"
         cpu = time.process_time() - c0
         self.timings.append((step.title, dt, cached, cpu))
-        msg = (
-            f"[{len(self.timings)}] {step.title}: {'cached' if cached else 'done'} in "
-            f"{dt:.1f}s (CPU {cpu:.1f}s)"
+        logger.info(
+            "[%d] %s: %s in %.1fs (CPU %.1fs)",
+            len(self.timings),
+            step.title,
+            "cached" if cached else "done",
+            dt,
+            cpu,
         )
         if bar is not None:
-            bar.write(msg)
             bar.update(1)
-        elif self.progress:
-            print(msg, flush=True)
 
     def validate(self) -> None:
         """Check every stage section before anything runs (a typo fails in seconds, not after
         pretraining)."""
-        from magic_unlearn.pipeline.runs import validate_spec
-
         c = self.cfg
         dummy = {
             "world": "WORLD",
@@ -241,11 +261,6 @@ class Demo:
     def resolved(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """World, pretrain and trajectory sections with their presets expanded to every field,
         so the run hashes (the cache keys) change when a preset's definition changes."""
-        from magic_unlearn.attribution import TrajectoryConfig
-        from magic_unlearn.config import from_dict, to_dict
-        from magic_unlearn.pipeline.stages import _pretrain_config
-        from magic_unlearn.world import make_config
-
         c = self.cfg
         world = {
             "preset": to_dict(
@@ -254,7 +269,9 @@ class Demo:
         }
         pre = {
             "preset": c.pretrain.get("preset", "tiny"),
-            "config": to_dict(_pretrain_config(c.pretrain, c.device, "demo config: pretrain")),
+            "config": to_dict(
+                pretrain_config_from_section(c.pretrain, c.device, "demo config: pretrain")
+            ),
         }
         traj = to_dict(
             from_dict(
@@ -267,10 +284,6 @@ class Demo:
 
     def run(self) -> Path:
         """Run every step (cached ones are skipped) and write the report; returns report.md."""
-        from tqdm.auto import tqdm
-
-        from magic_unlearn.pipeline.report import build_report
-
         c = self.cfg
         t_start, c_start = time.time(), time.process_time()
         self.validate()

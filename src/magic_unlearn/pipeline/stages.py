@@ -1,46 +1,74 @@
 """The real pipeline stages, as ``Stage`` entries of :data:`STAGES` (see ``runs.py``).
 
-Each stage is a thin adapter from a run-config section to a stage module's Python API; heavy
-imports happen inside the functions so ``magic_unlearn.pipeline`` stays cheap to import.
+Each stage is a thin adapter from a run-config section to a stage module's Python API. A section
+stays a plain mapping in the run config (so a sweep can set any of its fields with a dotted key,
+e.g. ``eval.limit``); the stage loads it into its typed config with :func:`load_section`, which
+refuses unknown fields with a message naming the stage and its valid fields. The same loading
+is the stage's ``validate`` hook, so a typo fails when a sweep or the demo is expanded, before
+anything runs.
 
-Sections (``RunConfig`` fields; ``params.<stage>`` for the first four):
+Sections (``RunConfig`` fields; ``params.<stage>`` for the first four) and their configs:
 
-- ``world``: ``{preset: tiny, overrides: {field: value}}`` -> artifact ``world``.
-- ``pretrain``: ``{variant: base|filtered, config: {...}}`` (uses ``RunConfig.world``)
-  -> artifact ``model``.
-- ``attribute``: ``{method: magic|grad_sim|random, corpus: forget, queries: [hazard_qa,
-  general_qa], fmt: cloze, limit: null, seed: 0, trajectory: {TrajectoryConfig fields}}``
-  (uses ``RunConfig.model`` and ``world``) -> artifact ``scores``.
-- ``analyze``: ``{scores: [artifact folders], method: magic, alpha: 1.0, k_noise: 3.0}``
-  -> artifact ``analysis``.
-- ``unlearn``: the fields of the unlearning config (method, corpora, loop settings, token
-  weights) -> artifact ``model``.
-- ``eval``: ``{hazard_task: hazard_qa, general_task: general_qa, fmt: cloze, limit: null,
-  batch_size: 64}`` on the current model -> summary ``hazard_acc``, ``general_acc``.
-- ``tamper``: ``{suite: world, base_curves: null, filtered_curves: null, overrides: [],
-  <any SuiteConfig field>}`` on the current model, compared with ``RunConfig.base`` /
-  ``reference`` (models or precomputed curves) -> summary ``tamper`` (the verdict).
+- ``world``: :class:`WorldStageConfig` -> artifact ``world``.
+- ``pretrain``: :class:`PretrainStageConfig` (uses ``RunConfig.world``) -> artifact ``model``.
+- ``attribute``: :class:`AttributeStageConfig` (uses ``RunConfig.model`` and ``world``)
+  -> artifact ``scores``.
+- ``analyze``: :class:`AnalyzeStageConfig` -> artifact ``analysis``.
+- ``unlearn``: the fields of :class:`~magic_unlearn.unlearn.api.UnlearnConfig` (method,
+  corpora, loop settings, token weights; run fields fill the model, forget corpus, device and
+  seed) -> artifact ``model``.
+- ``eval``: :class:`EvalStageConfig` on the current model -> summary ``hazard_acc``,
+  ``general_acc``.
+- ``tamper``: :class:`TamperStageConfig` (its own fields plus any
+  :class:`~magic_unlearn.tamper.config.SuiteConfig` field) on the current model, compared with
+  ``RunConfig.base`` / ``reference`` (models or precomputed curves) -> summary ``tamper`` (the
+  verdict).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from magic_unlearn.config import ConfigError, deep_merge, from_dict
-from magic_unlearn.io import read_json
+from magic_unlearn.analysis import analyze
+from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.config import ConfigError, deep_merge, from_dict, to_dict
+from magic_unlearn.evaluation.evaluator import evaluate
+from magic_unlearn.evaluation.tasks import FORMATS, load_task
+from magic_unlearn.io import atomic_write_json, read_json
+from magic_unlearn.models import load_model, load_tokenizer
 from magic_unlearn.pipeline.runs import RunContext, Stage, StageResult
+from magic_unlearn.pretrain import VARIANTS, PretrainConfig, pretrain, resolve_pretrain_config
+from magic_unlearn.tamper import tamper
+from magic_unlearn.tamper.config import SuiteConfig, suite_dict
+from magic_unlearn.unlearn import METHODS
+from magic_unlearn.unlearn.api import UnlearnConfig, load_unlearn_config, unlearn
+from magic_unlearn.world import World, WorldConfig, build_world, make_config
+
+T = TypeVar("T")
 
 
-def _unknown(section: dict[str, Any], allowed: set[str], what: str) -> None:
-    bad = sorted(set(section) - allowed)
-    if bad:
-        raise ConfigError(
-            f"unknown field(s) {bad} for the {what} stage; valid fields are {sorted(allowed)}"
-        )
+def load_section(cls: type[T], section: Mapping[str, Any] | None, stage: str, where: str = "") -> T:
+    """The typed config of ``stage`` from its run-config section.
+
+    Args:
+        cls: the stage's config dataclass.
+        section: the section mapping (``None``: all defaults).
+        stage: the stage name, for error messages.
+        where: what holds the section (e.g. ``run unlearn/ga-1a2b``), for error messages.
+
+    Raises:
+        ConfigError: naming the stage and the valid fields, on an unknown or invalid field.
+    """
+    source = f"{where}: {stage} stage" if where else f"{stage} stage"
+    return from_dict(cls, dict(section or {}), source=source)
 
 
 def _need(value: str, field: str, stage: str) -> str:
@@ -49,30 +77,46 @@ def _need(value: str, field: str, stage: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=4)
-def _world(path: str) -> Any:
-    from magic_unlearn.world import World
+def _where(ctx: RunContext) -> str:
+    return f"run {ctx.spec.run_id}"
 
+
+@functools.lru_cache(maxsize=4)
+def _world(path: str) -> World:
     return World.load(path)
 
 
 # ------------------------------------------------------------------------------ world
 
-_WORLD_FIELDS = {"preset", "overrides"}
+
+@dataclass
+class WorldStageConfig:
+    """The ``world`` stage: build a hazard world.
+
+    Attributes:
+        preset: a world preset name (``tiny``, ``small``, ``medium``) or a mapping of every
+            :class:`~magic_unlearn.world.WorldConfig` field (the demo's resolved preset).
+        overrides: ``WorldConfig`` fields replacing the preset's.
+    """
+
+    preset: str | dict[str, Any] = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.overrides = dict(self.overrides or {})
+
+    def world_config(self) -> WorldConfig:
+        """The validated world config (raises ConfigError on a bad preset or field)."""
+        return make_config(self.preset, self.overrides)
 
 
 def _validate_world(s: dict[str, Any]) -> None:
-    _unknown(s, _WORLD_FIELDS, "world")
-    from magic_unlearn.world import make_config
-
-    make_config(s.get("preset", "tiny"), s.get("overrides") or {})
+    load_section(WorldStageConfig, s, "world").world_config()
 
 
 def world_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.world import build_world
-
-    s = ctx.section("world")
-    path = build_world(s.get("preset", "tiny"), out / "world", overrides=s.get("overrides") or {})
+    cfg = load_section(WorldStageConfig, ctx.section("world"), "world", _where(ctx))
+    path = build_world(cfg.preset, out / "world", overrides=cfg.overrides)
     man = read_json(path / "world.json")
     return StageResult(
         metrics={"hash": man["hash"], "counts": man["counts"]},
@@ -83,40 +127,57 @@ def world_stage(ctx: RunContext, out: Path) -> StageResult:
 
 # ------------------------------------------------------------------------------ pretrain
 
-_PRETRAIN_FIELDS = {"variant", "preset", "config"}
+
+@dataclass
+class PretrainStageConfig:
+    """The ``pretrain`` stage: train the base or filtered model of ``RunConfig.world``.
+
+    Attributes:
+        variant: ``base`` (corpus ``pretrain``) or ``filtered`` (``pretrain_filtered``).
+        preset: a :data:`~magic_unlearn.pretrain.PRESET_CONFIGS` name.
+        config: :class:`~magic_unlearn.pretrain.PretrainConfig` fields replacing the preset's.
+    """
+
+    variant: str = "base"
+    preset: str = "tiny"
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"pretrain variant must be 'base' or 'filtered', got {self.variant!r}")
+        self.config = dict(self.config or {})
 
 
-def _pretrain_config(s: dict[str, Any], device: str | None, source: str) -> Any:
-    from magic_unlearn.config import to_dict
-    from magic_unlearn.pretrain import PretrainConfig, resolve_pretrain_config
-
-    base = to_dict(resolve_pretrain_config(s.get("preset", "tiny")))
-    base.update(s.get("config") or {})
+def pretrain_config_from_section(
+    section: PretrainStageConfig | Mapping[str, Any], device: str | None, source: str
+) -> PretrainConfig:
+    """The :class:`PretrainConfig` a pretrain section describes: its preset's fields, updated
+    with ``config``, on ``device`` (``None``: the preset's)."""
+    if not isinstance(section, PretrainStageConfig):
+        section = from_dict(PretrainStageConfig, dict(section), source=source)
+    base = to_dict(resolve_pretrain_config(section.preset))
+    base.update(section.config)
     if device is not None:
         base["device"] = device
     return from_dict(PretrainConfig, base, source=source)
 
 
 def _validate_pretrain(s: dict[str, Any]) -> None:
-    _unknown(s, _PRETRAIN_FIELDS, "pretrain")
-    if s.get("variant", "base") not in ("base", "filtered"):
-        raise ConfigError(f"pretrain variant must be 'base' or 'filtered', got {s['variant']!r}")
+    cfg = load_section(PretrainStageConfig, s, "pretrain")
     try:
-        _pretrain_config(s, None, "pretrain")
+        pretrain_config_from_section(cfg, None, "pretrain")
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
 
 def pretrain_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.pretrain import pretrain
-
-    s = ctx.section("pretrain")
+    s = load_section(PretrainStageConfig, ctx.section("pretrain"), "pretrain", _where(ctx))
     world = _need(ctx.config.world, "world", "pretrain")
-    cfg = _pretrain_config(s, ctx.config.device, f"run {ctx.spec.run_id}: params.pretrain")
-    # train in the run's scratch folder so a killed run resumes from pretrain's checkpoint
-    path = pretrain(
-        world, variant=s.get("variant", "base"), cfg=cfg, out=ctx.scratch("pretrain") / "model"
+    cfg = pretrain_config_from_section(
+        s, ctx.config.device, f"run {ctx.spec.run_id}: params.pretrain"
     )
+    # train in the run's scratch folder so a killed run resumes from pretrain's checkpoint
+    path = pretrain(world, variant=s.variant, cfg=cfg, out=ctx.scratch("pretrain") / "model")
     os.replace(path, out / "model")
     metrics = read_json(out / "model" / "metrics.json")
     summ = {
@@ -129,20 +190,45 @@ def pretrain_stage(ctx: RunContext, out: Path) -> StageResult:
 
 # ------------------------------------------------------------------------------ attribute
 
-_ATTR_FIELDS = {"method", "corpus", "queries", "fmt", "limit", "seed", "trajectory", "per"}
 ATTR_METHODS = ("magic", "grad_sim", "random")
 
 
-def _validate_attribute(s: dict[str, Any]) -> None:
-    _unknown(s, _ATTR_FIELDS, "attribute")
-    if s.get("method", "magic") not in ATTR_METHODS:
-        raise ConfigError(f"attribute method {s['method']!r} unknown; choose from {ATTR_METHODS}")
-    from magic_unlearn.attribution import TrajectoryConfig
+@dataclass
+class AttributeStageConfig:
+    """The ``attribute`` stage: score the tokens of a world corpus (``RunConfig.model``).
 
-    try:
-        from_dict(TrajectoryConfig, s.get("trajectory") or {}, source="trajectory")
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    Attributes:
+        method: ``magic``, ``grad_sim`` or ``random``.
+        corpus: the world corpus whose tokens are scored.
+        queries: the measurements (question set names), hazard first.
+        fmt: question format of the measurements.
+        limit: questions per measurement (None: all).
+        seed: seed of the ``random`` baseline.
+        trajectory: the differentiated fine-tuning run.
+        per: score granularity (``token``).
+    """
+
+    method: str = "magic"
+    corpus: str = "forget"
+    queries: list[str] = field(default_factory=lambda: ["hazard_qa", "general_qa"])
+    fmt: str = "cloze"
+    limit: int | None = None
+    seed: int = 0
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    per: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.method not in ATTR_METHODS:
+            raise ValueError(
+                f"attribute method {self.method!r} unknown; choose from {ATTR_METHODS}"
+            )
+        self.queries = list(self.queries or ["hazard_qa", "general_qa"])
+        if self.trajectory is None:
+            self.trajectory = TrajectoryConfig()
+
+
+def _validate_attribute(s: dict[str, Any]) -> None:
+    load_section(AttributeStageConfig, s, "attribute")
 
 
 def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
@@ -218,30 +304,50 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
 
 # ------------------------------------------------------------------------------ analyze
 
-_ANALYZE_FIELDS = {"scores", "method", "alpha", "k_noise", "hazard_query", "general_query"}
+
+@dataclass
+class AnalyzeStageConfig:
+    """The ``analyze`` stage: the four questions and ground truth over score artifacts.
+
+    Attributes:
+        scores: score artifact folders (hazard then general, or one with two queries; extra
+            artifacts such as baselines join the ground-truth table).
+        method: the method to analyse (None: the first).
+        alpha: general weight in ``rank = alpha * G - H``.
+        k_noise: noise threshold ``k * median|score|``.
+        hazard_query, general_query: query names of the two score sets (None: inferred).
+    """
+
+    scores: list[str] = field(default_factory=list)
+    method: str | None = None
+    alpha: float = 1.0
+    k_noise: float = 3.0
+    hazard_query: str | None = None
+    general_query: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.scores:
+            raise ValueError("needs 'scores': a list of score artifact folders")
+        self.scores = [str(p) for p in self.scores]
 
 
 def _validate_analyze(s: dict[str, Any]) -> None:
-    _unknown(s, _ANALYZE_FIELDS, "analyze")
-    if not s.get("scores"):
-        raise ConfigError("the analyze stage needs 'scores': a list of score artifact folders")
+    load_section(AnalyzeStageConfig, s, "analyze")
 
 
 def analyze_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.analysis import analyze
-
-    s = ctx.section("analyze")
+    s = load_section(AnalyzeStageConfig, ctx.section("analyze"), "analyze", _where(ctx))
     tok = _world(ctx.config.world).tokenizer if ctx.config.world else None
     m = analyze(
-        [str(p) for p in s["scores"]],
+        s.scores,
         out / "analysis",
         tokenizer=tok,
         is_world=bool(ctx.config.world),
-        alpha=float(s.get("alpha", 1.0)),
-        k_noise=float(s.get("k_noise", 3.0)),
-        hazard_query=s.get("hazard_query"),
-        general_query=s.get("general_query"),
-        method=s.get("method"),
+        alpha=s.alpha,
+        k_noise=s.k_noise,
+        hazard_query=s.hazard_query,
+        general_query=s.general_query,
+        method=s.method,
     )
     keep = {
         k: m[k] for k in ("hazard", "general", "q1_correlation", "q4_magnitude_ratio") if k in m
@@ -252,15 +358,15 @@ def analyze_stage(ctx: RunContext, out: Path) -> StageResult:
 # ------------------------------------------------------------------------------ unlearn
 
 
-def _unlearn_cfg(s: dict[str, Any], ctx: RunContext | None) -> Any:
-    """An ``UnlearnConfig`` from the section (recipe defaults < section < run fields).
+def unlearn_config_from_section(
+    section: Mapping[str, Any], ctx: RunContext | None = None
+) -> UnlearnConfig:
+    """The :class:`UnlearnConfig` of an unlearn section (recipe defaults < section < run).
 
-    Filled from the run when the section leaves them empty: ``model`` (the current model),
-    ``forget`` (``<world>:forget``), ``loop.device`` and ``loop.seed``.
+    With a run context, fields the section leaves empty are filled from the run: ``model``
+    (the current model), ``forget`` (``<world>:forget``), ``loop.device`` and ``loop.seed``.
     """
-    from magic_unlearn.unlearn.api import load_unlearn_config
-
-    d = copy.deepcopy(s)
+    d = copy.deepcopy(dict(section))
     if ctx is not None:
         c = ctx.config
         d["model"] = d.get("model") or ctx.current_model()
@@ -274,9 +380,7 @@ def _unlearn_cfg(s: dict[str, Any], ctx: RunContext | None) -> Any:
 
 
 def _validate_unlearn(s: dict[str, Any]) -> None:
-    from magic_unlearn.unlearn import METHODS
-
-    cfg = _unlearn_cfg(s, None)
+    cfg = unlearn_config_from_section(s)
     if cfg.method != "none" and cfg.method not in METHODS:
         raise ConfigError(
             f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
@@ -284,14 +388,10 @@ def _validate_unlearn(s: dict[str, Any]) -> None:
 
 
 def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.unlearn.api import unlearn
-
-    cfg = _unlearn_cfg(ctx.section("unlearn"), ctx)
+    cfg = unlearn_config_from_section(ctx.section("unlearn"), ctx)
     # built in the scratch folder: unlearn() keeps its resumable checkpoints next to its output
     dest = ctx.scratch("unlearn") / "model"
     if dest.exists():
-        import shutil
-
         shutil.rmtree(dest)
     unlearn(cfg, dest)
     os.replace(dest, out / "model")
@@ -305,34 +405,44 @@ def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
 
 # ------------------------------------------------------------------------------ eval
 
-_EVAL_FIELDS = {"hazard_task", "general_task", "fmt", "limit", "batch_size"}
+
+@dataclass
+class EvalStageConfig:
+    """The ``eval`` stage: hazard and general accuracy of the current model.
+
+    Attributes:
+        hazard_task, general_task: task names (world question sets or benchmarks).
+        fmt: ``cloze`` or ``letter``.
+        limit: first N questions of each task (None: all).
+        batch_size: rows per forward.
+    """
+
+    hazard_task: str = "hazard_qa"
+    general_task: str = "general_qa"
+    fmt: str = "cloze"
+    limit: int | None = None
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise ValueError(f"eval fmt must be 'cloze' or 'letter', got {self.fmt!r}")
 
 
 def _validate_eval(s: dict[str, Any]) -> None:
-    _unknown(s, _EVAL_FIELDS, "eval")
-    if s.get("fmt", "cloze") not in ("cloze", "letter"):
-        raise ConfigError(f"eval fmt must be 'cloze' or 'letter', got {s['fmt']!r}")
+    load_section(EvalStageConfig, s, "eval")
 
 
 def eval_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.evaluation.evaluator import evaluate
-    from magic_unlearn.evaluation.tasks import load_task
-    from magic_unlearn.io import atomic_write_json
-    from magic_unlearn.models import load_model, load_tokenizer
-
-    s = ctx.section("eval")
+    s = load_section(EvalStageConfig, ctx.section("eval"), "eval", _where(ctx))
     model_path = _need(ctx.current_model(), "model", "eval")
     world = _world(ctx.config.world) if ctx.config.world else None
     tok = world.tokenizer if world is not None else load_tokenizer(model_path)
     model = load_model(model_path, device=ctx.config.device)
     metrics: dict[str, Any] = {}
     summary: dict[str, Any] = {}
-    for role in ("hazard", "general"):
-        name = s.get(f"{role}_task", f"{role}_qa")
-        task = load_task(name, world=world, limit=s.get("limit"))
-        res = evaluate(
-            model, tok, task, fmt=s.get("fmt", "cloze"), batch_size=int(s.get("batch_size", 64))
-        )
+    for role, name in (("hazard", s.hazard_task), ("general", s.general_task)):
+        task = load_task(name, world=world, limit=s.limit)
+        res = evaluate(model, tok, task, fmt=s.fmt, batch_size=s.batch_size)
         metrics[name] = res.to_dict()
         atomic_write_json(out / f"predictions_{name}.json", res.question_rows())
         summary[f"{role}_acc"] = res.acc
@@ -346,19 +456,51 @@ def eval_stage(ctx: RunContext, out: Path) -> StageResult:
 
 # ------------------------------------------------------------------------------ tamper
 
-_TAMPER_OWN = {"suite", "base_curves", "filtered_curves", "overrides", "is_reference"}
 
+@dataclass
+class TamperStageConfig:
+    """The ``tamper`` stage: attack the current model with a suite, verdict against references.
 
-def _suite(s: dict[str, Any]) -> Any:
-    from magic_unlearn.tamper.config import SuiteConfig, suite_dict
+    The section holds the fields below plus any :class:`SuiteConfig` field (``only``,
+    ``attacks``, ``all_attacks``, ``eval``, ``verdict``, ...), merged over the named suite
+    into :attr:`suite_config`.
 
-    rest = {k: v for k, v in s.items() if k not in _TAMPER_OWN}
-    data = deep_merge(suite_dict(s.get("suite", "world"), overrides=s.get("overrides") or []), rest)
-    return from_dict(SuiteConfig, data, source="tamper section")
+    Attributes:
+        suite: a built-in suite name (``world``, ``world_gpu``, ``real``) or a suite YAML.
+        base_curves, filtered_curves: reference models or curve folders (default: the run's
+            ``base`` / ``reference``).
+        overrides: ``KEY=VALUE`` suite overrides.
+        is_reference: this run is a reference row (the filtered model) of the report.
+        suite_config: the resolved suite.
+    """
+
+    suite: str = "world"
+    base_curves: str | None = None
+    filtered_curves: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    is_reference: bool = False
+    suite_config: SuiteConfig = field(default_factory=SuiteConfig)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any], source: str) -> TamperStageConfig:
+        """Split a flat tamper section into the stage's own fields and the suite settings."""
+        own_names = {f.name for f in dataclasses.fields(cls)} - {"suite_config"}
+        valid = own_names | {f.name for f in dataclasses.fields(SuiteConfig)}
+        bad = sorted(set(section) - valid)
+        if bad:
+            raise ConfigError(
+                f"{source}: unknown field(s) {bad} for TamperStageConfig; valid fields are "
+                f"{sorted(valid)}"
+            )
+        own = from_dict(cls, {k: v for k, v in section.items() if k in own_names}, source=source)
+        rest = {k: v for k, v in section.items() if k not in own_names}
+        data = deep_merge(suite_dict(own.suite, overrides=own.overrides or []), rest)
+        own.suite_config = from_dict(SuiteConfig, data, source=source)
+        return own
 
 
 def _validate_tamper(s: dict[str, Any]) -> None:
-    _suite(s)
+    TamperStageConfig.from_section(s, "tamper stage")
 
 
 def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
@@ -397,22 +539,18 @@ def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
 
 
 def tamper_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.tamper import tamper
-
-    s = ctx.section("tamper")
-    suite = _suite(s)
+    s = TamperStageConfig.from_section(ctx.section("tamper"), f"{_where(ctx)}: tamper stage")
     model = _need(ctx.current_model(), "model", "tamper")
     reference: dict[str, Any] = {}
-    base = s.get("base_curves") or ctx.config.base
-    filt = s.get("filtered_curves") or ctx.config.reference
+    base = s.base_curves or ctx.config.base
+    filt = s.filtered_curves or ctx.config.reference
     if base and Path(str(base)).resolve() != Path(model).resolve():
         reference["base"] = str(base)
     if filt and Path(str(filt)).resolve() != Path(model).resolve():
         reference["filtered"] = str(filt)
-    is_ref = bool(s.get("is_reference", False))
     res = tamper(
         model,
-        suite,
+        s.suite_config,
         out=out / "tamper",
         reference=reference,
         world=ctx.config.world or None,
@@ -428,7 +566,7 @@ def tamper_stage(ctx: RunContext, out: Path) -> StageResult:
             "verdict": "tamper/verdict.json",
             "tamper": "tamper",
         },
-        summary={"tamper": verdict_summary(res.verdict, is_reference=is_ref)},
+        summary={"tamper": verdict_summary(res.verdict, is_reference=s.is_reference)},
     )
 
 
@@ -442,4 +580,17 @@ STAGES: dict[str, Stage] = {
     "tamper": Stage("tamper", tamper_stage, _validate_tamper),
 }
 
-__all__ = ["STAGES", "verdict_summary"]
+__all__ = [
+    "ATTR_METHODS",
+    "STAGES",
+    "AnalyzeStageConfig",
+    "AttributeStageConfig",
+    "EvalStageConfig",
+    "PretrainStageConfig",
+    "TamperStageConfig",
+    "WorldStageConfig",
+    "load_section",
+    "pretrain_config_from_section",
+    "unlearn_config_from_section",
+    "verdict_summary",
+]
