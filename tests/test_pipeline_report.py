@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from magic_unlearn.pipeline import ResultsStore, Stage, StageResult, execute_run, make_spec
-from magic_unlearn.pipeline.report import build_report, markdown_to_html, tamper_text
+from magic_unlearn.pipeline.report import build_report, render_html, tamper_text
 from magic_unlearn.pipeline.stages import verdict_summary
 
 FILTERED = [0.25, 0.27, 0.30, 0.31]  # the filtered model relearns a little under attack
@@ -175,7 +175,7 @@ def test_tamper_wording_and_html_escaping(tmp_path: Path) -> None:
         == "no (recovers at step 12, lora)"
     )
     assert tamper_text({}) == "-"
-    h = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| <x> | [l](p/) |\n", tmp_path, "t")
+    h = render_html("# T\n\n| a | b |\n|---|---|\n| <x> | [l](p/) |\n", tmp_path, "t")
     assert "&lt;x&gt;" in h and '<a href="p/">l</a>' in h and "<x>" not in h
 
 

@@ -17,7 +17,12 @@ LABEL_COLORS = {0: "#9e9e9e", 1: "#1f77b4", 2: "#d62728"}
 LABEL_TEXT = {0: "other", 1: "general-fact", 2: "hazard-fact"}
 
 
-def _plt():  # noqa: ANN202 - matplotlib module
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the Agg backend (PNG files only, no display needed).
+
+    Imported on first use, not at module import: selecting the backend at import time would
+    override the backend of a notebook or script that merely imports magic_unlearn.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -29,7 +34,7 @@ def _plt():  # noqa: ANN202 - matplotlib module
 def _save(fig: Any, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def _zero_axes(ax: Any) -> None:
@@ -46,7 +51,7 @@ def squash(x: np.ndarray, scale: float) -> np.ndarray:
 def hexbin_tokens(
     h: np.ndarray, g: np.ndarray, sh: float, sg: float, names: tuple[str, str], path: Path
 ) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     hb = ax.hexbin(squash(h, sh), squash(g, sg), gridsize=60, bins="log", cmap="viridis", mincnt=1)
     fig.colorbar(hb, ax=ax, label="tokens (log)")
@@ -68,7 +73,7 @@ def tokens_by_label(
     max_points: int = 20000,
     seed: int = 0,
 ) -> None:
-    plt = _plt()
+    plt = pyplot()
     idx = np.arange(h.size)
     if idx.size > max_points:
         idx = np.random.default_rng(seed).choice(idx, max_points, replace=False)
@@ -94,7 +99,7 @@ def tokens_by_label(
 def scatter_examples(
     H: np.ndarray, G: np.ndarray, rank: np.ndarray, names: tuple[str, str], path: Path
 ) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     sc = ax.scatter(H, G, c=rank, s=10, cmap="coolwarm")
     fig.colorbar(sc, ax=ax, label="ranking score (hazard-specific: high)")
@@ -106,7 +111,7 @@ def scatter_examples(
 
 
 def ratio_hist(log_ratio: np.ndarray, path: Path, title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     if log_ratio.size:
         ax.hist(log_ratio, bins=80, color="#555")
@@ -121,7 +126,7 @@ def ratio_hist(log_ratio: np.ndarray, path: Path, title: str) -> None:
 
 
 def concentration(curves: dict[str, np.ndarray], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, v in curves.items():
         x, y = concentration_curve(v)
@@ -139,7 +144,7 @@ def concentration(curves: dict[str, np.ndarray], path: Path) -> None:
 
 
 def per_position(pos: dict[str, dict[str, list[float]]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     for name, d in pos.items():
         x = np.asarray(d["position"])
