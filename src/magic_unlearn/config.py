@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from magic_unlearn.io import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -152,6 +154,4 @@ def read_yaml_mapping(
 
 def save_config(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from magic_unlearn.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

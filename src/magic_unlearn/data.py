@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from magic_unlearn.io import bytes_hash
+
 LABEL_OTHER, LABEL_GENERAL, LABEL_HAZARD = 0, 1, 2
 LABEL_NAMES = {LABEL_OTHER: "other", LABEL_GENERAL: "general-fact", LABEL_HAZARD: "hazard-fact"}
 
@@ -52,7 +54,7 @@ def load_corpus(
     """
     s = str(source)
     if s.startswith("hf:"):
-        try:
+        try:  # optional (the `hf` extra), and slow to import
             import datasets
         except ImportError as e:
             raise ImportError(
@@ -131,8 +133,6 @@ class TokenizedCorpus:
         )
 
     def content_hash(self) -> str:
-        from magic_unlearn.io import bytes_hash
-
         return bytes_hash(self.input_ids.numpy().tobytes() + self.attention_mask.numpy().tobytes())
 
 

@@ -17,6 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+)
 
 DTYPES = {
     "float32": torch.float32,
@@ -108,8 +114,6 @@ def build_model(
 
     Dropout is off so trajectories are deterministic (MAGIC replays them exactly).
     """
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
-
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -142,8 +146,6 @@ def load_model(
     **kwargs: Any,
 ) -> nn.Module:
     """Load a Hugging Face causal LM by hub id or local folder (safetensors preferred)."""
-    from transformers import AutoModelForCausalLM
-
     p = Path(str(name_or_path))
     if str(name_or_path).startswith((".", "/")) and not p.exists():
         raise FileNotFoundError(f"model folder {p} does not exist")
@@ -171,8 +173,6 @@ def load_tokenizer(
     name_or_path: str | Path, revision: str | None = None, trust_remote_code: bool = False
 ) -> Any:
     """Load a tokenizer; guarantees a pad token (falls back to eos) and right padding."""
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(
         str(name_or_path), revision=revision, trust_remote_code=trust_remote_code
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -24,13 +25,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 from magic_unlearn.checkpoint import load_checkpoint, save_checkpoint
-from magic_unlearn.config import config_hash, save_config, to_dict
+from magic_unlearn.config import config_hash, from_dict, save_config, to_dict
 from magic_unlearn.data import tokenize_corpus
+from magic_unlearn.evaluation import evaluate, load_task
 from magic_unlearn.io import atomic_dir, atomic_write_json, read_json, write_manifest
 from magic_unlearn.models import build_model, resolve_device, resolve_dtype
 from magic_unlearn.schedules import lr_factor
+from magic_unlearn.world import World
+
+logger = logging.getLogger(__name__)
 
 VARIANTS = {"base": "pretrain", "filtered": "pretrain_filtered"}
 
@@ -248,8 +255,6 @@ def world_metrics(
     model: nn.Module, tokenizer: Any, world_dir: str | Path, batch_size: int = 64
 ) -> dict[str, Any]:
     """Cloze accuracy on the world's ``hazard_qa`` and ``general_qa`` (shared evaluator)."""
-    from magic_unlearn.evaluation import evaluate, load_task
-
     out: dict[str, Any] = {}
     for name in ("hazard_qa", "general_qa"):
         task = load_task(name, world=str(world_dir))
@@ -268,8 +273,6 @@ def world_metrics(
 @contextlib.contextmanager
 def _quiet_hf_progress() -> Any:
     """Hide transformers' "Writing model shards" bar (it would interleave with CLI output)."""
-    from transformers.utils import logging as hf_logging
-
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -281,8 +284,6 @@ def _quiet_hf_progress() -> Any:
 
 def resolve_pretrain_config(cfg: PretrainConfig | str | None) -> PretrainConfig:
     """A config from ``None`` (tiny defaults), a preset name or a config."""
-    from magic_unlearn.config import from_dict
-
     if cfg is None:
         return PretrainConfig()
     if isinstance(cfg, str):
@@ -307,8 +308,6 @@ def run_key(world_hash: str, variant: str, cfg: PretrainConfig) -> str:
 
 def default_out(world_dir: str | Path, variant: str, cfg: PretrainConfig) -> Path:
     """``<world>/models/<variant>-<hash of (world hash, variant, config)>``."""
-    from magic_unlearn.world import World
-
     key = run_key(World.load(world_dir).hash, variant, cfg)
     return Path(world_dir) / "models" / f"{variant}-{key}"
 
@@ -349,9 +348,6 @@ def pretrain(
     Returns:
         The model folder. If it already exists and is complete, it is returned at once.
     """
-
-    from magic_unlearn.world import World
-
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)}")
     cfg = resolve_pretrain_config(cfg)
@@ -444,8 +440,6 @@ def _train_and_save(
     max_steps: int | None,
 ) -> Path:
     """The training loop, final evaluation and atomic save of :func:`pretrain`."""
-    from tqdm.auto import tqdm
-
     n = ids.shape[0]
     model.train()
     curve: list[dict[str, Any]] = []
@@ -481,9 +475,12 @@ def _train_and_save(
                     "loss": history[-1],
                 }
             )
-            bar.write(
-                f"step {done}: hazard_qa {curve[-1]['hazard_qa']:.3f} "
-                f"general_qa {curve[-1]['general_qa']:.3f}"
+            logger.info(
+                "pretrain %s step %d: hazard_qa %.3f general_qa %.3f",
+                variant,
+                done,
+                curve[-1]["hazard_qa"],
+                curve[-1]["general_qa"],
             )
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
             _save_checkpoint(work, model, opt, done, history)

@@ -12,23 +12,10 @@ from typing import Any
 import numpy as np
 
 from magic_unlearn.analysis.stats import concentration_curve
+from magic_unlearn.plotting import pyplot
 
 LABEL_COLORS = {0: "#9e9e9e", 1: "#1f77b4", 2: "#d62728"}
 LABEL_TEXT = {0: "other", 1: "general-fact", 2: "hazard-fact"}
-
-
-def pyplot() -> Any:
-    """matplotlib's ``pyplot`` on the Agg backend (PNG files only, no display needed).
-
-    Imported on first use, not at module import: selecting the backend at import time would
-    override the backend of a notebook or script that merely imports magic_unlearn.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from magic_unlearn.attribution.artifact import ScoreArtifact
 from magic_unlearn.data import TokenizedCorpus
 
 HAZARD_PAT = re.compile(r"hazard|wmdp|bio|forget|cyber|chem", re.I)
@@ -139,8 +140,6 @@ def from_tensors(
 
 def _load_artifact(path: Path) -> Any:
     """Load a score artifact folder with the attribution stage's own loader."""
-    from magic_unlearn.attribution.artifact import ScoreArtifact
-
     return ScoreArtifact.load(path)
 
 

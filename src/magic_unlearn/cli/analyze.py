@@ -1,11 +1,17 @@
-"""CLI commands for the analyze stage: ``analyze`` and ``validate lds``."""
+"""CLI commands for the analyze stage: ``analyze`` and ``validate lds``.
+
+Stage APIs are imported inside the commands (see ``magic_unlearn.cli``).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 validate_app = typer.Typer(
     help="Validate attribution scores (linear datamodeling score).", no_args_is_help=True
@@ -36,12 +42,11 @@ def analyze_cmd(
 ) -> None:
     """Answer the four questions about a hazard and a general score set; write a report."""
     from magic_unlearn.analysis import analyze
+    from magic_unlearn.models import load_tokenizer
 
     tok = None
     tok_path = tokenizer if tokenizer is not None else (world / "tokenizer" if world else None)
     if tok_path is not None:
-        from magic_unlearn.models import load_tokenizer
-
         if not tok_path.exists():
             raise typer.BadParameter(f"tokenizer folder {tok_path} does not exist")
         tok = load_tokenizer(tok_path)
@@ -67,7 +72,7 @@ def analyze_cmd(
     if m["ground_truth"]:
         for name, g in m["ground_truth"]["per_score_set"].items():
             typer.echo(f"  {name}: AUC hazard-fact {g['auc_hazard_vs_rest']:.3f}")
-    typer.echo(f"wrote {out}/report.md")
+    logger.info("wrote %s/report.md", out)
 
 
 @validate_app.command("lds")

@@ -1,11 +1,17 @@
-"""CLI commands for the evaluate stage: ``magic-unlearn eval``."""
+"""CLI commands for the evaluate stage: ``magic-unlearn eval``.
+
+Stage APIs are imported inside the commands (see ``magic_unlearn.cli``).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+logger = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -68,4 +74,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         typer.echo(format_table(results, per_subject=per_subject))
         if out is not None:
-            typer.echo(f"wrote {out}/metrics.json and {out}/predictions.jsonl")
+            logger.info("wrote %s/metrics.json and %s/predictions.jsonl", out, out)

@@ -1,11 +1,21 @@
-"""CLI commands for the pipeline stage: ``demo``, ``sweep`` and ``report``."""
+"""CLI commands for the pipeline stage: ``demo``, ``sweep`` and ``report``.
+
+Stage APIs are imported inside the commands (see ``magic_unlearn.cli``).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from magic_unlearn.pipeline.report import build_report
+from magic_unlearn.pipeline.runs import is_complete
+from magic_unlearn.pipeline.sweep import expand, load_grid, run_sweep
+
+logger = logging.getLogger(__name__)
 
 
 def demo_cmd(
@@ -31,20 +41,20 @@ def demo_cmd(
     ),
 ) -> None:
     """Run the whole study on the synthetic hazard world and write report.md / report.html."""
+    import torch
+
     from magic_unlearn.pipeline.demo import run_demo
 
     on_cpu = device == "cpu" or (device is None and preset == "tiny")
     if threads is None and on_cpu:
         threads = 1
     if threads is not None:
-        import torch
-
         torch.set_num_threads(threads)
 
     md = run_demo(
         preset=preset, device=device, out=out, config=config, overrides=override, progress=progress
     )
-    typer.echo(f"wrote {md} and {md.with_suffix('.html')}")
+    logger.info("wrote %s and %s", md, md.with_suffix(".html"))
 
 
 def sweep_cmd(
@@ -69,24 +79,17 @@ def sweep_cmd(
 ) -> None:
     """Run every point of a grid (skipping complete ones, resuming interrupted ones)."""
     from magic_unlearn.pipeline.stages import STAGES
-    from magic_unlearn.pipeline.sweep import expand, load_grid, run_sweep
 
     g = load_grid(grid)
     if dry_run:
-        from magic_unlearn.pipeline.runs import is_complete
-
         for s in expand(g, STAGES):
             state = "complete" if is_complete(s.folder(out.absolute())) else "pending"
             typer.echo(f"{state:9s} {s.folder(out)}")
         return
-    res = run_sweep(
-        g, out, workers=workers, executor=executor, retries=retries, reclaim=reclaim, log=typer.echo
-    )
+    res = run_sweep(g, out, workers=workers, executor=executor, retries=retries, reclaim=reclaim)
     if report:
-        from magic_unlearn.pipeline.report import build_report
-
         r = build_report(out, title=f"sweep {grid.name}")
-        typer.echo(f"wrote {r.markdown} and {r.html}")
+        logger.info("wrote %s and %s", r.markdown, r.html)
     if not res.ok:
         for rid, err in res.failed.items():
             typer.echo(f"FAILED {rid}: {err}", err=True)
@@ -98,10 +101,9 @@ def report_cmd(
     title: str = typer.Option("magic-unlearn results", help="Report title."),
 ) -> None:
     """Write report.md and a self-contained report.html for a results directory."""
-    from magic_unlearn.pipeline.report import build_report
-
     r = build_report(results, title=title)
-    typer.echo(f"{r.n_rows} run(s), {r.n_failed} failed; wrote {r.markdown} and {r.html}")
+    typer.echo(f"{r.n_rows} run(s), {r.n_failed} failed")
+    logger.info("wrote %s and %s", r.markdown, r.html)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,7 @@
-"""CLI command for the pretrain stage: ``pretrain --world DIR --variant base|filtered``."""
+"""CLI command for the pretrain stage: ``pretrain --world DIR --variant base|filtered``.
+
+Stage APIs are imported inside the commands (see ``magic_unlearn.cli``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
+
+from magic_unlearn.config import ConfigError, apply_overrides, from_dict, to_dict
 
 
 def pretrain_cmd(
@@ -27,9 +33,6 @@ def pretrain_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train the base or filtered GPT-NeoX model of a world (cached, resumable)."""
-    import yaml
-
-    from magic_unlearn.config import ConfigError, apply_overrides, from_dict, to_dict
     from magic_unlearn.pretrain import PRESET_CONFIGS, PretrainConfig, pretrain
 
     try:

@@ -1,4 +1,7 @@
-"""CLI commands for the world stage: ``world build`` and ``world show``."""
+"""CLI commands for the world stage: ``world build`` and ``world show``.
+
+Stage APIs are imported inside the commands (see ``magic_unlearn.cli``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
+
+from magic_unlearn.config import ConfigError, apply_overrides
 
 world_app = typer.Typer(help="Build and inspect synthetic hazard worlds.", no_args_is_help=True)
 
 
 def _parse_sets(sets: list[str] | None) -> dict:
-    from magic_unlearn.config import apply_overrides
-
     return apply_overrides({}, sets)
 
 
@@ -27,9 +31,6 @@ def build(
     overwrite: bool = typer.Option(False, help="Replace an existing folder."),
 ) -> None:
     """Generate a seeded hazard world (tokenizer, corpora, question sets, world.json)."""
-    import yaml
-
-    from magic_unlearn.config import ConfigError
     from magic_unlearn.world import World, build_world
 
     ov: dict = {}

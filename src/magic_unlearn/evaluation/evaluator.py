@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from magic_unlearn.evaluation.prompts import (
     build_requests,
@@ -33,6 +34,7 @@ from magic_unlearn.evaluation.prompts import (
     model_row,
 )
 from magic_unlearn.evaluation.tasks import FORMATS, Task, as_task
+from magic_unlearn.models import resolve_device
 
 
 @dataclass
@@ -279,8 +281,6 @@ def score_choices(
     ]
     pbar = None
     if progress:
-        from tqdm.auto import tqdm
-
         pbar = tqdm(
             total=len(fast_q) + len(slow_rows), desc=f"eval {task.name} [{fmt}]", unit="row"
         )
@@ -348,8 +348,6 @@ def evaluate(
     if not task.questions:
         raise ValueError(f"task {task.name} has no questions")
     if device is not None:
-        from magic_unlearn.models import resolve_device
-
         device = resolve_device(device)  # "auto" -> cuda if available
         model.to(device)
     was_training = model.training

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from magic_unlearn.config import save_config, to_dict
 from magic_unlearn.evaluation.evaluator import EvalResult, evaluate
 from magic_unlearn.evaluation.tasks import load_task
+from magic_unlearn.io import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from magic_unlearn.models import load_model, load_tokenizer, resolve_device
 
 
 @dataclass
@@ -66,10 +69,6 @@ def run_eval(
     correct, correct_loss, loglikelihoods; never question text), ``config.yaml`` and
     ``manifest.json``.
     """
-    from magic_unlearn.config import save_config, to_dict
-    from magic_unlearn.io import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
-    from magic_unlearn.models import load_model, load_tokenizer, resolve_device
-
     names = cfg.task_names()
     if not names:
         raise ValueError("no task given: --task NAME[,NAME...]")

@@ -1,9 +1,13 @@
 """Pipeline: run folders, the SQLite results store, sweeps, the report and the demo.
 
-Importing this package is cheap (no torch); the real stages load lazily when a run starts.
+Importing this package is cheap (no torch): the infrastructure (``runs``, ``store``, ``sweep``,
+``report``) runs any stage registry, and sweep workers with their own stages (tests, user
+stages) never load the real ones. The real stages (``pipeline.stages``, which import every stage
+package) load when a run needs them; the demo names below load them on first access.
 """
 
-from magic_unlearn.pipeline.demo import DemoConfig, load_demo_config, run_demo
+from typing import Any
+
 from magic_unlearn.pipeline.report import build_report
 from magic_unlearn.pipeline.runs import (
     RunConfig,
@@ -17,6 +21,18 @@ from magic_unlearn.pipeline.runs import (
 )
 from magic_unlearn.pipeline.store import ResultsStore, RunRecord
 from magic_unlearn.pipeline.sweep import Grid, SweepResult, expand, load_grid, parse_grid, run_sweep
+
+_DEMO_NAMES = ("DemoConfig", "load_demo_config", "run_demo")
+
+
+def __getattr__(name: str) -> Any:
+    # the demo module imports the real stages (torch, transformers): load it on first use only
+    if name in _DEMO_NAMES:
+        from magic_unlearn.pipeline import demo
+
+        return getattr(demo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DemoConfig",

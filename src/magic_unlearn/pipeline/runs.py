@@ -23,6 +23,7 @@ stage registry (``pipeline.stages.STAGES`` for the real ones; tests inject fakes
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -38,6 +39,8 @@ from typing import Any
 from magic_unlearn.config import ConfigError, config_hash, from_dict, save_config, to_dict
 from magic_unlearn.io import atomic_dir, atomic_write_json, read_json, write_manifest
 from magic_unlearn.pipeline.store import ResultsStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -295,12 +298,13 @@ def execute_run(
         stages: stage registry.
         store: the results store to record into; ``None`` when the caller records (Slurm).
         reclaim: take the run over even if a live-looking worker holds it.
-        log: optional progress callback.
+        log: progress callback (default: the module's logger, at DEBUG).
 
     Returns:
         ``"complete"`` (ran now), ``"skipped"`` (already complete), ``"busy"`` (another live
         worker owns it). A failing stage records ``failed`` and re-raises.
     """
+    say = log if log is not None else logger.debug
     root = Path(root)
     final, work = spec.folder(root), spec.work_folder(root)
     cfg = spec.config_dict()
@@ -331,15 +335,13 @@ def execute_run(
                     d.get("metrics", {}), d.get("artifacts", {}), d.get("summary", {})
                 )
                 seconds[name] = float(d.get("seconds", 0.0))
-                if log:
-                    log(f"{spec.run_id}: stage {name} already done")
+                say(f"{spec.run_id}: stage {name} already done")
                 continue
             if name not in stages:
                 raise ConfigError(
                     f"run {spec.run_id}: unknown stage {name!r}; available: {sorted(stages)}"
                 )
-            if log:
-                log(f"{spec.run_id}: stage {name}")
+            say(f"{spec.run_id}: stage {name}")
             t0 = time.time()
             with atomic_dir(sdir, overwrite=True) as tmp:
                 res = stages[name].run(ctx, tmp)

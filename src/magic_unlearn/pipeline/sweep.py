@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import multiprocessing as mp
 import re
 import time
@@ -47,7 +48,7 @@ from typing import Any
 import yaml
 
 from magic_unlearn.config import ConfigError
-from magic_unlearn.io import atomic_write_json, atomic_write_text
+from magic_unlearn.io import atomic_write_json, atomic_write_text, bytes_hash
 from magic_unlearn.pipeline.runs import (
     RunSpec,
     StageRegistry,
@@ -57,6 +58,8 @@ from magic_unlearn.pipeline.runs import (
     validate_spec,
 )
 from magic_unlearn.pipeline.store import ResultsStore
+
+logger = logging.getLogger(__name__)
 
 EXECUTORS = ("local", "inline", "slurm", "submitit-local")
 _PATH_FIELDS = ("world", "model", "reference", "base")
@@ -351,7 +354,7 @@ def _run_submitit(
     res: SweepResult,
     log: Callable[[str], None],
 ) -> None:
-    try:
+    try:  # optional (the `slurm` extra); only these executors need it
         import submitit
     except ImportError as e:
         raise ImportError(
@@ -415,7 +418,7 @@ def run_sweep(
     executor: str = "local",
     retries: int = 0,
     reclaim: bool = False,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = None,
     start_method: str = "spawn",
 ) -> SweepResult:
     """Run every point of a grid that is not complete yet.
@@ -428,7 +431,7 @@ def run_sweep(
         executor: one of ``local``, ``inline``, ``slurm``, ``submitit-local``.
         retries: how many times a failed point is retried within this call.
         reclaim: take over points marked running by a worker that looks alive.
-        log: progress callback (``None``: silent).
+        log: progress callback (``None``: the module's logger, at INFO).
         start_method: multiprocessing start method of local workers (``spawn`` is safe with
             torch threads in the driver).
 
@@ -438,12 +441,14 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
     if stages is None:
+        # imported here, not at the top: the real stages import torch and every stage package,
+        # which sweep workers running their own stage registry (tests, user stages) never need
         from magic_unlearn.pipeline.stages import STAGES
 
         stages = STAGES
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
-    say = log or (lambda _m: None)
+    say = log if log is not None else logger.info
     root = Path(out).absolute()
     store = ResultsStore(root)
     n = store.reindex()
@@ -510,6 +515,4 @@ def run_sweep(
 
 
 def _grid_id(specs: list[RunSpec]) -> str:
-    from magic_unlearn.io import bytes_hash
-
     return bytes_hash("\n".join(s.run_id for s in specs).encode(), 12)

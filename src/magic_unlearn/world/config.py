@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from magic_unlearn.config import ConfigError, from_dict, to_dict
+from magic_unlearn.world.content import GENERAL_ATTRIBUTES, HAZARD_ATTRIBUTES, POOLS
 
 
 @dataclass
@@ -76,7 +77,6 @@ class WorldConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field and the fix for impossible settings."""
-        from magic_unlearn.world.content import GENERAL_ATTRIBUTES, HAZARD_ATTRIBUTES, POOLS
 
         def bad(name: str, msg: str) -> None:
             raise ConfigError(f"WorldConfig.{name}={getattr(self, name)!r}: {msg}")

@@ -14,14 +14,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Regex, Tokenizer
+from tokenizers import pre_tokenizers as pt
+from tokenizers.models import WordLevel
+from transformers import PreTrainedTokenizerFast
+
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
 @lru_cache(maxsize=1)
 def _pre_tokenizer() -> Any:
-    from tokenizers import Regex
-    from tokenizers import pre_tokenizers as pt
-
     return pt.Sequence(
         [
             pt.Split(Regex(r"[^\S\n]+"), "removed"),  # spaces/tabs separate words, then vanish
@@ -42,10 +44,6 @@ def build_tokenizer(counts: Counter[str], model_max_length: int = 1024) -> Any:
     Ids are deterministic: special tokens first, then words by descending count, ties by
     spelling.
     """
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
         if w not in vocab:
@@ -66,8 +64,6 @@ def build_tokenizer(counts: Counter[str], model_max_length: int = 1024) -> Any:
 
 def load_world_tokenizer(path: str | Path) -> Any:
     """Load a saved world tokenizer (right padding, pad token set)."""
-    from transformers import PreTrainedTokenizerFast
-
     path = Path(path)
     if not (path / "tokenizer.json").exists():
         raise FileNotFoundError(

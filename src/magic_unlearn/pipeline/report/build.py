@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from magic_unlearn.pipeline.report.tables import (
 from magic_unlearn.pipeline.store import ResultsStore, RunRecord
 
 ASSETS = "report_assets"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,8 +164,17 @@ def build_report(
             f"--out {root}` first"
         )
     store = ResultsStore(root)
-    store.reindex()
+    n_new = store.reindex()
     runs = select_runs(store, run_ids)
+    logger.debug(
+        "report of %s: %d row(s), %d analysis run(s), %d failed, %d running (%d re-indexed)",
+        root,
+        len(runs.rows),
+        len(runs.analyses),
+        len(runs.failed),
+        len(runs.running),
+        n_new,
+    )
     md = report_markdown(runs, root, title, extra_sections)
     md_path, html_path = root / "report.md", root / "report.html"
     atomic_write_text(md_path, md)

@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from magic_unlearn.analysis.plots import pyplot
 from magic_unlearn.io import atomic_write_bytes, read_json
 from magic_unlearn.pipeline.report.tables import row_label
 from magic_unlearn.pipeline.store import RunRecord
+from magic_unlearn.plotting import pyplot
 
 
 def _save(fig: Any, path: Path) -> Path:
