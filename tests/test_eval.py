@@ -484,6 +484,43 @@ def test_world_and_robust_local_layouts(tmp_path):
     assert r.description("letter", "dual_use_virology").endswith("about biology.\n\n")
 
 
+def test_register_task_builds_it_by_name(tmp_path, monkeypatch, bpe):
+    """A named task is a TaskSpec: a loader plus prompt settings (copy this to add a task)."""
+    from magic_unlearn.evaluation import tasks as T
+
+    monkeypatch.setattr(T, "TASKS", dict(T.TASKS))  # leave the real registry untouched
+    qs = _questions(7)
+    _write_jsonl(tmp_path / "toy.jsonl", qs)
+    seen = []
+
+    def load_toy(req: T.TaskRequest) -> T.LoadedQuestions:
+        seen.append(req)
+        src = req.source or tmp_path / "toy.jsonl"
+        return read_questions(src), [], str(src)
+
+    T.register_task(
+        T.TaskSpec(
+            "toy",
+            load_toy,
+            descriptions={"letter": "About {subject}:\n\n", "cloze": ""},
+            default_fmt="cloze",
+            limit_per_subject=True,
+            subtasks=True,
+        )
+    )
+    t = load_task("toy", limit=2)  # per subject: 2 of gen_bio + 2 of geo
+    assert t.name == "toy" and len(t) == 4 and t.default_fmt == "cloze"
+    assert [q["question"] for q in t.questions] == [q["question"] for q in qs[:4]]
+    assert t.description("letter", "gen_bio") == "About gen bio:\n\n"
+    assert load_task("toy_geo").name == "toy_geo" and seen[-1].name == "toy_geo"
+    r = evaluate(_model(bpe), bpe, t)  # evaluates like any task, in its default format
+    assert r.fmt == "cloze" and r.n == 4
+    with pytest.raises(ValueError, match="already registered"):
+        T.register_task(T.TaskSpec("toy", load_toy))
+    with pytest.raises(ValueError, match=r"unknown task 'toysx'.*toy, .*toy_<subject>"):
+        load_task("toysx")
+
+
 def test_prepend_bos_and_fewshot(bpe):
     model = _model(bpe)
     qs = _questions(6)

@@ -1,6 +1,7 @@
 """Multiple-choice evaluation (lm-evaluation-harness compatible) and its differentiable loss.
 
 task = load_task("mmlu", num_fewshot=5)          # or hazard_qa with world=DIR, a file, ...
+                                                 # (named tasks: the TASKS registry)
 res = evaluate(model, tokenizer, task, fmt="letter")
 res.acc, res.per_subject, res.predictions, res.correct_loss
 
@@ -8,7 +9,14 @@ m = Measurement("hazard_qa", build_mcq_batch(tokenizer, task, fmt="cloze"))
 loss = m(model)                                  # == res.mean_correct_loss, differentiable
 """
 
-from magic_unlearn.evaluation.evaluator import EvalResult, evaluate, forward_logits, score_choices
+from magic_unlearn.evaluation.evaluator import (
+    EvalResult,
+    evaluate,
+    forward_logits,
+    log_softmax,
+    pad_token_id,
+    score_choices,
+)
 from magic_unlearn.evaluation.measure import MCQBatch, Measurement, build_mcq_batch, mcq_loss
 from magic_unlearn.evaluation.prompts import (
     build_context,
@@ -26,16 +34,21 @@ from magic_unlearn.evaluation.tasks import (
     LETTERS,
     MMLU_SUBJECTS,
     TASK_NAMES,
+    TASKS,
     WMDP_BIO_ROBUST_CONFIGS,
     WORLD_TASKS,
     Task,
+    TaskRequest,
+    TaskSpec,
     as_task,
     default_benchmarks_root,
+    get_task_spec,
     load_mmlu,
     load_task,
     load_wmdp_bio,
     load_wmdp_bio_robust,
     read_questions,
+    register_task,
     validate_question,
     validate_questions,
 )
@@ -48,6 +61,7 @@ __all__ = [
     "LETTER_DESCRIPTION",
     "MMLU_SUBJECTS",
     "TASK_NAMES",
+    "TASKS",
     "WMDP_BIO_ROBUST_CONFIGS",
     "WORLD_TASKS",
     "EvalConfig",
@@ -55,6 +69,8 @@ __all__ = [
     "MCQBatch",
     "Measurement",
     "Task",
+    "TaskRequest",
+    "TaskSpec",
     "as_task",
     "build_context",
     "build_mcq_batch",
@@ -64,13 +80,17 @@ __all__ = [
     "encode_requests",
     "evaluate",
     "forward_logits",
+    "get_task_spec",
     "load_mmlu",
     "load_task",
     "load_wmdp_bio",
     "load_wmdp_bio_robust",
+    "log_softmax",
     "mcq_loss",
     "model_max_length",
+    "pad_token_id",
     "read_questions",
+    "register_task",
     "run_eval",
     "score_choices",
     "format_table",

@@ -16,9 +16,12 @@ import csv
 import json
 import numbers
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from magic_unlearn.world import World
 
 LETTERS = ("A", "B", "C", "D")
 NUM_CHOICES = 4
@@ -367,7 +370,7 @@ def read_questions(path: str | Path, default_subject: str | None = None) -> list
         out = _read_csv(path, subj)
     elif suffix == ".parquet":
         try:
-            import pandas as pd
+            import pandas as pd  # optional: Parquet needs pandas + pyarrow
         except ImportError as e:
             raise ImportError(
                 f"reading {path} needs pandas and pyarrow (pip install 'magic-unlearn[hf]')"
@@ -405,7 +408,7 @@ def default_benchmarks_root() -> Path | None:
 
 
 def _import_datasets(what: str) -> Any:
-    try:
+    try:  # optional (the `hf` extra), and slow to import
         import datasets
     except ImportError as e:
         raise ImportError(
@@ -565,11 +568,138 @@ def load_world_questions(world: Any, name: str) -> tuple[list[dict], str]:
                 f"world folder {world_dir} does not exist "
                 f"(build one with `magic-unlearn world build`)"
             )
-        from magic_unlearn.world import World  # world stores questions another way
-
         world = World.load(world_dir)
     qs = world.questions(name)
     return validate_questions(list(qs), f"world:{name}", default_subject=name), f"world:{name}"
+
+
+# ------------------------------------------------------------------------------------------
+# the task registry
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What :func:`load_task` was asked for, as a task's loader sees it.
+
+    Attributes:
+        name: the requested name (``mmlu_virology`` for a subtask of ``mmlu``).
+        source: local file/folder, ``hf`` for the hub, or None (the loader's default).
+        world: a world folder or ``World`` (world question sets).
+        split: the split to read (MMLU: ``test``, ``val``, ``dev``).
+    """
+
+    name: str
+    source: str | Path | None = None
+    world: Any = None
+    split: str = "test"
+
+
+# (validated questions, few-shot pool, where they came from)
+LoadedQuestions = tuple[list[dict[str, Any]], list[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A named task as data: where its questions come from and how to prompt them (what an
+    lm-evaluation-harness task YAML says).
+
+    Attributes:
+        name: the name ``load_task`` and ``--task`` accept.
+        load: ``load(request) -> (questions, fewshot_pool, source)``; questions validated with
+            :func:`validate_question` (:func:`read_questions` does it for files).
+        descriptions: per format, the prompt prefix (``{subject}`` is filled per question).
+        default_fmt: the format ``evaluate`` uses when none is given.
+        prepend_bos: put BOS before every prompt (models trained on ``[BOS] text`` rows).
+        limit_per_subject: ``limit`` counts per subject (groups such as ``mmlu``, as
+            lm-eval's ``--limit``), else over the whole set.
+        subtasks: ``<name>_<suffix>`` also resolves to this task (``mmlu_virology``); the
+            loader reads the suffix from ``request.name``.
+    """
+
+    name: str
+    load: Callable[[TaskRequest], LoadedQuestions]
+    descriptions: dict[str, str] = field(
+        default_factory=lambda: {"letter": LETTER_DESCRIPTION, "cloze": CLOZE_DESCRIPTION}
+    )
+    default_fmt: str = "letter"
+    prepend_bos: bool = False
+    limit_per_subject: bool = False
+    subtasks: bool = False
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a named task to :data:`TASKS` (``load_task(spec.name)`` then builds it)."""
+    if spec.name in TASKS:
+        raise ValueError(f"task {spec.name!r} is already registered")
+    if spec.default_fmt not in FORMATS:
+        raise ValueError(f"task {spec.name!r}: default_fmt must be one of {FORMATS}")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def get_task_spec(name: str) -> TaskSpec | None:
+    """The registered task ``name`` resolves to (itself, or the group of a subtask)."""
+    if name in TASKS:
+        return TASKS[name]
+    for spec in TASKS.values():
+        if spec.subtasks and name.startswith(spec.name + "_"):
+            return spec
+    return None
+
+
+def _load_world_set(req: TaskRequest) -> LoadedQuestions:
+    w = req.world if req.world is not None else req.source
+    if w is None:
+        raise ValueError(f"task {req.name} comes from a world: pass world=DIR (CLI: --world DIR)")
+    qs, src = load_world_questions(w, req.name)
+    return qs, [], src
+
+
+def _load_mmlu(req: TaskRequest) -> LoadedQuestions:
+    subjects = [req.name[len("mmlu_") :]] if req.name.startswith("mmlu_") else None
+    return load_mmlu(req.source, split=req.split, subjects=subjects)
+
+
+def _load_wmdp_bio(req: TaskRequest) -> LoadedQuestions:
+    qs, src = load_wmdp_bio(req.source)
+    return qs, [], src
+
+
+def _load_wmdp_bio_robust(req: TaskRequest) -> LoadedQuestions:
+    qs, src = load_wmdp_bio_robust(req.source)
+    return qs, [], src
+
+
+_BIOLOGY_DESCRIPTIONS = {
+    "letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
+    "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology"),
+}
+
+for _name in WORLD_TASKS:
+    # world models learn from [BOS] text rows and have no use for the English preamble in the
+    # cloze format; the letter format keeps lm-eval's description line.
+    register_task(
+        TaskSpec(
+            _name,
+            _load_world_set,
+            descriptions={"letter": LETTER_DESCRIPTION, "cloze": ""},
+            default_fmt="cloze",
+            prepend_bos=True,
+        )
+    )
+register_task(TaskSpec("wmdp_bio", _load_wmdp_bio, descriptions=_BIOLOGY_DESCRIPTIONS))
+register_task(
+    TaskSpec(
+        "wmdp_bio_robust",
+        _load_wmdp_bio_robust,
+        descriptions=_BIOLOGY_DESCRIPTIONS,
+        limit_per_subject=True,
+    )
+)
+register_task(TaskSpec("mmlu", _load_mmlu, limit_per_subject=True, subtasks=True))
 
 
 def load_task(
@@ -583,8 +713,9 @@ def load_task(
     """Build a :class:`Task` by name.
 
     Args:
-        name: ``hazard_qa`` / ``general_qa`` (world), ``wmdp_bio``, ``wmdp_bio_robust``,
-            ``mmlu`` or ``mmlu_<subject>``, or the path of a question file.
+        name: a registered task (:data:`TASKS`: ``hazard_qa`` / ``general_qa`` (world),
+            ``wmdp_bio``, ``wmdp_bio_robust``, ``mmlu`` or ``mmlu_<subject>``), or the path
+            of a question file.
         source: local file/folder for the questions, ``hf`` for the hub, or None for the
             default (``world`` for world tasks; the benchmarks root, then the hub).
         limit: keep the first ``limit`` questions; for the multi-subject groups ``mmlu`` and
@@ -598,53 +729,28 @@ def load_task(
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive, got {limit}")
-    pool: list[dict] = []
+    spec = get_task_spec(name)
     kw: dict[str, Any] = {}
-    if name in WORLD_TASKS:
-        w = world if world is not None else source
-        if w is None:
-            raise ValueError(f"task {name} comes from a world: pass world=DIR (CLI: --world DIR)")
-        qs, src = load_world_questions(w, name)
-        qs = qs[:limit] if limit else qs
-        # world models learn from [BOS] text rows and have no use for the English preamble
-        # in the cloze format; the letter format keeps lm-eval's description line.
+    if spec is not None:
+        qs, pool, src = spec.load(TaskRequest(name, source=source, world=world, split=split))
+        if spec.limit_per_subject:
+            qs = _per_subject_limit(qs, limit)
+        elif limit:
+            qs = qs[:limit]
         kw = dict(
-            default_fmt="cloze",
-            prepend_bos=True,
-            descriptions={"letter": LETTER_DESCRIPTION, "cloze": ""},
-        )
-    elif name == "mmlu" or name.startswith("mmlu_"):
-        subjects = [name[5:]] if name.startswith("mmlu_") else None
-        qs, pool, src = load_mmlu(source, split=split, subjects=subjects)
-        qs = _per_subject_limit(qs, limit)
-    elif name == "wmdp_bio":
-        qs, src = load_wmdp_bio(source)
-        qs = qs[:limit] if limit else qs
-        kw = dict(
-            descriptions={
-                "letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
-                "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology"),
-            }
-        )
-    elif name == "wmdp_bio_robust":
-        qs, src = load_wmdp_bio_robust(source)
-        qs = _per_subject_limit(qs, limit)
-        kw = dict(
-            descriptions={
-                "letter": LETTER_DESCRIPTION.replace("{subject}", "biology"),
-                "cloze": CLOZE_DESCRIPTION.replace("{subject}", "biology"),
-            }
+            descriptions=dict(spec.descriptions),
+            default_fmt=spec.default_fmt,
+            prepend_bos=spec.prepend_bos,
         )
     elif Path(name).suffix.lower() in _QUESTION_FILE_SUFFIXES or Path(name).is_file():
-        qs = read_questions(name)
-        src = str(name)
+        qs, pool, src = read_questions(name), [], str(name)
         qs = qs[:limit] if limit else qs
         name = Path(name).stem
     else:
         raise ValueError(
-            f"unknown task {name!r}: use one of {', '.join(TASK_NAMES)}, "
-            f"mmlu_<subject>, or the path of a question file "
-            f"(.jsonl/.json/.csv/.parquet)"
+            f"unknown task {name!r}: use one of {', '.join(TASKS)}, "
+            + "".join(f"{n}_<subject>, " for n, t in TASKS.items() if t.subtasks)
+            + "or the path of a question file (.jsonl/.json/.csv/.parquet)"
         )
     if source is not None and not _is_hub(source) and name not in WORLD_TASKS and not qs:
         raise ValueError(f"{source}: no questions")
