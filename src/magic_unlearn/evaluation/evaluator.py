@@ -164,7 +164,7 @@ def _pad(rows: list[list[int]], pad_id: int, device: torch.device) -> torch.Tens
     return out.to(device)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_token_id(tokenizer: Any) -> int:
     for attr in ("pad_token_id", "eos_token_id"):
         v = getattr(tokenizer, attr, None)
         if v is not None:
@@ -287,7 +287,7 @@ def score_choices(
             rows = [enc.contexts[i][-max_len:] for i in fast_q]
             cand = [[c[0] for c in enc.continuations[i]] for i in fast_q]
             ll[fast_q] = _score_last(
-                model, rows, cand, batch_size, device, _pad_id(tokenizer), pbar
+                model, rows, cand, batch_size, device, pad_token_id(tokenizer), pbar
             )
         if slow_rows:
             sums = _score_spans(
@@ -295,7 +295,7 @@ def score_choices(
                 [(inp, st, enc.continuations[i][c]) for i, c, (inp, st, _) in slow_rows],
                 batch_size,
                 device,
-                _pad_id(tokenizer),
+                pad_token_id(tokenizer),
                 pbar,
             )
             for (i, c, _), v in zip(slow_rows, sums, strict=True):

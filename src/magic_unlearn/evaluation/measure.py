@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from magic_unlearn.evaluation.evaluator import _log_softmax, _pad_id, forward_logits
+from magic_unlearn.evaluation.evaluator import _log_softmax, forward_logits, pad_token_id
 from magic_unlearn.evaluation.prompts import (
     build_requests,
     encode_requests,
@@ -119,7 +119,7 @@ def build_mcq_batch(
     for i, q in enumerate(task.questions):
         rows.append(model_row(enc.contexts[i], enc.continuations[i][q["answer"]], max_length))
     L = max(len(r[0]) for r in rows)
-    ids = torch.full((Q, L), _pad_id(tokenizer), dtype=torch.long)
+    ids = torch.full((Q, L), pad_token_id(tokenizer), dtype=torch.long)
     am = torch.zeros((Q, L), dtype=torch.long)
     tid = torch.zeros((Q, L), dtype=torch.long)
     tmask = torch.zeros((Q, L), dtype=torch.float32)

@@ -47,7 +47,7 @@ def make_scorer(
     Cloze questions are scored with :mod:`.fastscore` (packed rows, same numbers as
     ``evaluate``); letter questions, or rows too long for the model, through ``evaluate``.
     """
-    from magic_unlearn.evaluation.evaluator import _pad_id, evaluate
+    from magic_unlearn.evaluation.evaluator import evaluate, pad_token_id
     from magic_unlearn.evaluation.prompts import model_max_length
     from magic_unlearn.tamper.fastscore import pack_task, packed_loglikelihoods, packed_metrics
 
@@ -60,7 +60,7 @@ def make_scorer(
                 packs[(key, max_len)] = pack_task(tokenizer, task, fmt, max_len)
             rows = packs[(key, max_len)]
             if rows is not None:
-                ll = packed_loglikelihoods(model, rows, batch_size, _pad_id(tokenizer))
+                ll = packed_loglikelihoods(model, rows, batch_size, pad_token_id(tokenizer))
                 return packed_metrics(ll, rows)
         r = evaluate(model, tokenizer, task, fmt=fmt, batch_size=batch_size)
         return {"acc": r.acc, "acc_norm": r.acc_norm, "mean_correct_loss": r.mean_correct_loss}
