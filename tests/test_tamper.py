@@ -408,7 +408,7 @@ def test_logit_lens_last_layer_is_the_model():
 def test_probe_tuned_lens(tmp_path: Path, word_tokenizer):
     from magic_unlearn.models import get_unembedding
     from magic_unlearn.tamper import AttackContext, probe_attack, run_attack
-    from magic_unlearn.unlearn.losses import TunedLens
+    from magic_unlearn.lens import TunedLens
 
     m = tiny()
     data = rows(n=6)

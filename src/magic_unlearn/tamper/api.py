@@ -173,7 +173,7 @@ def run_attack(
     elif attack.kind == "probe":
         lens = None
         if attack.tuned_lens:
-            from magic_unlearn.unlearn.losses import train_tuned_lens
+            from magic_unlearn.lens import train_tuned_lens
 
             # fit on a copy so the probed model's parameters keep requires_grad untouched
             lens, losses = train_tuned_lens(

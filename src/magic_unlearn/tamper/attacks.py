@@ -75,7 +75,7 @@ def loop_config(attack: AttackConfig, lr: float, steps: int, device: str) -> Any
 
 
 def _sft_method() -> Any:
-    from magic_unlearn.unlearn.losses import get_method
+    from magic_unlearn.unlearn.methods import get_method
 
     return get_method("sft")
 
@@ -311,7 +311,7 @@ class LensModel(nn.Module):
 
     The layer's output hidden state goes through the model's final norm and unembedding
     (nostalgebraist 2020). With ``lens`` (called as ``lens(h, layer) -> logits``, e.g.
-    :class:`magic_unlearn.unlearn.losses.TunedLens`, Belrose et al. 2023) that decodes instead.
+    :class:`magic_unlearn.lens.TunedLens`, Belrose et al. 2023) that decodes instead.
     Decoding the last layer with the logit lens gives the model's own logits. Anything that
     scores a causal LM (the MCQ evaluator) scores this.
     """
