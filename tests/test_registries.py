@@ -194,8 +194,17 @@ def test_a_registered_attack_runs_from_a_suite_file(tmp_path: Path, attack_setup
         assert out["noise"]["kind"] == "_noise_test" and out["noise"]["x_label"] == "step"
         # derived suites scale only attacks that train
         assert load_suite("world_gpu").attacks["ablate"] == load_suite("world").attacks["ablate"]
+
+        @register_attack("_clash_test")
+        class Clash(NoiseAttack):
+            def run(self, model, attack, ctx, *, corpora, original, initial):  # noqa: ANN001, ANN201
+                return AttackRun([{"step": 0, **initial}], {"kind": "other"})
+
+        with pytest.raises(ValueError, match=r"may not set \['kind'\]"):
+            run_attack(model, "c", AttackConfig(kind="_clash_test", data="c"), ctx, initial={})
     finally:
         ATTACKS.pop("_noise_test", None)
+        ATTACKS.pop("_clash_test", None)
     with pytest.raises(ValueError, match="attack kind must be one of"):
         AttackConfig(kind="_noise_test")
     with pytest.raises(TypeError, match="not an Attack subclass"):

@@ -87,6 +87,9 @@ def run_attack(
     except AttackSkipped as e:
         entry["skipped"] = str(e)
         return entry
+    clash = sorted(set(res.info) & {*entry, "points", "skipped", "wall_s", "eval_s"})
+    if clash:
+        raise ValueError(f"attack kind {attack.kind!r}: AttackRun.info may not set {clash}")
     entry.update(points=res.points, **res.info)
     entry["wall_s"] = time.perf_counter() - t0
     entry["eval_s"] = ctx.scorer.seconds - eval0  # type: ignore[attr-defined]
