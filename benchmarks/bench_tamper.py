@@ -45,7 +45,7 @@ def main() -> None:
     from magic_unlearn.models import build_model, load_model, resolve_device
     from magic_unlearn.tamper.api import run_attack
     from magic_unlearn.tamper.config import load_suite
-    from magic_unlearn.tamper.evaluator import build_context
+    from magic_unlearn.tamper.context import make_attack_context
     from magic_unlearn.world import World, build_world
 
     torch.set_num_threads(args.threads)
@@ -62,7 +62,7 @@ def main() -> None:
         else build_model(args.preset, len(tok)).to(dev).eval()
     )
     suite = load_suite(args.suite)
-    ctx = build_context(suite, tok, world=world, device=str(dev))
+    ctx = make_attack_context(suite, tok, world=world, device=str(dev))
     # warm up (first call packs the question sets; first CUDA calls compile kernels)
     ctx.scorer(model)
     t = time.perf_counter()

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from magic_unlearn.config import ConfigError
+from magic_unlearn.lens import LensModel
 from magic_unlearn.models import LayerCapture, build_model, get_decoder_layers
 from magic_unlearn.tamper import (
     AttackConfig,
     DirectionAblation,
-    LensModel,
     TamperResult,
     VerdictConfig,
     ablation_directions,
@@ -406,9 +406,9 @@ def test_logit_lens_last_layer_is_the_model():
 
 
 def test_probe_tuned_lens(tmp_path: Path, word_tokenizer):
+    from magic_unlearn.lens import TunedLens
     from magic_unlearn.models import get_unembedding
     from magic_unlearn.tamper import AttackContext, probe_attack, run_attack
-    from magic_unlearn.unlearn.losses import TunedLens
 
     m = tiny()
     data = rows(n=6)
@@ -537,8 +537,8 @@ def test_packed_scores_equal_evaluate(word_tokenizer, tiny_model, prepend_bos):
 
     from magic_unlearn.evaluation.evaluator import evaluate, score_choices
     from magic_unlearn.evaluation.tasks import as_task
-    from magic_unlearn.tamper.evaluator import make_scorer
     from magic_unlearn.tamper.fastscore import pack_task, packed_loglikelihoods
+    from magic_unlearn.tamper.scoring import make_scorer
 
     task = dataclasses.replace(as_task(_questions(11, 0), "h"), prepend_bos=prepend_bos)
     gen = dataclasses.replace(as_task(_questions(7, 1), "g"), prepend_bos=prepend_bos)
@@ -727,11 +727,11 @@ def test_cli_tamper(tmp_path: Path, word_tokenizer):
 
 
 def test_real_suite_context_on_benchmarks(benchmarks_dir, word_tokenizer, monkeypatch):
-    from magic_unlearn.tamper.evaluator import build_context
+    from magic_unlearn.tamper.context import make_attack_context
 
     monkeypatch.setenv("MAGIC_UNLEARN_BENCHMARKS", str(benchmarks_dir))
     suite = load_suite("real", overrides=["eval.limit=6"])
-    ctx = build_context(suite, word_tokenizer, device="cpu")
+    ctx = make_attack_context(suite, word_tokenizer, device="cpu")
     assert ctx.chance == pytest.approx(0.25) and ctx.prompts[0].shape[0] == 6
     out = ctx.scorer(_fmodel(word_tokenizer, 0))
     assert set(out) == {"hazard_acc", "hazard_loss", "general_acc", "general_loss"}

@@ -239,7 +239,7 @@ def test_bad_input_leaves_no_output(setup: Path) -> None:
 
 
 def test_interrupted_unlearn_resumes_to_the_same_model(setup: Path) -> None:
-    from magic_unlearn.unlearn.losses import METHODS, GradDiff, register_method
+    from magic_unlearn.unlearn.methods import METHODS, GradDiff, register_method
 
     state = {"fired": False}
 
@@ -288,7 +288,7 @@ def test_interrupted_unlearn_resumes_to_the_same_model(setup: Path) -> None:
 def test_resume_with_other_settings_is_refused_or_restarted(setup: Path) -> None:
     """A checkpoint of an interrupted run resumes only into the same settings (issue #18)."""
     from magic_unlearn.checkpoint import CheckpointMismatchError
-    from magic_unlearn.unlearn.losses import METHODS, GradDiff, register_method
+    from magic_unlearn.unlearn.methods import METHODS, GradDiff, register_method
 
     @register_method("_crash_at_3_test")
     class CrashAt3(GradDiff):

@@ -13,7 +13,7 @@ import torch
 
 from magic_unlearn.data import TokenizedCorpus, per_token_nll
 from magic_unlearn.models import build_model
-from magic_unlearn.unlearn import LoopConfig, LoraSpec, get_method, train_loop
+from magic_unlearn.unlearn import LoopConfig, LoraSpec, Method, get_method, train_loop
 from magic_unlearn.unlearn.loop import CyclingSampler
 
 V = 40
@@ -149,7 +149,7 @@ def test_ga_raises_forget_nll_and_sft_lowers_it() -> None:
     assert up > base + 0.1 and down < base - 0.1
 
 
-class _Crash:
+class _Crash(Method):
     """Wraps a method and raises once at a chosen step (a simulated interruption)."""
 
     def __init__(self, inner: object, at: int) -> None:
@@ -245,7 +245,7 @@ def test_layers_and_target_modules_restrict_training() -> None:
         assert moved == (n.startswith("gpt_neox.layers.1.") and ".mlp." in n), n
 
 
-class _NaNAt:
+class _NaNAt(Method):
     """SFT whose loss becomes NaN at a chosen step."""
 
     def __init__(self, at: int) -> None:

@@ -9,15 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from magic_unlearn.data import per_token_nll
+from magic_unlearn.lens import train_tuned_lens
 from magic_unlearn.models import LayerCapture
 from magic_unlearn.unlearn import LoopConfig, get_method, train_loop
 from magic_unlearn.unlearn.edit import find_directions, remove_directions
-from magic_unlearn.unlearn.losses import (
-    L2SP,
-    kl_per_token,
-    orthogonality_loss,
-    train_tuned_lens,
-)
+from magic_unlearn.unlearn.methods import L2SP, kl_per_token, orthogonality_loss
 from test_unlearn_loop import V, batch_of, make_corpus, tiny
 
 CFG = dict(batch_size=4, device="cpu", log_every=1)

@@ -156,3 +156,41 @@ def test_keyword_mask_marks_matching_tokens(word_tokenizer) -> None:  # noqa: AN
     assert torch.equal(inv + keyword_mask(docs, c, word_tokenizer, ["fox"]), c.loss_mask)
     with pytest.raises(ValueError, match="invalid regex"):
         keyword_mask(docs, c, word_tokenizer, ["("])
+
+
+def test_prepare_data_reads_each_artifact_once(tmp_path: Path, word_tokenizer, monkeypatch) -> None:  # noqa: ANN001
+    import json
+
+    from magic_unlearn.attribution.artifact import ScoreArtifact
+    from magic_unlearn.unlearn.api import UnlearnConfig, prepare_data
+
+    docs = [
+        {"id": str(i), "text": t}
+        for i, t in enumerate(["the red fox is in the gene", "a blue cat", "host route virus"])
+    ]
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    c = tokenize_corpus(docs, word_tokenizer, max_length=9)
+    g = torch.Generator().manual_seed(0)
+    sh = torch.randn(c.input_ids.shape, generator=g) * c.loss_mask
+    sg = torch.randn(c.input_ids.shape, generator=g) * c.loss_mask
+    dirs = [
+        _artifact(tmp_path, c, word_tokenizer, {"hazard_qa": sh}, "h"),
+        _artifact(tmp_path, c, word_tokenizer, {"general_qa": sg}, "g"),
+    ]
+    loads: list[str] = []
+    load = ScoreArtifact.load
+
+    def counting(cls, folder):  # noqa: ANN001, ANN202
+        loads.append(str(folder))
+        return load(folder)
+
+    monkeypatch.setattr(ScoreArtifact, "load", classmethod(counting))
+    wcfg = WeightConfig(select="selective", value="teach")
+    cfg = UnlearnConfig(
+        forget=str(forget), retain=str(forget), token_weights=[str(d) for d in dirs], weights=wcfg
+    )
+    prep = prepare_data(cfg, word_tokenizer)
+    assert loads == [str(d) for d in dirs]  # once each (row length and scores share the load)
+    assert prep.data["forget"].input_ids.shape[1] == 9 == prep.data["retain"].input_ids.shape[1]
+    assert torch.equal(prep.weights["forget"], transform_scores(sh, c.loss_mask, sg, wcfg)[0])

@@ -1,4 +1,8 @@
-"""CLI commands for the tamper stage."""
+"""CLI commands for the tamper stage.
+
+The stage's imports are deferred into the commands: they pull in torch and transformers
+(seconds), and every ``magic-unlearn`` invocation registers every stage's commands.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +65,21 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         typer.echo(f"wrote {res.out} (verdict: {res.verdict.text})")
+
+    @app.command("tamper-attacks")
+    def attacks_cmd() -> None:
+        """List the registered attack kinds (the `kind:` of a suite's attacks)."""
+        from magic_unlearn.tamper import ATTACKS, describe_attacks
+
+        for name, doc in describe_attacks():
+            cls = ATTACKS[name]
+            traits = [f"x: {cls.x_label}"]
+            traits += [
+                t
+                for t, on in (("trains", cls.trains), ("needs original", cls.needs_original))
+                if on
+            ]
+            typer.echo(f"  {name:<12} {doc} [{', '.join(traits)}]")
 
     @app.command("tamper-suites")
     def suites_cmd(

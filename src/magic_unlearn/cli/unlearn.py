@@ -3,6 +3,9 @@
 magic-unlearn unlearn --method NAME --model M --forget C [--retain C] [--token-weights DIR ...]
                       [--recipe NAME] [--config x.yaml] [--set k=v ...] --out DIR
 magic-unlearn unlearn methods
+
+The stage's imports are deferred into the commands: they pull in torch and transformers
+(seconds), and every ``magic-unlearn`` invocation registers every stage's commands.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def register(app: typer.Typer) -> None:
     @sub.command("methods")
     def methods_cmd() -> None:
         """List registered methods and named recipes."""
-        from magic_unlearn.unlearn.api import RECIPES, describe_methods
+        from magic_unlearn.unlearn.api import RECIPES
+        from magic_unlearn.unlearn.methods import describe_methods
 
         typer.echo("methods:")
         for name, doc in describe_methods():

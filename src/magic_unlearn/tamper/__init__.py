@@ -1,11 +1,13 @@
 """Tamper attacks, recovery curves and the tamper-resistance verdict.
 
-See :func:`tamper` (the API), :mod:`.config` (attacks and suites), :mod:`.attacks` (fine-tune,
-ablate, probe), :mod:`.verdict` (pure verdict logic).
+See :func:`tamper` (the API), :mod:`.config` (attack settings and suites), :mod:`.registry`
+(the :class:`Attack` interface, ``register_attack``, ``get_attack``, ``ATTACKS``),
+:mod:`.attacks` (the built-in attacks: finetune, ablate, probe; importing this package registers
+them), :mod:`.context` (what a suite run shares), :mod:`.scoring` + :mod:`.fastscore` (the
+curve scorer), :mod:`.verdict` (pure verdict logic), :mod:`.plots`.
 """
 
 from magic_unlearn.tamper.api import (
-    AttackContext,
     TamperResult,
     model_hash,
     run_attack,
@@ -16,7 +18,6 @@ from magic_unlearn.tamper.api import (
 )
 from magic_unlearn.tamper.attacks import (
     DirectionAblation,
-    LensModel,
     ablate_attack,
     ablation_directions,
     finetune_attack,
@@ -30,6 +31,17 @@ from magic_unlearn.tamper.config import (
     TamperEvalConfig,
     VerdictConfig,
     load_suite,
+    suite_names,
+)
+from magic_unlearn.tamper.context import AttackContext, make_attack_context
+from magic_unlearn.tamper.registry import (
+    ATTACKS,
+    Attack,
+    AttackRun,
+    AttackSkipped,
+    describe_attacks,
+    get_attack,
+    register_attack,
 )
 from magic_unlearn.tamper.verdict import (
     AttackSummary,
@@ -41,12 +53,15 @@ from magic_unlearn.tamper.verdict import (
 )
 
 __all__ = [
+    "ATTACKS",
+    "Attack",
     "AttackConfig",
     "AttackContext",
+    "AttackRun",
+    "AttackSkipped",
     "AttackSummary",
     "BUILTIN_SUITES",
     "DirectionAblation",
-    "LensModel",
     "SuiteConfig",
     "TamperEvalConfig",
     "TamperResult",
@@ -56,14 +71,19 @@ __all__ = [
     "ablation_directions",
     "auc",
     "decide",
+    "describe_attacks",
     "finetune_attack",
     "format_table",
+    "get_attack",
     "load_suite",
+    "make_attack_context",
     "mean_layer_activations",
     "model_hash",
     "probe_attack",
+    "register_attack",
     "run_attack",
     "run_suite",
+    "suite_names",
     "summarize_attack",
     "tamper",
     "verdict_from_curves",

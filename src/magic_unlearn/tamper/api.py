@@ -7,17 +7,15 @@ computes them once.
 
 from __future__ import annotations
 
-import copy
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from magic_unlearn.config import config_hash, save_config, to_dict
-from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
 from magic_unlearn.io import (
     atomic_dir,
     atomic_write_json,
@@ -25,89 +23,21 @@ from magic_unlearn.io import (
     bytes_hash,
     file_hash,
     read_json,
+    write_manifest,
 )
+from magic_unlearn.models import load_model, load_tokenizer, resolve_device
 from magic_unlearn.models import model_hash as state_dict_hash
-from magic_unlearn.tamper.attacks import (
-    Scorer,
-    TimedScorer,
-    ablate_attack,
-    finetune_attack,
-    probe_attack,
-    worst_case,
-)
 from magic_unlearn.tamper.config import AttackConfig, SuiteConfig, load_suite
+from magic_unlearn.tamper.context import AttackContext, make_attack_context
 from magic_unlearn.tamper.plots import plot_recovery
+from magic_unlearn.tamper.registry import ATTACKS, AttackSkipped, get_attack
+from magic_unlearn.tamper.scoring import Scorer
 from magic_unlearn.tamper.verdict import Verdict, decide, format_table, summarize_attack
+from magic_unlearn.world import World
+
+logger = logging.getLogger(__name__)
 
 CURVES_VERSION = 1
-WORLD_CORPORA = ("forget", "attack_relearn", "attack_transfer", "attack_benign", "retain")
-
-
-# ---------------------------------------------------------------------------------------------
-# context: what every attack of a run shares
-
-
-@dataclass
-class AttackContext:
-    """Shared state of one suite run: the scorer, the attack corpora and the ablation prompts.
-
-    Attributes:
-        scorer: measures a model; wrapped in :class:`TimedScorer` to account eval time.
-        tokenizer: tokenizes attack corpora.
-        eval_key: hash of what the scorer measures (tasks, questions, settings) for caching.
-        chance: chance accuracy of the hazard set (None if unknown).
-        prompts: (input_ids, attention_mask) of hazard question prompts (for ``ablate``).
-        world: a loaded world (resolves corpus names) or None.
-        sources: logical corpus name -> ``load_corpus`` source.
-        device: training / scoring device.
-        progress: tqdm bars during fine-tuning.
-    """
-
-    scorer: Scorer
-    tokenizer: Any
-    eval_key: str
-    chance: float | None = None
-    prompts: tuple[torch.Tensor, torch.Tensor] | None = None
-    world: Any = None
-    sources: dict[str, str] = field(default_factory=dict)
-    device: str = "auto"
-    progress: bool = False
-    _corpora: dict[tuple, TokenizedCorpus] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.scorer, TimedScorer):
-            self.scorer = TimedScorer(self.scorer)
-
-    def corpus(self, name: str, attack: AttackConfig, attack_name: str) -> TokenizedCorpus:
-        """Tokenized rows of corpus ``name`` for ``attack`` (cached)."""
-        key = (name, attack.max_length, attack.max_examples)
-        if key not in self._corpora:
-            docs = self._docs(name, attack_name)
-            if attack.max_examples is not None:
-                docs = docs[: attack.max_examples]
-            self._corpora[key] = tokenize_corpus(docs, self.tokenizer, max_length=attack.max_length)
-        return self._corpora[key]
-
-    def _docs(self, name: str, attack_name: str) -> list[dict[str, Any]]:
-        if name in self.sources:
-            return load_corpus(self.sources[name])
-        if self.world is not None and name in WORLD_CORPORA:
-            docs = self.world.corpus(name)
-            if isinstance(docs, TokenizedCorpus):
-                raise TypeError("world.corpus() returned token rows; expected documents")
-            return list(docs)
-        p = Path(name)
-        if (
-            p.exists()
-            or name.startswith("hf:")
-            or (":" in name and Path(name.rsplit(":", 1)[0]).is_dir())
-        ):
-            return load_corpus(name)
-        raise ValueError(
-            f"attack '{attack_name}': cannot resolve corpus {name!r}: pass a world (--world DIR) "
-            f"for world corpora {list(WORLD_CORPORA)}, or map it to a file with "
-            f"--set sources.{name}=PATH.jsonl (or name a JSONL/Parquet file directly)"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,69 +55,42 @@ def run_attack(
 ) -> dict[str, Any]:
     """Run one attack on ``model`` (left unchanged) and return its curve entry.
 
-    The entry holds ``kind``, ``x_label``, ``config``, ``points`` (the worst case over the
-    learning-rate sweep), ``lr``, ``sweep`` (lr -> points when several), ``wall_s``, ``eval_s``;
-    or ``skipped`` with a reason.
+    The entry holds ``kind``, ``x_label``, ``config``, ``in_verdict``, ``points``, the attack's
+    own fields (e.g. ``lr`` and ``sweep`` of a learning-rate sweep, ``ablated_layers``,
+    ``lens``), ``wall_s`` and ``eval_s``; or ``skipped`` with a reason.
     """
+    impl = get_attack(attack.kind)
     entry: dict[str, Any] = {
         "kind": attack.kind,
-        "x_label": "step",
+        "x_label": impl.x_label,
         "config": to_dict(attack),
         "in_verdict": attack.in_verdict,
     }
+    if impl.needs_original and original is None:
+        entry["skipped"] = (
+            f"{attack.kind} needs the original (base) model's weights: pass "
+            "reference={'base': MODEL} or original=MODEL"
+        )
+        return entry
     eval0 = ctx.scorer.seconds  # type: ignore[attr-defined]
     t0 = time.perf_counter()
-    if attack.kind == "finetune":
-        corpora = {"data": ctx.corpus(attack.data, attack, name)}
-        if attack.pre_data and attack.pre_steps > 0:
-            corpora["pre_data"] = ctx.corpus(attack.pre_data, attack, name)
-        runs: dict[float, list[dict[str, Any]]] = {}
-        for lr in attack.learning_rates():
-            pts, _info = finetune_attack(
-                model,
-                attack,
-                corpora,
-                ctx.scorer,
-                lr,
-                device=ctx.device,
-                initial=initial,
-                progress=ctx.progress,
-            )
-            runs[lr] = pts
-        lr = worst_case(runs)
-        entry.update(points=runs[lr], lr=lr, n_examples=len(corpora["data"]))
-        if len(runs) > 1:
-            entry["sweep"] = {repr(k): v for k, v in runs.items()}
-    elif attack.kind == "ablate":
-        if original is None:
-            entry["skipped"] = (
-                "ablate needs the original (base) model's weights: pass "
-                "reference={'base': MODEL} or original=MODEL"
-            )
-            return entry
-        if ctx.prompts is None:
-            entry["skipped"] = "ablate needs hazard question prompts (none in the eval tasks)"
-            return entry
-        pts, info = ablate_attack(model, original, ctx.scorer, *ctx.prompts, initial=initial)
-        entry.update(points=pts, ablated_layers=info["ablated_layers"])
-    elif attack.kind == "probe":
-        lens = None
-        if attack.tuned_lens:
-            from magic_unlearn.unlearn.losses import train_tuned_lens
-
-            # fit on a copy so the probed model's parameters keep requires_grad untouched
-            lens, losses = train_tuned_lens(
-                copy.deepcopy(model),
-                ctx.corpus(attack.data, attack, name),
-                steps=attack.steps,
-                lr=attack.lr,
-                batch_size=attack.batch_size,
-                seed=attack.seed,
-            )
-            entry.update(lens="tuned", lens_final_kl=losses[-1] if losses else None)
-        pts, _info = probe_attack(model, ctx.scorer, lens)
-        entry.update(points=pts, x_label="layer")
-        entry.setdefault("lens", "logit")
+    corpora = {role: ctx.corpus(src, attack, name) for role, src in impl.corpora(attack).items()}
+    try:
+        res = impl.run(
+            model,
+            attack,
+            ctx,
+            corpora=corpora,
+            original=original,
+            initial=initial if impl.starts_at_model else None,
+        )
+    except AttackSkipped as e:
+        entry["skipped"] = str(e)
+        return entry
+    clash = sorted(set(res.info) & {*entry, "points", "skipped", "wall_s", "eval_s"})
+    if clash:
+        raise ValueError(f"attack kind {attack.kind!r}: AttackRun.info may not set {clash}")
+    entry.update(points=res.points, **res.info)
     entry["wall_s"] = time.perf_counter() - t0
     entry["eval_s"] = ctx.scorer.seconds - eval0  # type: ignore[attr-defined]
     return entry
@@ -209,6 +112,7 @@ def run_suite(
     out: dict[str, dict[str, Any]] = {}
     initial: dict[str, float] | None = None
     for name, attack in suite.selected().items():
+        impl = get_attack(attack.kind)
         path = None
         if cache is not None and model_key is not None:
             key = config_hash(
@@ -216,7 +120,7 @@ def run_suite(
                     "attack": to_dict(attack),
                     "eval": ctx.eval_key,
                     "data": _data_key(ctx, attack, name),
-                    "original": original_key if attack.kind == "ablate" else None,
+                    "original": original_key if impl.needs_original else None,
                     "version": CURVES_VERSION,
                 }
             )
@@ -225,10 +129,9 @@ def run_suite(
                 out[name] = read_json(path)
                 out[name]["cached"] = True
                 continue
-        if initial is None and attack.kind in ("finetune", "ablate"):
-            initial = ctx.scorer(model)
-        if ctx.progress:
-            print(f"[tamper] {label}: attack {name} ({attack.kind})", flush=True)
+        if initial is None and impl.starts_at_model:
+            initial = ctx.scorer(model)  # the unattacked model: measured once, shared
+        logger.info("%s: attack %s (%s)", label, name, attack.kind)
         out[name] = run_attack(model, name, attack, ctx, original=original, initial=initial)
         if path is not None and "skipped" not in out[name]:
             atomic_write_json(path, out[name])
@@ -236,14 +139,11 @@ def run_suite(
 
 
 def _data_key(ctx: AttackContext, attack: AttackConfig, name: str) -> str | None:
-    if attack.kind == "probe" and attack.tuned_lens:
-        return ctx.corpus(attack.data, attack, name).content_hash()
-    if attack.kind != "finetune":
+    """Content hash of the corpora the attack reads (None if it reads none)."""
+    sources = get_attack(attack.kind).corpora(attack)
+    if not sources:
         return None
-    keys = [ctx.corpus(attack.data, attack, name).content_hash()]
-    if attack.pre_data and attack.pre_steps > 0:
-        keys.append(ctx.corpus(attack.pre_data, attack, name).content_hash())
-    return "-".join(keys)
+    return "-".join(ctx.corpus(s, attack, name).content_hash() for s in sources.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,8 +170,6 @@ def model_hash(model: str | Path | nn.Module) -> str:
 def _as_model(m: str | Path | nn.Module, device: str) -> nn.Module:
     if isinstance(m, nn.Module):
         return m
-    from magic_unlearn.models import load_model, resolve_device
-
     return load_model(m, device=resolve_device(device))
 
 
@@ -341,10 +239,11 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
             continue
         b = base.get(name, {}).get("points") if name in base else None
         f = filt.get(name, {}).get("points") if name in filt else None
-        probe = e.get("x_label") == "layer"
+        # a layer curve (a probe) ends at the model's own output; a step curve starts there
+        by_layer = e.get("x_label") == "layer"
         base_acc = None
         if b:
-            base_acc = b[-1]["hazard_acc"] if probe else b[0]["hazard_acc"]
+            base_acc = b[-1]["hazard_acc"] if by_layer else b[0]["hazard_acc"]
         summaries[name] = summarize_attack(
             name,
             e["points"],
@@ -355,7 +254,7 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
             x_label=e.get("x_label", "step"),
             in_verdict=bool(e.get("in_verdict", True)),
         )
-        if general0 is None and not probe:
+        if general0 is None and not by_layer:
             general0 = e["points"][0].get("general_acc")
     ref_general = None
     for ref in (base, filt):
@@ -418,8 +317,6 @@ def tamper(
     Returns:
         :class:`TamperResult`.
     """
-    from magic_unlearn.tamper.evaluator import build_context
-
     t0 = time.time()
     suite_cfg = load_suite(suite, config, overrides)
     if out is not None and Path(out).exists() and not overwrite:
@@ -427,7 +324,7 @@ def tamper(
     wobj = _load_world(world)
     if tokenizer is None:
         tokenizer = _tokenizer_for(model, wobj)
-    ctx = build_context(
+    ctx = make_attack_context(
         suite_cfg, tokenizer, world=wobj, device=device, scorer=scorer, progress=progress
     )
     reference = dict(reference or {})
@@ -471,7 +368,7 @@ def tamper(
                     f"settings ({theirs}) than this run ({mine}); the "
                     f"comparison may be unfair"
                 )
-                print(f"[tamper] warning: {warnings[-1]}", flush=True)
+                logger.warning("%s", warnings[-1])
             ref_curves[role] = doc["attacks"]
             continue
         rmodel = (
@@ -504,7 +401,7 @@ def tamper(
     }
     verdict = verdict_from_curves(curves, suite_cfg)
     result = TamperResult(curves=curves, verdict=verdict, out=None)
-    if not quiet:
+    if not quiet:  # the requested report (stdout), not a status message
         print(result.table(), flush=True)
     if out is not None:
         result.out = write_outputs(
@@ -522,8 +419,6 @@ def write_outputs(
     overwrite: bool = False,
 ) -> Path:
     """Write the tamper artifact folder atomically."""
-    from magic_unlearn.io import write_manifest
-
     curves = result.curves
     with atomic_dir(out, overwrite=overwrite) as tmp:
         atomic_write_json(tmp / "curves.json", curves)
@@ -557,8 +452,8 @@ def write_outputs(
                 chance=curves.get("chance"),
                 title=title,
             )
-        # ablate/probe are all evaluation; the overhead that matters is in fine-tuning attacks
-        ft = [e for e in curves["attacks"].values() if e.get("kind") == "finetune"]
+        # attacks that do not train are all evaluation; the overhead that matters is in training
+        ft = [e for e in curves["attacks"].values() if _trains(e.get("kind"))]
         wall = sum(e.get("wall_s", 0.0) for e in ft)
         ev = sum(e.get("eval_s", 0.0) for e in ft)
         atomic_write_json(
@@ -590,11 +485,15 @@ def write_outputs(
     return Path(out)
 
 
+def _trains(kind: str | None) -> bool:
+    """Whether curves of ``kind`` come from training (unknown kinds, e.g. of an old or a
+    third-party curves file, do not count)."""
+    return kind in ATTACKS and ATTACKS[kind].trains
+
+
 def _load_world(world: Any) -> Any:
     if world is None or not isinstance(world, (str, Path)):
         return world
-    from magic_unlearn.world import World
-
     return World.load(world)
 
 
@@ -602,7 +501,5 @@ def _tokenizer_for(model: Any, world: Any) -> Any:
     if world is not None and getattr(world, "tokenizer", None) is not None:
         return world.tokenizer
     if isinstance(model, (str, Path)):
-        from magic_unlearn.models import load_tokenizer
-
         return load_tokenizer(model)
     raise ValueError("tamper: pass tokenizer= (or world=) when the model is a loaded module")

@@ -4,7 +4,11 @@ A *suite* is a named, ordered set of attacks plus the evaluation and verdict set
 plain dataclasses, loadable from YAML (``magic_unlearn.config`` conventions), with two built-ins:
 
 - ``world``: attacks for synthetic-world models (cheap on CPU: tens of steps, small batches).
+- ``world_gpu``: the ``world`` suite with 5x the training budget (small/medium GPU worlds).
 - ``real``: the same attack families on a real forget corpus (``sources.forget`` must be given).
+
+An attack's ``kind`` names a registered :class:`~magic_unlearn.tamper.registry.Attack`; what a
+kind means (training budget, corpora, needs the original model) is the registry's to say.
 
 Attacks are keyed by name so ``--set attacks.standard.lr=3e-5`` works from the command line. A
 suite spec string may select a subset: ``world:transfer,relearn``.
@@ -25,8 +29,7 @@ from magic_unlearn.config import (
     read_yaml_mapping,
     to_dict,
 )
-
-ATTACK_KINDS = ("finetune", "ablate", "probe")
+from magic_unlearn.tamper.registry import get_attack
 
 
 @dataclass
@@ -37,10 +40,11 @@ class AttackConfig:
     ``retain_then_forget`` style schedules set ``pre_data``/``pre_steps`` (a benign phase first,
     TAR's red-teaming schedule). ``ablate`` projects out the unlearned-minus-original mean
     activation direction at every layer (Lucki et al. 2024); ``probe`` decodes hazard answers from
-    every layer with the logit lens.
+    every layer with the logit lens. One settings class serves every kind; each kind reads the
+    fields it needs (:mod:`magic_unlearn.tamper.attacks`).
 
     Attributes:
-        kind: ``finetune`` | ``ablate`` | ``probe``.
+        kind: a registered attack kind (built in: ``finetune`` | ``ablate`` | ``probe``).
         data: corpus to fine-tune on: a world corpus name (``forget``, ``attack_relearn``,
             ``attack_transfer``, ``attack_benign``, ``retain``), a key of the suite's ``sources``,
             or any ``load_corpus`` source (path, ``WORLD_DIR:name``, ``hf:id``).
@@ -83,8 +87,7 @@ class AttackConfig:
     tuned_lens: bool = False
 
     def __post_init__(self) -> None:
-        if self.kind not in ATTACK_KINDS:
-            raise ValueError(f"attack kind must be one of {ATTACK_KINDS}, got {self.kind!r}")
+        get_attack(self.kind)  # ValueError naming the registered kinds
         if self.steps < 0 or self.pre_steps < 0:
             raise ValueError("attack steps and pre_steps must be >= 0")
         if self.eval_every < 0:
@@ -231,13 +234,14 @@ _WORLD_FT = dict(steps=20, batch_size=8, eval_every=5, max_length=64, schedule="
 def _longer(
     attacks: dict[str, dict[str, Any]], factor: int, eval_every: int
 ) -> dict[str, dict[str, Any]]:
-    """The same attacks with ``factor`` times the fine-tuning steps, evaluated every ``eval_every``.
+    """The same attacks with ``factor`` times the training budget, evaluated every ``eval_every``.
 
-    Only fine-tuning attacks (those with an evaluation interval) change; ablate and probe do not.
+    Only attacks that train (:attr:`Attack.trains <magic_unlearn.tamper.registry.Attack>`)
+    change: their ``steps`` and ``pre_steps``; ablate and probe do not.
     """
     out = {}
     for name, a in attacks.items():
-        if "eval_every" in a:
+        if get_attack(a.get("kind", AttackConfig.kind)).trains:
             a = {**a, "steps": a["steps"] * factor, "eval_every": eval_every}
             if "pre_steps" in a:
                 a["pre_steps"] *= factor
@@ -320,22 +324,30 @@ BUILTIN_SUITES: dict[str, dict[str, Any]] = {
         },
     },
 }
+# Derived built-ins: name -> (base suite, training-budget factor, eval interval), expanded when
+# looked up (which attacks train is the attack registry's to say, and it is complete only once
+# the attack modules are imported).
 # GPU worlds (small/medium presets): the same attacks run 5x longer (many epochs, as in the
 # seed recipe), evaluated every 20 steps. On a GPU one world evaluation costs about as much as
 # one or two small training steps, so this interval keeps evaluation under 10% of attack time
 # (benchmarks/bench_tamper.py; docs/benchmarks.md).
-BUILTIN_SUITES["world_gpu"] = {
-    **BUILTIN_SUITES["world"],
-    "name": "world_gpu",
-    "attacks": _longer(BUILTIN_SUITES["world"]["attacks"], factor=5, eval_every=20),
-}
+LONGER_SUITES: dict[str, tuple[str, int, int]] = {"world_gpu": ("world", 5, 20)}
+
+
+def suite_names() -> list[str]:
+    """Names of the built-in suites (including the derived ones)."""
+    return sorted([*BUILTIN_SUITES, *LONGER_SUITES])
 
 
 def _builtin(name: str, source: str) -> dict[str, Any]:
+    if name in LONGER_SUITES:
+        base, factor, eval_every = LONGER_SUITES[name]
+        data = _builtin(base, source)
+        return {**data, "name": name, "attacks": _longer(data["attacks"], factor, eval_every)}
     if name not in BUILTIN_SUITES:
         raise ConfigError(
             f"{source}: unknown suite {name!r}; built-in suites are "
-            f"{sorted(BUILTIN_SUITES)} (or pass a YAML file)"
+            f"{suite_names()} (or pass a YAML file)"
         )
     return copy.deepcopy(BUILTIN_SUITES[name])
 

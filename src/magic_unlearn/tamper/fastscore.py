@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from magic_unlearn.evaluation.prompts import build_requests, doc_to_choices, encode_requests
+
 
 @dataclass
 class PackedRows:
@@ -48,8 +50,6 @@ def pack_task(
 ) -> PackedRows | None:
     """Pack a task's requests; None if a row would exceed ``max_len`` (left truncation would
     differ from the unpacked rows, so the caller falls back to ``evaluate``)."""
-    from magic_unlearn.evaluation.prompts import build_requests, doc_to_choices, encode_requests
-
     enc = encode_requests(tokenizer, build_requests(task, fmt), prepend_bos=task.prepend_bos)
     ids, pos, seg, targets = [], [], [], []
     for ctx, conts in zip(enc.contexts, enc.continuations, strict=True):

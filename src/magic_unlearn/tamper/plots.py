@@ -35,6 +35,7 @@ def plot_recovery(
         chance: chance accuracy drawn as a grey line.
         title: figure title (default: the attack name).
     """
+    # deferred: pyplot takes seconds to import, and the backend must be chosen before it is
     import matplotlib
 
     matplotlib.use("Agg")

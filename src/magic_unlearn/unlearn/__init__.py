@@ -7,9 +7,10 @@
     cfg = load_unlearn_config("x.yaml", ["loop.lr=1e-4"], recipe="weighted_orth_cb")
     unlearn(cfg, "runs/unlearned")             # HF model folder + metrics.json + config.yaml
 
-Modules: :mod:`.loop` (``train_loop``, DDP/FSDP, checkpoints), :mod:`.losses` (methods and
-regularisers), :mod:`.weights` (scores -> per-token weights, keyword masks, curriculum),
-:mod:`.edit` (representation editing), :mod:`.api` (``unlearn``, configs, recipes).
+Modules: :mod:`.loop` (``train_loop``, DDP/FSDP, checkpoints), :mod:`.methods` (the ``Method``
+interface, its registry, one module per method family, regularisers), :mod:`.weights` (scores ->
+per-token weights, keyword masks, curriculum), :mod:`.edit` (representation editing),
+:mod:`.api` (``unlearn``, configs, recipes).
 """
 
 from magic_unlearn.lora import LoraSpec
@@ -23,7 +24,13 @@ from magic_unlearn.unlearn.api import (
     unlearn,
 )
 from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, train_loop
-from magic_unlearn.unlearn.losses import METHODS, Method, get_method, register_method
+from magic_unlearn.unlearn.methods import (
+    METHODS,
+    Method,
+    describe_methods,
+    get_method,
+    register_method,
+)
 from magic_unlearn.unlearn.weights import SEED_CONFIGS, WeightConfig, transform_scores
 
 __all__ = [
@@ -33,6 +40,7 @@ __all__ = [
     "train_loop",
     "METHODS",
     "Method",
+    "describe_methods",
     "get_method",
     "register_method",
     "RECIPES",

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from magic_unlearn.attribution.artifact import ScoreArtifact
 from magic_unlearn.checkpoint import CheckpointMismatchError, stale_checkpoints
 from magic_unlearn.config import (
     ConfigError,
@@ -30,8 +33,13 @@ from magic_unlearn.config import (
     to_dict,
 )
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
+from magic_unlearn.evaluation import evaluate, load_task
+from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, write_manifest
+from magic_unlearn.models import load_model, load_tokenizer
+from magic_unlearn.unlearn.edit import find_directions, remove_directions
 from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, full_state_dict, train_loop
-from magic_unlearn.unlearn.losses import METHODS, get_method
+from magic_unlearn.unlearn.methods import METHODS, get_method
+from magic_unlearn.unlearn.methods.tensors import layer_indices
 from magic_unlearn.unlearn.weights import (
     WeightConfig,
     curriculum_order,
@@ -210,8 +218,6 @@ def make_eval_fn(
     batch_size: int = 32,
 ) -> Callable[[nn.Module, int], dict[str, float]]:
     """An ``eval_fn(model, step)`` for :func:`train_loop`: ``{task/acc, task/loss}`` per task."""
-    from magic_unlearn.evaluation import evaluate, load_task
-
     loaded = {t: load_task(t, limit=limit, world=world) for t in tasks}
 
     def eval_fn(model: nn.Module, step: int) -> dict[str, float]:
@@ -245,31 +251,39 @@ class PreparedData:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def resolve_max_length(cfg: UnlearnConfig) -> int:
+def resolve_max_length(cfg: UnlearnConfig, artifacts: list[ScoreArtifact] | None = None) -> int:
     """Row length: ``cfg.max_length`` if set, else the first score artifact's (so token weights
-    line up with the rows they scored), else 128."""
+    line up with the rows they scored), else 128.
+
+    Args:
+        artifacts: ``cfg.token_weights`` already loaded (else the first is loaded here).
+    """
     if cfg.max_length is not None:
         return cfg.max_length
     if cfg.token_weights:
-        from magic_unlearn.attribution import ScoreArtifact
-
-        return int(ScoreArtifact.load(cfg.token_weights[0]).corpus.input_ids.shape[1])
+        first = artifacts[0] if artifacts else ScoreArtifact.load(cfg.token_weights[0])
+        return int(first.corpus.input_ids.shape[1])
     return 128
 
 
 def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
-    """Load and tokenize forget/retain, apply artifacts, keyword masks, selection, curriculum."""
+    """Load and tokenize forget/retain, apply artifacts, keyword masks, selection, curriculum.
+
+    Each score artifact is read once (row length and scores come from the same load).
+    """
     if not cfg.forget:
         raise ConfigError(
             "UnlearnConfig.forget is empty: give a forget corpus "
             "(--forget WORLD_DIR:forget, a JSONL file, or hf:owner/name)"
         )
+    artifacts = [ScoreArtifact.load(d) for d in cfg.token_weights]
+    max_length = resolve_max_length(cfg, artifacts)
     docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
-    forget = tokenize_corpus(docs, tokenizer, max_length=resolve_max_length(cfg))
+    forget = tokenize_corpus(docs, tokenizer, max_length=max_length)
     info: dict[str, Any] = {"n_forget_rows": len(forget)}
     w = torch.ones_like(forget.loss_mask)
     hazard = general = None
-    if cfg.token_weights:
+    if artifacts:
         needs_g = (
             cfg.retain_weights is not None
             or cfg.stabilise.steps > 0
@@ -277,7 +291,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
             or cfg.weights.select in ("hazard_only", "general_only", "selective", "compatible")
         )
         hazard, general, _ = load_score_pair(
-            cfg.token_weights,
+            artifacts,
             forget,
             tokenizer,
             cfg.hazard_query,
@@ -332,7 +346,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
         data["retain"], weights["retain"] = scored, rw
     elif cfg.retain:
         rdocs = load_corpus(cfg.retain, text_field=cfg.text_field, limit=cfg.retain_limit)
-        data["retain"] = tokenize_corpus(rdocs, tokenizer, max_length=resolve_max_length(cfg))
+        data["retain"] = tokenize_corpus(rdocs, tokenizer, max_length=max_length)
     info.update(
         n_forget_rows_used=len(forget),
         n_retain_rows=len(data.get("retain", [])),
@@ -344,8 +358,6 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
 
 
 def _is_main() -> bool:
-    import torch.distributed as dist
-
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -363,11 +375,6 @@ def unlearn(
     Returns:
         ``out``.
     """
-    import shutil
-
-    from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, write_manifest
-    from magic_unlearn.models import load_model, load_tokenizer
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite)")
@@ -395,12 +402,9 @@ def unlearn(
                 metrics["before"] = eval_fn(model, 0)
 
     if cfg.edit.enabled:
-        from magic_unlearn.unlearn.edit import find_directions, remove_directions
-        from magic_unlearn.unlearn.losses import _layer_list
-
         hw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general, cfg.edit.hazard)
         gw, _ = transform_scores(prep.hazard, prep.scored.loss_mask, prep.general, cfg.edit.general)
-        layers = _layer_list(model, cfg.edit.layers)
+        layers = layer_indices(model, cfg.edit.layers)
         dirs = find_directions(
             model,
             prep.scored,
@@ -520,11 +524,6 @@ def _loop_cfg(cfg: UnlearnConfig) -> LoopConfig:
     return lcfg
 
 
-def describe_methods() -> list[tuple[str, str]]:
-    """(name, first docstring line) of every registered method."""
-    return [(n, (METHODS[n].__doc__ or "").strip().splitlines()[0]) for n in sorted(METHODS)]
-
-
 __all__ = [
     "UnlearnConfig",
     "PhaseConfig",
@@ -534,6 +533,5 @@ __all__ = [
     "load_unlearn_config",
     "make_eval_fn",
     "prepare_data",
-    "describe_methods",
     "to_dict",
 ]

@@ -14,8 +14,8 @@ tokens that teach general knowledge (both chosen by attribution weights), then r
   the directions (``mode="all"``: union of all layers' directions, applied to the embedding and
   every block's output projections), or only layer l's own writes lose layer l's directions
   (``mode="layer"``).
-* Trained ablation: the ``dir_ablate`` method (in ``losses.py``) drives the projections to zero
-  by training instead.
+* Trained ablation: the ``dir_ablate`` method (:mod:`magic_unlearn.unlearn.methods.ablation`)
+  drives the projections to zero by training instead.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The loop is deliberately plain (torchtune style): build the optimizer over the trainable
 parameters, then for each step draw one micro-batch per corpus, call the method's loss, backward,
 clip, step. Everything a method needs beyond that (reference copies, random control vectors,
-lenses) is set up by the method object itself (see ``losses.py``).
+lenses) is set up by the method object itself, through the hooks of
+:class:`~magic_unlearn.unlearn.methods.Method` (see :mod:`magic_unlearn.unlearn.methods`).
 
 Batching. Each corpus is read through an infinite stream of seeded per-epoch permutations; the
 micro-batch of (step t, accumulation micro-step m, rank r) takes stream positions
@@ -26,16 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+from transformers.pytorch_utils import Conv1D
 
 from magic_unlearn import schedules
 from magic_unlearn.checkpoint import load_checkpoint, save_checkpoint
@@ -43,6 +48,9 @@ from magic_unlearn.config import config_hash
 from magic_unlearn.data import TokenizedCorpus
 from magic_unlearn.lora import LoraSpec, apply_lora
 from magic_unlearn.models import get_decoder_layers, resolve_device, seed_everything
+from magic_unlearn.unlearn.methods.base import Method
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -139,8 +147,6 @@ def _setup_distributed(cfg: LoopConfig) -> DistInfo:
         return DistInfo()
     if cfg.distributed not in ("auto", "ddp", "fsdp"):
         raise ValueError(f"LoopConfig.distributed={cfg.distributed!r}; use auto|none|ddp|fsdp")
-    import torch.distributed as dist
-
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         dist.init_process_group(backend=backend)
@@ -155,20 +161,11 @@ def _setup_distributed(cfg: LoopConfig) -> DistInfo:
     )
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip a DDP wrapper (``.module``) so layers can be found and hooked."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def _all_reduce_mean(
     values: dict[str, float], dist_info: DistInfo, device: torch.device
 ) -> dict[str, float]:
     if dist_info.world_size == 1 or not values:
         return values
-    import torch.distributed as dist
-
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -178,8 +175,6 @@ def _all_reduce_mean(
 
 def _barrier(dist_info: DistInfo) -> None:
     if dist_info.world_size > 1:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -218,12 +213,7 @@ def _lora_target_names(
 ) -> list[str]:
     """Full names of the linear modules that get LoRA adapters (output head excluded)."""
     head = model.get_output_embeddings()
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        linear_types: tuple[type, ...] = (nn.Linear, Conv1D)
-    except ImportError:
-        linear_types = (nn.Linear,)
+    linear_types = (nn.Linear, Conv1D)  # Conv1D: GPT-2's linear layers
     return [
         name
         for name, m in model.named_modules()
@@ -264,6 +254,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
     """
     if not any(hasattr(p, "full_tensor") for p in model.parameters()):
         return None
+    # deferred: torch.distributed.checkpoint takes seconds to import and only FSDP runs need it
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(
@@ -276,7 +267,7 @@ class MethodStep(nn.Module):
     (forget, retain, hidden states), and DDP allows a single forward per backward, so DDP
     wraps this module rather than the model."""
 
-    def __init__(self, model: nn.Module, method: Any) -> None:
+    def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__()
         self.model = model
         self.method = method  # not a Module: its frozen copies stay outside DDP
@@ -288,6 +279,7 @@ class MethodStep(nn.Module):
 
 
 def _apply_fsdp(model: nn.Module) -> nn.Module:
+    # deferred: torch.distributed.fsdp takes seconds to import and only FSDP runs need it
     from torch.distributed.fsdp import fully_shard
 
     for block in get_decoder_layers(model):
@@ -324,9 +316,9 @@ def lr_factor(step: int, cfg: LoopConfig) -> float:
     return schedules.lr_factor(step, cfg.steps, schedule, cfg.warmup_steps)
 
 
-def _trainable_state(model: nn.Module, method: Any) -> dict[str, torch.Tensor]:
+def _trainable_state(model: nn.Module, method: Method) -> dict[str, torch.Tensor]:
     sd = {f"model.{n}": p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    for n, p in getattr(method, "trainable_state", lambda: {})().items():
+    for n, p in method.trainable_state().items():
         sd[f"method.{n}"] = p.detach()
     return sd
 
@@ -335,7 +327,7 @@ def _save_checkpoint(
     out_dir: Path,
     step: int,
     model: nn.Module,
-    method: Any,
+    method: Method,
     opt: torch.optim.Optimizer,
     history: list[dict],
     evals: list[dict],
@@ -351,7 +343,7 @@ def _save_checkpoint(
 
 
 def _load_checkpoint(
-    out_dir: Path, model: nn.Module, method: Any, opt: torch.optim.Optimizer, fingerprint: str
+    out_dir: Path, model: nn.Module, method: Method, opt: torch.optim.Optimizer, fingerprint: str
 ) -> tuple[int, list[dict], list[dict]]:
     ck = load_checkpoint(out_dir / "checkpoint", fingerprint=fingerprint)
     if ck is None:
@@ -418,7 +410,7 @@ def _check_inputs(
 
 def train_loop(
     model: nn.Module,
-    method: Any,
+    method: Method,
     data: dict[str, TokenizedCorpus],
     cfg: LoopConfig,
     token_weights: dict[str, torch.Tensor] | None = None,
@@ -435,8 +427,9 @@ def train_loop(
 
     Args:
         model: a Hugging Face causal LM.
-        method: a loss object (see :mod:`magic_unlearn.unlearn.losses`): ``setup(model, data,
-            cfg)`` then ``method(model, batch, step, total_steps) -> (loss, logs)``.
+        method: a :class:`~magic_unlearn.unlearn.methods.Method` (``get_method(name)``): its
+            hooks (``setup``, ``trainable_layers``, ``on_train_start``, ...) are called here,
+            then ``method(model, batch, step, total_steps) -> (loss, logs)`` every micro-step.
         data: corpus name -> tokenized rows; each step draws ``cfg.batch_size`` rows of each.
         cfg: loop settings.
         token_weights: corpus name -> (N, L) per-token weights (default 1), given to the method
@@ -454,9 +447,15 @@ def train_loop(
         :class:`LoopResult`.
 
     Raises:
-        ValueError: bad config or inputs; FloatingPointError: a non-finite loss.
+        ValueError: bad config or inputs; TypeError: ``method`` is not a Method;
+        FloatingPointError: a non-finite loss.
     """
     t0 = time.time()
+    if not isinstance(method, Method):
+        raise TypeError(
+            f"train_loop: method must be a magic_unlearn.unlearn.methods.Method (e.g. "
+            f"get_method('sft')), got {type(method).__name__}"
+        )
     _check_inputs(data, token_weights)
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise ValueError("LoopConfig: need steps >= 0, batch_size >= 1 and grad_accum >= 1")
@@ -475,9 +474,9 @@ def train_loop(
 
     model.to(device)
     method.setup(model, data, cfg)  # before adapters: reference copies are of the base model
-    if cfg.layers is None and getattr(method, "trainable_layers", None) is not None:
+    if cfg.layers is None and method.trainable_layers is not None:
         cfg = dataclasses.replace(cfg, layers=list(method.trainable_layers))  # e.g. rmu
-    if cfg.target_modules is None and getattr(method, "trainable_modules", None) is not None:
+    if cfg.target_modules is None and method.trainable_modules is not None:
         cfg = dataclasses.replace(cfg, target_modules=list(method.trainable_modules))
     model = prepare_trainable(model, cfg)
     if cfg.gradient_checkpointing:
@@ -485,11 +484,10 @@ def train_loop(
     inner = model  # peft or plain model; hooks and saving go through this one
     if dist_info.mode == "fsdp":  # shard before the optimizer sees the parameters
         model = inner = _apply_fsdp(model)
-    if hasattr(method, "on_train_start"):
-        method.on_train_start(model)
+    method.on_train_start(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    params += list(getattr(method, "trainable_parameters", lambda: [])())
+    params += list(method.trainable_parameters())
     opt = build_optimizer(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
 
@@ -501,14 +499,14 @@ def train_loop(
         sched.last_epoch = start  # resume the schedule without replaying optimizer steps
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * lr_factor(start, cfg)
+        if start:
+            logger.info("%s: resumed from its checkpoint at step %d", out_dir, start)
 
     step_fn: nn.Module = MethodStep(model, method)
     if dist_info.mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
-
         fu = cfg.find_unused_parameters
         if fu is None:
-            fu = bool(getattr(method, "find_unused_parameters", False))
+            fu = bool(method.find_unused_parameters)
         step_fn = DistributedDataParallel(
             step_fn,
             device_ids=[device.index] if device.type == "cuda" else None,
@@ -541,8 +539,6 @@ def train_loop(
 
     bar = None
     if progress and dist_info.is_main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(
             total=cfg.steps,
             initial=start,

@@ -28,12 +28,14 @@ means gradient *ascent* on that token (the ``value_weighted`` / ``sign_only`` co
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from magic_unlearn.attribution.artifact import ArtifactMismatchError, ScoreArtifact
 from magic_unlearn.data import TokenizedCorpus
 
 SELECTS = (
@@ -297,7 +299,7 @@ def _pick_query(art: Any, query: str | None, hint: str, fallback_index: int) -> 
 
 
 def load_score_pair(
-    dirs: list[str | Path],
+    dirs: Sequence[str | Path | ScoreArtifact],
     corpus: TokenizedCorpus | None = None,
     tokenizer: Any | None = None,
     hazard_query: str | None = None,
@@ -312,16 +314,18 @@ def load_score_pair(
     Every artifact is checked against ``corpus`` / ``tokenizer`` when given
     (``ScoreArtifact.check_compatible``) and against the first artifact's rows.
 
+    Args:
+        dirs: artifact folders, or artifacts already loaded (a caller that needs them for more
+            than the scores loads each once and passes it here).
+
     Returns:
         ``(hazard (N, L), general (N, L) or None, scored corpus)``.
     """
-    from magic_unlearn.attribution.artifact import ArtifactMismatchError, ScoreArtifact
-
     if not dirs:
         raise ValueError("no score artifact given")
     if len(dirs) > 2:
         raise ValueError(f"at most two score artifacts (hazard, general); got {len(dirs)}")
-    arts = [ScoreArtifact.load(d) for d in dirs]
+    arts = [d if isinstance(d, ScoreArtifact) else ScoreArtifact.load(d) for d in dirs]
     for a in arts:
         a.check_compatible(corpus, tokenizer)
         if not torch.equal(a.input_ids, arts[0].input_ids):
@@ -344,8 +348,9 @@ def load_score_pair(
         if gq is not None:
             general = _token_scores(g_art, gq)
     if need_general and general is None:
+        sources = [a.meta.get("_source", "artifact") for a in arts]
         raise ValueError(
-            f"a general score is needed but {dirs} hold only {arts[0].queries}; "
+            f"a general score is needed but {sources} hold only {arts[0].queries}; "
             f"pass a second artifact or an artifact with two queries"
         )
     return hazard, general, arts[0].corpus

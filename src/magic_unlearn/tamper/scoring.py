@@ -8,25 +8,50 @@ every attack (and the references), so curves are comparable point by point.
 from __future__ import annotations
 
 import dataclasses
-import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from magic_unlearn.config import config_hash, to_dict
-from magic_unlearn.io import bytes_hash
-from magic_unlearn.tamper.api import AttackContext
-from magic_unlearn.tamper.attacks import Scorer
-from magic_unlearn.tamper.config import SuiteConfig, TamperEvalConfig
+from magic_unlearn.evaluation.evaluator import evaluate, pad_token_id
+from magic_unlearn.evaluation.prompts import build_requests, encode_requests, model_max_length
+from magic_unlearn.evaluation.tasks import load_task
+from magic_unlearn.tamper.config import TamperEvalConfig
+from magic_unlearn.tamper.fastscore import pack_task, packed_loglikelihoods, packed_metrics
+
+# model -> {"hazard_acc", "hazard_loss", "general_acc", "general_loss", ...}
+Scorer = Callable[[nn.Module], dict[str, float]]
+
+
+class TimedScorer:
+    """Wraps a scorer and accumulates the seconds spent in it (for the eval-overhead benchmark).
+
+    Scores in eval mode without gradients and restores the model's train/eval mode.
+    """
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        t = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = dict(self.scorer(model))
+        model.train(was_training)
+        self.seconds += time.perf_counter() - t
+        self.calls += 1
+        return out
 
 
 def load_tasks(ev: TamperEvalConfig, world: Any = None) -> tuple[Any, Any]:
     """(hazard task, general task) per ``ev``, each subsampled to ``ev.limit`` questions
     (seeded, order kept)."""
-    from magic_unlearn.evaluation.tasks import load_task
-
     out = []
     limits = (ev.limit, ev.general_limit if ev.general_limit is not None else ev.limit)
     for name, limit in zip((ev.hazard_task, ev.general_task), limits, strict=True):
@@ -47,10 +72,6 @@ def make_scorer(
     Cloze questions are scored with :mod:`.fastscore` (packed rows, same numbers as
     ``evaluate``); letter questions, or rows too long for the model, through ``evaluate``.
     """
-    from magic_unlearn.evaluation.evaluator import evaluate, pad_token_id
-    from magic_unlearn.evaluation.prompts import model_max_length
-    from magic_unlearn.tamper.fastscore import pack_task, packed_loglikelihoods, packed_metrics
-
     packs: dict[tuple[str, int], Any] = {}
 
     def one(model: nn.Module, key: str, task: Any) -> dict[str, float | None]:
@@ -80,8 +101,6 @@ def make_scorer(
 
 def prompt_rows(tokenizer: Any, task: Any, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (input_ids, attention_mask) of the task's question prompts (no answers)."""
-    from magic_unlearn.evaluation.prompts import build_requests, encode_requests
-
     enc = encode_requests(tokenizer, build_requests(task, fmt), prepend_bos=task.prepend_bos)
     L = max(len(c) for c in enc.contexts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -91,54 +110,3 @@ def prompt_rows(tokenizer: Any, task: Any, fmt: str) -> tuple[torch.Tensor, torc
         ids[i, : len(c)] = torch.tensor(c)
         am[i, : len(c)] = 1
     return ids, am
-
-
-def build_context(
-    suite: SuiteConfig,
-    tokenizer: Any,
-    *,
-    world: Any = None,
-    device: str = "auto",
-    scorer: Scorer | None = None,
-    progress: bool = False,
-) -> AttackContext:
-    """The :class:`AttackContext` of a run: tasks, scorer, ablation prompts, corpora sources.
-
-    With a custom ``scorer`` the tasks are still loaded when possible (for chance level and the
-    ablation prompts); if they cannot be, ``ablate`` is skipped and chance is unknown.
-    """
-    ev = suite.eval
-    hazard = general = None
-    try:
-        hazard, general = load_tasks(ev, world)
-    except (ValueError, FileNotFoundError, ImportError):
-        if scorer is None:
-            raise
-    if scorer is None:
-        scorer = make_scorer(tokenizer, hazard, general, ev.fmt, ev.batch_size)
-        qkey = bytes_hash(
-            json.dumps([hazard.questions, general.questions], sort_keys=True, default=str).encode()
-        )
-    else:
-        qkey = f"custom:{getattr(scorer, '__qualname__', type(scorer).__name__)}"
-    chance = None
-    prompts = None
-    if hazard is not None:
-        chance = float(np.mean([1.0 / len(q["choices"]) for q in hazard.questions]))
-        prompts = prompt_rows(tokenizer, hazard, ev.fmt)
-    # the batch size changes speed, not results: keep it out of the cache key
-    ev_d = {k: v for k, v in to_dict(ev).items() if k != "batch_size"}
-    eval_key = config_hash(
-        {"eval": ev_d, "questions": qkey, "tokenizer": [type(tokenizer).__name__, len(tokenizer)]}
-    )
-    return AttackContext(
-        scorer=scorer,
-        tokenizer=tokenizer,
-        eval_key=eval_key,
-        chance=chance,
-        prompts=prompts,
-        world=world,
-        sources=dict(suite.sources),
-        device=device,
-        progress=progress,
-    )
