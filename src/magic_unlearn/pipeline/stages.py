@@ -9,8 +9,9 @@ Sections (``RunConfig`` fields; ``params.<stage>`` for the first four):
 - ``pretrain``: ``{variant: base|filtered, config: {...}}`` (uses ``RunConfig.world``)
   -> artifact ``model``.
 - ``attribute``: ``{method: magic|grad_sim|random, corpus: forget, queries: [hazard_qa,
-  general_qa], fmt: cloze, limit: null, seed: 0, trajectory: {TrajectoryConfig fields}}``
-  (uses ``RunConfig.model`` and ``world``) -> artifact ``scores``.
+  general_qa], fmt: null (the task's: cloze for world question sets), limit: null, seed: 0,
+  trajectory: {TrajectoryConfig fields}}`` (uses ``RunConfig.model`` and ``world``) -> artifact
+  ``scores`` (``attribution.run_attribution``, as the ``attribute`` command).
 - ``analyze``: ``{scores: [artifact folders], method: magic, alpha: 1.0, k_noise: 3.0}``
   -> artifact ``analysis``.
 - ``unlearn``: the fields of the unlearning config (method, corpora, loop settings, token
@@ -130,15 +131,14 @@ def pretrain_stage(ctx: RunContext, out: Path) -> StageResult:
 # ------------------------------------------------------------------------------ attribute
 
 _ATTR_FIELDS = {"method", "corpus", "queries", "fmt", "limit", "seed", "trajectory", "per"}
-ATTR_METHODS = ("magic", "grad_sim", "random")
 
 
 def _validate_attribute(s: dict[str, Any]) -> None:
     _unknown(s, _ATTR_FIELDS, "attribute")
-    if s.get("method", "magic") not in ATTR_METHODS:
-        raise ConfigError(f"attribute method {s['method']!r} unknown; choose from {ATTR_METHODS}")
-    from magic_unlearn.attribution import TrajectoryConfig
+    from magic_unlearn.attribution import METHODS, TrajectoryConfig
 
+    if s.get("method", "magic") not in METHODS:
+        raise ConfigError(f"attribute method {s['method']!r} unknown; choose from {METHODS}")
     try:
         from_dict(TrajectoryConfig, s.get("trajectory") or {}, source="trajectory")
     except ValueError as e:
@@ -146,71 +146,47 @@ def _validate_attribute(s: dict[str, Any]) -> None:
 
 
 def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.attribution import (
-        TrajectoryConfig,
-        attribute,
-        grad_similarity,
-        random_scores,
-    )
-    from magic_unlearn.data import tokenize_corpus
-    from magic_unlearn.evaluation.measure import Measurement
-    from magic_unlearn.evaluation.tasks import load_task
-    from magic_unlearn.models import load_model
+    from magic_unlearn.attribution import AttributionJob, TrajectoryConfig, run_attribution
 
     s = ctx.section("attribute")
-    world = _world(_need(ctx.config.world, "world", "attribute"))
-    tok = world.tokenizer
-    traj = from_dict(
-        TrajectoryConfig,
-        s.get("trajectory") or {},
-        source=f"run {ctx.spec.run_id}: params.attribute.trajectory",
-    )
-    corpus = tokenize_corpus(
-        world.corpus(s.get("corpus", "forget")), tok, max_length=traj.max_length
-    )
-    queries = list(s.get("queries") or ["hazard_qa", "general_qa"])
+    world = _need(ctx.config.world, "world", "attribute")
     method = s.get("method", "magic")
-    per = s.get("per", "token")
+    queries = list(s.get("queries") or ["hazard_qa", "general_qa"])
     # built in the run's scratch folder, where MAGIC keeps its reverse-pass resume state
     dest = ctx.scratch("attribute") / "scores"
     if dest.exists():
         import shutil
 
         shutil.rmtree(dest)
-    if method == "random":
-        art = random_scores(
-            corpus, queries, seed=int(s.get("seed", 0)), per=per, out=dest, tokenizer=tok
-        )
-    else:
-        model = load_model(
-            _need(ctx.config.model, "model", "attribute"),
-            dtype=traj.dtype or "float32",
+    art = run_attribution(
+        AttributionJob(
+            model=ctx.config.model or None,
+            corpus=s.get("corpus", "forget"),
+            queries=queries,
+            out=dest,
+            method=method,
+            trajectory=from_dict(
+                TrajectoryConfig,
+                s.get("trajectory") or {},
+                source=f"run {ctx.spec.run_id}: params.attribute.trajectory",
+            ),
+            per=s.get("per", "token"),
+            fmt=s.get("fmt"),
+            limit=s.get("limit"),
+            world=Path(world),
+            tokenizer=str(Path(world) / "tokenizer"),
             device=ctx.config.device,
+            seed=int(s.get("seed", 0)),
         )
-        meas = {
-            q: Measurement.from_task(
-                tok,
-                load_task(q, world=world, limit=s.get("limit")),
-                fmt=s.get("fmt", "cloze"),
-                name=q,
-            ).to(ctx.config.device)
-            for q in queries
-        }
-        if method == "magic":
-            art = attribute(
-                model, corpus, meas, traj, per=per, out=dest, tokenizer=tok, inplace=True
-            )
-        else:
-            art = grad_similarity(model, corpus, meas, traj, per=per, out=dest, tokenizer=tok)
+    )
     os.replace(dest, out / "scores")
-    meta = getattr(art, "meta", {}) or {}
     metrics = {
         k: v
-        for k, v in meta.items()
+        for k, v in art.meta.items()
         if isinstance(v, (int, float, str, bool, dict))
         and k in ("eval_losses", "timings", "n_params_trained", "method")
     }
-    metrics.update(method=method, queries=queries, n_rows=len(corpus))
+    metrics.update(method=method, queries=queries, n_rows=len(art.input_ids))
     return StageResult(
         metrics=metrics, artifacts={"scores": "scores"}, summary={"attribution_method": method}
     )
