@@ -20,7 +20,7 @@ from profile_reverse import timed  # benchmarks/ is the script's folder
 
 from magic_unlearn.attribution import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphedFn
-from magic_unlearn.attribution.magic import _ReverseFn
+from magic_unlearn.attribution.reverse import ReverseFn
 from magic_unlearn.attribution.trajectory import StepGrads, exact_eager_attention, prepare_model
 from magic_unlearn.models import build_model
 
@@ -86,7 +86,7 @@ def main() -> None:
         adj = [torch.zeros_like(p) for p in params]
         table = torch.zeros(args.batch, args.seq, device=dev)
         pers = [*gbar, *adj, table]
-        rev = _ReverseFn(model, params, cfg, 1, masked=False)
+        rev = ReverseFn(model, params, cfg, 1, masked=False)
         tr = StepGrads(model, params, cfg)
         tr.graphs.enabled = False
         out: dict[str, Any] = {}

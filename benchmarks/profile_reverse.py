@@ -15,7 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from magic_unlearn.attribution import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphedFn
-from magic_unlearn.attribution.magic import _ReverseFn
+from magic_unlearn.attribution.reverse import ReverseFn
 from magic_unlearn.attribution.trajectory import StepGrads, prepare_model
 from magic_unlearn.models import build_model
 
@@ -54,7 +54,7 @@ def main() -> None:
     table = torch.zeros(args.batch, args.seq, device=dev)
     idx = torch.arange(args.batch, device=dev)
     pers = [*gbar, *adj, table]
-    rev = _ReverseFn(model, params, cfg, 1, masked=False)
+    rev = ReverseFn(model, params, cfg, 1, masked=False)
     tr = StepGrads(model, params, cfg)
     tr.graphs.enabled = False
     w = torch.ones_like(lm)

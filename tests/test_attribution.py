@@ -18,9 +18,9 @@ from magic_unlearn.attribution import (
     grad_similarity,
     per_token_loss,
     random_scores,
+    reverse,
     train_trajectory,
 )
-from magic_unlearn.attribution.magic import _Interrupted
 from magic_unlearn.config import load_config
 from magic_unlearn.data import TokenizedCorpus, tokenize_corpus
 from magic_unlearn.models import build_model
@@ -218,23 +218,33 @@ def test_two_queries_equal_separate_runs(model, corpus) -> None:
     assert not torch.allclose(a, b)
 
 
+class _Killed(RuntimeError):
+    """Stands in for a killed process in the resume test."""
+
+
 @pytest.mark.parametrize("mode", ["sqrt", "kary"])
-def test_resume_after_interruption(model, corpus, tmp_path: Path, mode: str) -> None:
+def test_resume_after_interruption(model, corpus, tmp_path: Path, mode: str, monkeypatch) -> None:
     cfg = cfg_for("momentum", steps=9, checkpointing=mode, checkpoint_k=3, resume_every=2)
     full = _raw(model, corpus, cfg, {"a": f_heldout, "b": f_heldout2})
     out = tmp_path / "scores"
-    with pytest.raises(_Interrupted):
-        attribute(
-            model,
-            corpus,
-            {"a": f_heldout, "b": f_heldout2},
-            cfg,
-            out=out,
-            progress=False,
-            _interrupt_after=5,
-        )
+    done = {"n": 0}
+    real = reverse.ReverseStep.__call__
+
+    def killed_after_5(self, t, state):
+        if done["n"] == 5:  # the run dies after 5 reverse steps
+            raise _Killed(f"killed before reverse step {t}")
+        done["n"] += 1
+        real(self, t, state)
+
+    with monkeypatch.context() as m:
+        m.setattr(reverse.ReverseStep, "__call__", killed_after_5)
+        with pytest.raises(_Killed):
+            attribute(
+                model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out, progress=False
+            )
+    assert done["n"] == 5
     work = tmp_path / ".scores.magic-work"
-    assert (work / "reverse_state.json").exists() and not out.exists()
+    assert (work / "reverse_state" / "state.json").exists() and not out.exists()
     art = attribute(model, corpus, {"a": f_heldout, "b": f_heldout2}, cfg, out=out, progress=False)
     assert not work.exists() and out.exists()
     for q in ("a", "b"):
@@ -247,7 +257,7 @@ def test_replay_drift_is_detected(model, corpus, monkeypatch) -> None:
 
     cfg = cfg_for("sgd", steps=6, checkpointing="sqrt")
     calls = {"n": 0}
-    real = optim.FunctionalOptimizer.step
+    real = optim.SGD.step
 
     def noisy(self, params, bufs, grads, t):
         real(self, params, bufs, grads, t)
@@ -256,7 +266,7 @@ def test_replay_drift_is_detected(model, corpus, monkeypatch) -> None:
             with torch.no_grad():
                 params[0].add_(1e-2)
 
-    monkeypatch.setattr(optim.FunctionalOptimizer, "step", noisy)
+    monkeypatch.setattr(optim.SGD, "step", noisy)
     with pytest.raises(TrajectoryDriftError, match="differs from the recorded trajectory"):
         attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
 
@@ -641,14 +651,14 @@ def test_token_nll_matches_cross_entropy_to_second_order() -> None:
     pass torch's finite-difference gradcheck / gradgradcheck (float64)."""
     import torch.nn.functional as F
 
-    from magic_unlearn.attribution.trajectory import _TokenNLL
+    from magic_unlearn.data import TokenNLL
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(6, 9, dtype=torch.float64, generator=g, requires_grad=True)
     y = torch.randint(0, 9, (6,), generator=g)
-    torch.testing.assert_close(_TokenNLL.apply(z, y), F.cross_entropy(z, y, reduction="none"))
-    assert torch.autograd.gradcheck(lambda x: _TokenNLL.apply(x, y), (z,))
-    assert torch.autograd.gradgradcheck(lambda x: _TokenNLL.apply(x, y), (z,))
+    torch.testing.assert_close(TokenNLL.apply(z, y), F.cross_entropy(z, y, reduction="none"))
+    assert torch.autograd.gradcheck(lambda x: TokenNLL.apply(x, y), (z,))
+    assert torch.autograd.gradgradcheck(lambda x: TokenNLL.apply(x, y), (z,))
 
 
 def test_per_token_loss_equals_reference(model) -> None:

@@ -181,7 +181,7 @@ def tokenize_corpus(
     return TokenizedCorpus(ids, am, loss_mask, lab, fid, [d["id"] for d in docs])
 
 
-class _TokenNLL(torch.autograd.Function):
+class TokenNLL(torch.autograd.Function):
     """Per-row NLL ``l_i = logsumexp(z_i) - z_{i, y_i}`` of logits z (n, V), twice differentiable.
 
     Autograd's generic double backward of ``cross_entropy(z.float())`` makes ~20 passes over the
@@ -205,7 +205,7 @@ class _TokenNLL(torch.autograd.Function):
 
 
 class _TokenNLLGrad(torch.autograd.Function):
-    """dz = g_i (softmax(z_i) - e_{y_i}) and its VJP (the double backward of ``_TokenNLL``).
+    """dz = g_i (softmax(z_i) - e_{y_i}) and its VJP (the double backward of ``TokenNLL``).
 
     With p = softmax(z_i) and u the cotangent of dz_i: d/dz_i = g_i p (u - <p, u>) (the softmax
     Jacobian, which already includes the dependence through logsumexp, so ``lse`` is treated as
@@ -235,7 +235,7 @@ def per_token_nll(model: Any, input_ids: Tensor, attention_mask: Tensor | None) 
 
     Computed in float32 from half or float32 logits and in float64 from float64 logits (a float64
     model is an exactness check, so nothing is rounded to float32 on the way), and twice
-    differentiable (MAGIC's reverse step differentiates its gradient); see ``_TokenNLL``.
+    differentiable (MAGIC's reverse step differentiates its gradient); see ``TokenNLL``.
     ``attention_mask=None`` is exact for right-padded rows
     (``magic_unlearn.attribution.trajectory.right_padded``).
 
@@ -247,5 +247,5 @@ def per_token_nll(model: Any, input_ids: Tensor, attention_mask: Tensor | None) 
     # every position predicts the next token; the last one's target is a dummy whose loss is
     # dropped below (slicing the logits instead would copy all of them)
     target = torch.cat([input_ids[:, 1:], input_ids[:, :1]], dim=1)  # (B, L)
-    nll = _TokenNLL.apply(logits.reshape(b * n, v), target.reshape(-1)).view(b, n)  # (B, L)
+    nll = TokenNLL.apply(logits.reshape(b * n, v), target.reshape(-1)).view(b, n)  # (B, L)
     return torch.cat([torch.zeros_like(nll[:, :1]), nll[:, :-1]], dim=1)

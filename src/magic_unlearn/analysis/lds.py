@@ -29,16 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from magic_unlearn.analysis.stats import bootstrap_ci, pearson, spearman
+from magic_unlearn.attribution.measurements import MeasureFn
+from magic_unlearn.attribution.trajectory import train_trajectory
 from magic_unlearn.config import config_hash
 from magic_unlearn.data import TokenizedCorpus
 from magic_unlearn.io import atomic_write_json, bytes_hash, read_json
 
 UNITS = ("doc", "token")
 PREDICTION = "predicted change = sum over dropped units of (-score) (first-order, w: 1 -> 0)"
-
-Measurement = Callable[[nn.Module], Any]
 
 
 def _measure(meas: Any, model: nn.Module) -> float:
@@ -107,7 +108,7 @@ def _model_for_run(model_factory: Callable[[], nn.Module] | nn.Module) -> nn.Mod
 def lds(
     model_factory: Callable[[], nn.Module] | nn.Module,
     corpus: TokenizedCorpus,
-    measurements: Measurement | Mapping[str, Measurement],
+    measurements: MeasureFn | Mapping[str, MeasureFn],
     traj_cfg: Any,
     scores: Mapping[str, Any],
     alpha: float = 0.1,
@@ -126,7 +127,8 @@ def lds(
         model_factory: the model at the start of the trajectory, or a zero-argument function
             returning it (the training function must not modify it in place).
         corpus: the trajectory's training rows (the scored corpus).
-        measurements: a callable ``model -> eval loss``, or ``{name: callable}``.
+        measurements: a measurement ``model -> eval loss`` (evaluated without gradients; a
+            tensor or a number), or ``{name: measurement}``.
         traj_cfg: the trajectory config the scores were computed for.
         scores: ``{name: (N, L) tensor | ScoreSet}``. With several measurements, each name is
             matched to one by ``score_measurement[name]`` or by its ``method:query`` suffix.
@@ -148,7 +150,7 @@ def lds(
     if unit not in UNITS:
         raise ValueError(f"unit={unit!r}; choose from {UNITS}")
     if train_fn is None:
-        from magic_unlearn.attribution.trajectory import train_trajectory as train_fn
+        train_fn = train_trajectory
     meas = dict(measurements) if isinstance(measurements, Mapping) else {"loss": measurements}
     if not scores:
         raise ValueError("no score sets given")
@@ -213,8 +215,6 @@ def lds(
     it: Any = range(n_subsets)
     base = run("base", None, "none")
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc=f"LDS retrain ({unit}, alpha={alpha})")
     actual: dict[str, list[float]] = {k: [] for k in meas}
     t0 = time.time()

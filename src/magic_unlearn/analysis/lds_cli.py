@@ -6,39 +6,22 @@ scored units) and the trajectory defaults to the one recorded in the MAGIC artif
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from magic_unlearn.analysis.lds import lds, lds_markdown
 from magic_unlearn.analysis.scores import as_score_sets, check_same_units
+from magic_unlearn.attribution.artifact import ScoreArtifact
+from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.measurements import build_measurements
+from magic_unlearn.attribution.run import resolve_tokenizer
+from magic_unlearn.config import from_dict, load_config, save_config
+from magic_unlearn.data import load_corpus, tokenize_corpus
 from magic_unlearn.io import atomic_write_text
+from magic_unlearn.models import load_model, resolve_device
 
-
-def build_measurements(
-    tokenizer: Any,
-    queries: list[str],
-    world: str | Path | None,
-    query_info: dict[str, Any],
-    device: Any,
-) -> dict[str, Any]:
-    """``{name: Measurement}`` for question-set names or files, in the scored prompt format."""
-    from magic_unlearn.evaluation.measure import Measurement
-    from magic_unlearn.evaluation.tasks import load_task
-
-    out = {}
-    for q in queries:
-        info = dict(query_info.get(q) or {})
-        if q not in query_info and Path(q).is_file() and Path(q).stem in query_info:
-            q, info = Path(q).stem, {**(query_info[Path(q).stem] or {}), "task": q}
-        task = load_task(str(info.get("task") or q), world=world)
-        m = Measurement.from_task(tokenizer, task, fmt=info.get("fmt"), name=q)
-        if info.get("n_questions") is not None and len(m) != int(info["n_questions"]):
-            raise ValueError(
-                f"query {q!r}: the artifact scored {info['n_questions']} questions "
-                f"but {len(m)} were loaded; use the same question set"
-            )
-        out[q] = m.to(device)
-    return out
+logger = logging.getLogger(__name__)
 
 
 def run_lds_cli(
@@ -58,25 +41,18 @@ def run_lds_cli(
     overrides: list[str] | None = None,
     tokenizer: str | None = None,
 ) -> str:
-    """Run LDS for the score artifacts in ``scores``; write ``out/lds.json`` and ``out/lds.md``."""
-    from magic_unlearn.attribution.artifact import ScoreArtifact
-    from magic_unlearn.attribution.config import TrajectoryConfig
-    from magic_unlearn.config import from_dict, load_config, save_config
-    from magic_unlearn.data import load_corpus, tokenize_corpus
-    from magic_unlearn.models import load_model, load_tokenizer, resolve_device
+    """Run LDS for the score artifacts in ``scores``; write ``out/lds.json`` and ``out/lds.md``.
 
+    The measurements are rebuilt as the artifacts recorded them (``build_measurements`` with
+    ``recorded=``: same task, format and number of questions).
+    """
     arts = [ScoreArtifact.load(s) for s in scores]
     sets = as_score_sets(arts)
     for s in sets[1:]:
         check_same_units(sets[0], s)
     dev = resolve_device(device)
     base = load_model(model, dtype=None, device=dev)
-    tok_path = tokenizer or (
-        model
-        if (Path(model) / "tokenizer_config.json").exists()
-        else (Path(world) / "tokenizer" if world else model)
-    )
-    tok = load_tokenizer(tok_path)
+    tok = resolve_tokenizer(model, tokenizer, Path(world) if world else None)
 
     if config is not None or overrides:
         cfg = load_config(TrajectoryConfig, config, overrides)
@@ -107,13 +83,16 @@ def run_lds_cli(
     for a in arts:
         for q, info in (a.meta.get("queries") or {}).items():
             qinfo.setdefault(q, info or {})
-    meas = build_measurements(tok, queries, world, qinfo, dev)
+    meas = build_measurements(tok, queries, world=world, model=base, device=dev, recorded=qinfo)
     by_name = {s.name: s for s in sets if s.query in meas}
     if not by_name:
         raise ValueError(
             f"no scored query matches --query {queries}; the artifacts hold "
             f"{sorted({s.query for s in sets})}"
         )
+    logger.info(
+        "LDS of %s: %d subsets dropping %g of the %ss", sorted(by_name), subsets, alpha, unit
+    )
     res = lds(
         base,
         corp,

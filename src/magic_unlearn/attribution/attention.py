@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils.deterministic as det
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -99,8 +100,6 @@ def _deterministic() -> Iterator[None]:
     (other threads issuing GPU ops meanwhile see it too: at worst a nondeterministic-only op
     raises instead of running).
     """
-    import torch.utils.deterministic as det
-
     on = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     fill = det.fill_uninitialized_memory

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from magic_unlearn.attribution.artifact import ScoreArtifact, model_hash
 from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.measurements import MeasureFn, queries_info
 from magic_unlearn.attribution.trajectory import (
     autocast_ctx,
     check_corpus,
@@ -34,7 +34,7 @@ from magic_unlearn.data import TokenizedCorpus
 def grad_similarity(
     model: nn.Module,
     corpus: TokenizedCorpus,
-    measurements: dict[str, Callable[[nn.Module], Tensor]],
+    measurements: dict[str, MeasureFn],
     cfg: TrajectoryConfig,
     per: str = "token",
     train: bool = True,
@@ -102,7 +102,7 @@ def grad_similarity(
     if per == "example":
         final = {q: v.sum(dim=1) for q, v in final.items()}
     meta = {
-        "queries": {q: dict((query_info or {}).get(q, {})) for q in measurements},
+        "queries": queries_info(measurements, query_info),
         "model_hash": model_hash(model),
         "trajectory": to_dict(cfg),
         "eval_losses": {"after": after},

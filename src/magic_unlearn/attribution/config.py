@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from magic_unlearn.attribution.optim import OPTIMIZERS
 from magic_unlearn.lora import LoraSpec
 from magic_unlearn.schedules import SCHEDULES
 
-OPTIMIZERS = ("sgd", "momentum", "adamw")
 CHECKPOINTING = ("every", "sqrt", "kary")
 STORAGE = ("gpu", "cpu", "disk")
 PRECISIONS = ("fp32", "bf16")
@@ -22,7 +22,8 @@ class TrajectoryConfig:
     """One deterministic fine-tuning run (data order, optimiser, schedule) plus reverse-pass knobs.
 
     Attributes:
-        optimizer: "sgd" | "momentum" (heavy ball, torch convention) | "adamw".
+        optimizer: a registered trajectory optimiser (``optim.OPTIMIZERS``): "sgd" |
+            "momentum" (heavy ball, torch convention) | "adamw".
         lr: peak learning rate.
         momentum: heavy-ball coefficient (optimizer="momentum").
         betas, eps, bias_correction: AdamW moments.
@@ -89,7 +90,7 @@ class TrajectoryConfig:
             return ValueError(f"TrajectoryConfig.{name}={val!r} is invalid; use {valid}")
 
         if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", self.optimizer, OPTIMIZERS)
+            raise bad("optimizer", self.optimizer, tuple(OPTIMIZERS))
         if self.schedule not in SCHEDULES:
             raise bad("schedule", self.schedule, SCHEDULES)
         if self.checkpointing not in CHECKPOINTING:

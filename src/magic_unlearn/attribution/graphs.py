@@ -15,12 +15,15 @@ numbers, only slower.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 
 class GraphCaptureWarning(UserWarning):
@@ -145,6 +148,7 @@ class GraphCache:
                 return fn(*inputs, *persistent)
             self.pool = g.pool
             self.graphs[key] = g
+            logger.debug("captured the %s step as CUDA graph %d", name, len(self.graphs))
         return g(*inputs)
 
 

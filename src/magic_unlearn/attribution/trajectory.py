@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm.auto import tqdm
 
 from magic_unlearn.attribution.attention import causal_attention
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphCache
-from magic_unlearn.attribution.optim import FunctionalOptimizer
-from magic_unlearn.data import TokenizedCorpus, _TokenNLL, per_token_nll  # noqa: F401 - _TokenNLL re-exported
+from magic_unlearn.attribution.optim import TrajectoryOptimizer, make_optimizer
+from magic_unlearn.data import TokenizedCorpus, per_token_nll
 from magic_unlearn.lora import apply_lora
 from magic_unlearn.models import resolve_dtype
 
@@ -129,6 +130,8 @@ def _exact_mask(*args: Any, **kwargs: Any) -> Tensor | None:
     and the plain causal mask function there is nothing to build, so None is returned here
     directly and the captured step runs the same fused attention as an eager one.
     """
+    # transformers is imported where it is used, as everywhere in the package (models.py):
+    # importing it costs seconds, and ``import magic_unlearn.attribution`` should not
     from transformers.masking_utils import sdpa_mask
 
     kwargs.pop("dtype", None)
@@ -153,6 +156,7 @@ def _exact_mask(*args: Any, **kwargs: Any) -> Tensor | None:
 
 
 def _register_exact_attention() -> None:
+    # lazy for the reason given in _exact_mask
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
@@ -382,7 +386,7 @@ def iter_steps(
     model: nn.Module,
     params: list[Tensor],
     bufs: list[list[Tensor]],
-    opt: FunctionalOptimizer,
+    opt: TrajectoryOptimizer,
     batches: Batches,
     cfg: TrajectoryConfig,
     start: int,
@@ -442,13 +446,11 @@ def train_trajectory(
             f"corpus rows {tuple(corpus.input_ids.shape)} (N, L)"
         )
     device = params[0].device
-    opt = FunctionalOptimizer(cfg)
+    opt = make_optimizer(cfg)
     bufs = opt.init_buffers(params)
     batches = Batches(corpus, cfg, device, params[0].dtype)
     it = iter_steps(model, params, bufs, opt, batches, cfg, 0, cfg.steps, token_weights)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, total=cfg.steps, desc="train", leave=False)
     for _ in it:
         pass

@@ -1,28 +1,17 @@
-"""CLI commands for the attribute stage: ``magic-unlearn attribute``."""
+"""CLI commands for the attribute stage: ``magic-unlearn attribute``.
+
+The command only parses its flags into an :class:`~magic_unlearn.attribution.AttributionJob`
+and calls :func:`~magic_unlearn.attribution.run_attribution`, as the pipeline's stage does.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-
-def _load_tokenizer(model: str, tokenizer: str | None, world: Path | None):
-    from magic_unlearn.models import load_tokenizer
-
-    candidates = [tokenizer] if tokenizer else [model]
-    if world is not None and not tokenizer:
-        candidates.append(str(world / "tokenizer"))
-    errors = []
-    for c in candidates:
-        try:
-            return load_tokenizer(c)
-        except Exception as e:  # noqa: BLE001 - try the next candidate, report all below
-            errors.append(f"{c}: {e}")
-    raise FileNotFoundError(
-        "could not load a tokenizer (pass --tokenizer or --world): " + "; ".join(errors)
-    )
+from magic_unlearn.config import load_config
 
 
 def register(app: typer.Typer) -> None:
@@ -50,7 +39,9 @@ def register(app: typer.Typer) -> None:
         method: str = typer.Option("magic", "--method", help="magic | grad_sim | random."),
         set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE."),
         per: str = typer.Option("token", "--per", help="token | example."),
-        fmt: Optional[str] = typer.Option(None, "--format", "-f", help="letter | cloze."),
+        fmt: Optional[str] = typer.Option(
+            None, "--format", "-f", help="letter | cloze (default: the task's)."
+        ),
         limit: Optional[int] = typer.Option(None, "--limit", help="First N questions per task."),
         source: Optional[str] = typer.Option(None, "--source", help="Question source."),
         tokenizer: Optional[str] = typer.Option(None, "--tokenizer"),
@@ -114,67 +105,27 @@ def run_attribute(
     overwrite: bool = False,
     resume: bool = True,
     progress: bool = True,
-):
-    """The ``attribute`` command as a function (returns the ScoreArtifact)."""
-    from magic_unlearn.attribution import (
-        TrajectoryConfig,
-        attribute,
-        grad_similarity,
-        random_scores,
-    )
-    from magic_unlearn.config import load_config
-    from magic_unlearn.data import load_corpus, tokenize_corpus
-    from magic_unlearn.models import load_model, resolve_device
+) -> Any:
+    """The ``attribute`` command as a function: flags -> ``AttributionJob`` -> ScoreArtifact."""
+    # deferred: the attribution engine imports torch, which `magic-unlearn --help` must not pay
+    from magic_unlearn.attribution import AttributionJob, TrajectoryConfig, run_attribution
 
-    if method not in ("magic", "grad_sim", "random"):
-        raise ValueError(f"--method {method!r}: use magic, grad_sim or random")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite")
-    cfg = load_config(TrajectoryConfig, config, overrides)
-    tok = _load_tokenizer(model, tokenizer, world)
-    src = corpus
-    if world is not None and ":" not in corpus and not Path(corpus).exists():
-        src = f"{world}:{corpus}"
-    docs = load_corpus(src)
-    corp = tokenize_corpus(docs, tok, max_length=cfg.max_length)
-    if method == "random":
-        return random_scores(
-            corp, list(queries), seed=cfg.seed, per=per, out=out, tokenizer=tok, overwrite=overwrite
-        )
-
-    from magic_unlearn.evaluation import Measurement, load_task
-
-    dev = resolve_device(device)
-    m = load_model(model, dtype=cfg.dtype, device=dev, attn_implementation="eager")
-    max_len = int(getattr(m.config, "max_position_embeddings", 2048) or 2048)
-    measurements = {}
-    for q in queries:
-        task = load_task(q, source=source, limit=limit, world=str(world) if world else None)
-        measurements[q] = Measurement.from_task(tok, task, fmt=fmt, name=q, max_length=max_len).to(
-            dev
-        )
-    if method == "grad_sim":
-        return grad_similarity(
-            m,
-            corp,
-            measurements,
-            cfg,
-            per=per,
-            out=out,
-            tokenizer=tok,
-            progress=progress,
-            overwrite=overwrite,
-        )
-    return attribute(
-        m,
-        corp,
-        measurements,
-        cfg,
-        per=per,
+    job = AttributionJob(
+        model=model,
+        corpus=corpus,
+        queries=list(queries),
         out=out,
+        method=method,
+        trajectory=load_config(TrajectoryConfig, config, overrides),
+        per=per,
+        fmt=fmt,
+        limit=limit,
+        source=source,
+        world=world,
+        tokenizer=tokenizer,
+        device=device,
+        overwrite=overwrite,
         resume=resume,
         progress=progress,
-        tokenizer=tok,
-        inplace=True,
-        overwrite=overwrite,
     )
+    return run_attribution(job)

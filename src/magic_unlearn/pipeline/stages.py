@@ -12,7 +12,7 @@ Sections (``RunConfig`` fields; ``params.<stage>`` for the first four) and their
 - ``world``: :class:`WorldStageConfig` -> artifact ``world``.
 - ``pretrain``: :class:`PretrainStageConfig` (uses ``RunConfig.world``) -> artifact ``model``.
 - ``attribute``: :class:`AttributeStageConfig` (uses ``RunConfig.model`` and ``world``)
-  -> artifact ``scores``.
+  -> artifact ``scores`` (``attribution.run_attribution``, as the ``attribute`` command).
 - ``analyze``: :class:`AnalyzeStageConfig` -> artifact ``analysis``.
 - ``unlearn``: the fields of :class:`~magic_unlearn.unlearn.api.UnlearnConfig` (method,
   corpora, loop settings, token weights; run fields fill the model, forget corpus, device and
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from magic_unlearn.analysis import analyze
+from magic_unlearn.attribution import METHODS as ATTRIBUTION_METHODS
+from magic_unlearn.attribution import AttributionJob, run_attribution
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.config import ConfigError, deep_merge, from_dict, to_dict
 from magic_unlearn.evaluation.evaluator import evaluate
@@ -190,8 +192,6 @@ def pretrain_stage(ctx: RunContext, out: Path) -> StageResult:
 
 # ------------------------------------------------------------------------------ attribute
 
-ATTR_METHODS = ("magic", "grad_sim", "random")
-
 
 @dataclass
 class AttributeStageConfig:
@@ -201,7 +201,8 @@ class AttributeStageConfig:
         method: ``magic``, ``grad_sim`` or ``random``.
         corpus: the world corpus whose tokens are scored.
         queries: the measurements (question set names), hazard first.
-        fmt: question format of the measurements.
+        fmt: question format of the measurements (None: the task's own, cloze for world
+            question sets).
         limit: questions per measurement (None: all).
         seed: seed of the ``random`` baseline.
         trajectory: the differentiated fine-tuning run.
@@ -211,16 +212,16 @@ class AttributeStageConfig:
     method: str = "magic"
     corpus: str = "forget"
     queries: list[str] = field(default_factory=lambda: ["hazard_qa", "general_qa"])
-    fmt: str = "cloze"
+    fmt: str | None = None
     limit: int | None = None
     seed: int = 0
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     per: str = "token"
 
     def __post_init__(self) -> None:
-        if self.method not in ATTR_METHODS:
+        if self.method not in ATTRIBUTION_METHODS:
             raise ValueError(
-                f"attribute method {self.method!r} unknown; choose from {ATTR_METHODS}"
+                f"attribute method {self.method!r} unknown; choose from {ATTRIBUTION_METHODS}"
             )
         self.queries = list(self.queries or ["hazard_qa", "general_qa"])
         if self.trajectory is None:
@@ -232,73 +233,39 @@ def _validate_attribute(s: dict[str, Any]) -> None:
 
 
 def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
-    from magic_unlearn.attribution import (
-        TrajectoryConfig,
-        attribute,
-        grad_similarity,
-        random_scores,
-    )
-    from magic_unlearn.data import tokenize_corpus
-    from magic_unlearn.evaluation.measure import Measurement
-    from magic_unlearn.evaluation.tasks import load_task
-    from magic_unlearn.models import load_model
-
-    s = ctx.section("attribute")
-    world = _world(_need(ctx.config.world, "world", "attribute"))
-    tok = world.tokenizer
-    traj = from_dict(
-        TrajectoryConfig,
-        s.get("trajectory") or {},
-        source=f"run {ctx.spec.run_id}: params.attribute.trajectory",
-    )
-    corpus = tokenize_corpus(
-        world.corpus(s.get("corpus", "forget")), tok, max_length=traj.max_length
-    )
-    queries = list(s.get("queries") or ["hazard_qa", "general_qa"])
-    method = s.get("method", "magic")
-    per = s.get("per", "token")
+    s = load_section(AttributeStageConfig, ctx.section("attribute"), "attribute", _where(ctx))
+    world = _need(ctx.config.world, "world", "attribute")
     # built in the run's scratch folder, where MAGIC keeps its reverse-pass resume state
     dest = ctx.scratch("attribute") / "scores"
     if dest.exists():
-        import shutil
-
         shutil.rmtree(dest)
-    if method == "random":
-        art = random_scores(
-            corpus, queries, seed=int(s.get("seed", 0)), per=per, out=dest, tokenizer=tok
-        )
-    else:
-        model = load_model(
-            _need(ctx.config.model, "model", "attribute"),
-            dtype=traj.dtype or "float32",
+    art = run_attribution(
+        AttributionJob(
+            model=ctx.config.model or None,
+            corpus=s.corpus,
+            queries=s.queries,
+            out=dest,
+            method=s.method,
+            trajectory=s.trajectory,
+            per=s.per,
+            fmt=s.fmt,
+            limit=s.limit,
+            world=Path(world),
+            tokenizer=str(Path(world) / "tokenizer"),
             device=ctx.config.device,
+            seed=s.seed,
         )
-        meas = {
-            q: Measurement.from_task(
-                tok,
-                load_task(q, world=world, limit=s.get("limit")),
-                fmt=s.get("fmt", "cloze"),
-                name=q,
-            ).to(ctx.config.device)
-            for q in queries
-        }
-        if method == "magic":
-            art = attribute(
-                model, corpus, meas, traj, per=per, out=dest, tokenizer=tok, inplace=True
-            )
-        else:
-            art = grad_similarity(model, corpus, meas, traj, per=per, out=dest, tokenizer=tok)
+    )
     os.replace(dest, out / "scores")
-    meta = getattr(art, "meta", {}) or {}
     metrics = {
         k: v
-        for k, v in meta.items()
+        for k, v in art.meta.items()
         if isinstance(v, (int, float, str, bool, dict))
         and k in ("eval_losses", "timings", "n_params_trained", "method")
     }
-    metrics.update(method=method, queries=queries, n_rows=len(corpus))
+    metrics.update(method=s.method, queries=s.queries, n_rows=len(art.input_ids))
     return StageResult(
-        metrics=metrics, artifacts={"scores": "scores"}, summary={"attribution_method": method}
+        metrics=metrics, artifacts={"scores": "scores"}, summary={"attribution_method": s.method}
     )
 
 
@@ -581,7 +548,6 @@ STAGES: dict[str, Stage] = {
 }
 
 __all__ = [
-    "ATTR_METHODS",
     "STAGES",
     "AnalyzeStageConfig",
     "AttributeStageConfig",
