@@ -24,7 +24,7 @@ from magic_unlearn.analysis import (
     spearman,
 )
 from magic_unlearn.analysis.lds import draw_subset
-from magic_unlearn.analysis.report import example_aggregates, quadrants
+from magic_unlearn.analysis.run import example_aggregates, quadrants
 from magic_unlearn.data import TokenizedCorpus, tokenize_corpus
 
 

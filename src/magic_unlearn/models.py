@@ -24,6 +24,8 @@ from transformers import (
     GPTNeoXForCausalLM,
 )
 
+from magic_unlearn.io import bytes_hash, file_hash
+
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -282,9 +284,26 @@ def _hash_state(items: list[tuple[str, torch.Tensor]], n: int) -> str:
     return h.hexdigest()[:n]
 
 
-def model_hash(model: torch.nn.Module, n: int = 16) -> str:
-    """sha256 over the model's state dict (names, dtypes, shapes, bytes), truncated to n."""
-    return _hash_state(list(model.state_dict().items()), n)
+def model_hash(model: str | Path | torch.nn.Module, n: int = 16) -> str:
+    """Content hash of a model, truncated to n hex digits.
+
+    A module: sha256 over its state dict (names, dtypes, shapes, bytes). A model folder: over its
+    ``config.json`` and weight files. Anything else (a hub id): over its name, the best key there
+    is without downloading it.
+    """
+    if isinstance(model, torch.nn.Module):
+        return _hash_state(list(model.state_dict().items()), n)
+    p = Path(model)
+    if not p.is_dir():
+        return bytes_hash(str(model).encode(), n)
+    files = sorted(
+        f
+        for f in p.iterdir()
+        if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
+    )
+    if not files:
+        raise FileNotFoundError(f"{p}: no config.json / weight files; not a model folder")
+    return bytes_hash("".join(f"{f.name}:{file_hash(f)};" for f in files).encode(), n)
 
 
 def model_hash_async(

@@ -11,7 +11,7 @@ Sign convention: ``magic_unlearn.SIGN_CONVENTION`` (negative score = proponent).
 """
 
 from magic_unlearn.analysis.lds import lds, lds_markdown
-from magic_unlearn.analysis.report import (
+from magic_unlearn.analysis.run import (
     analyze,
     ground_truth,
     ground_truth_markdown,

@@ -20,13 +20,10 @@ from magic_unlearn.io import (
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
-    bytes_hash,
-    file_hash,
     read_json,
     write_manifest,
 )
-from magic_unlearn.models import load_model, load_tokenizer, resolve_device
-from magic_unlearn.models import model_hash as state_dict_hash
+from magic_unlearn.models import load_model, load_tokenizer, model_hash, resolve_device
 from magic_unlearn.tamper.config import AttackConfig, SuiteConfig, load_suite
 from magic_unlearn.tamper.context import AttackContext, make_attack_context
 from magic_unlearn.tamper.plots import plot_recovery
@@ -148,23 +145,6 @@ def _data_key(ctx: AttackContext, attack: AttackConfig, name: str) -> str | None
 
 # ---------------------------------------------------------------------------------------------
 # models and references
-
-
-def model_hash(model: str | Path | nn.Module) -> str:
-    """Content hash of a model: its weights (folder: config + weight files; module: tensors)."""
-    if isinstance(model, nn.Module):
-        return state_dict_hash(model)
-    p = Path(model)
-    if not p.is_dir():
-        return bytes_hash(str(model).encode())  # a hub id: its name is the best key we have
-    files = sorted(
-        f
-        for f in p.iterdir()
-        if f.is_file() and (f.name == "config.json" or f.suffix in (".safetensors", ".bin"))
-    )
-    if not files:
-        raise FileNotFoundError(f"{p}: no config.json / weight files; not a model folder")
-    return bytes_hash("".join(f"{f.name}:{file_hash(f)};" for f in files).encode())
 
 
 def _as_model(m: str | Path | nn.Module, device: str) -> nn.Module:
