@@ -215,7 +215,28 @@ def attribute(
     Returns:
         The score artifact (saved to ``out`` when given). Scores follow
         ``magic_unlearn.SIGN_CONVENTION`` (positive = detractor).
+
+    Under ``torchrun`` / ``accelerate launch`` (an initialised process group of several
+    processes) the run is sharded over the processes: ``sharded.attribute_sharded``, same scores.
     """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_world_size() > 1:
+            from magic_unlearn.attribution.sharded import attribute_sharded  # imports this module
+
+            return attribute_sharded(
+                model,
+                corpus,
+                measurements,
+                cfg,
+                per=per,
+                out=out,
+                resume=resume,
+                progress=progress,
+                tokenizer=tokenizer,
+                query_info=query_info,
+                inplace=inplace,
+                overwrite=overwrite,
+            )
     out_p = Path(out) if out is not None else None
     _check_args(corpus, measurements, cfg, per, out_p, overwrite)
     t_start = time.perf_counter()

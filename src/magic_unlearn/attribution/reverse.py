@@ -93,8 +93,12 @@ class ReverseFn:
             )
             with torch.no_grad():
                 pairs = [(adjs[q * n_p + i], h) for i, h in enumerate(res[:-1]) if h is not None]
-                if pairs:
-                    torch._foreach_add_([a for a, _ in pairs], [h.to(a.dtype) for a, h in pairs])
+                same = [(a, h) for a, h in pairs if a.dtype == h.dtype]
+                if same:
+                    torch._foreach_add_([a for a, _ in same], [h for _, h in same])
+                for a, h in pairs:
+                    if a.dtype != h.dtype:  # half-precision HVP into an fp32 adjoint: upcast
+                        a.add_(h)  # element by element, not a full fp32 copy of the HVP
                 if res[-1] is not None:
                     tables[q].index_add_(0, idx, (res[-1] * lm).to(tables[q].dtype))
             del res

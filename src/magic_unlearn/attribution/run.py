@@ -8,6 +8,7 @@ chosen here and nowhere else).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from magic_unlearn.attribution.magic import attribute
 from magic_unlearn.attribution.measurements import build_measurements
 from magic_unlearn.config import from_dict
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
+from magic_unlearn.distributed import distributed_session, world_size
 from magic_unlearn.evaluation.measure import Measurement
 from magic_unlearn.models import load_model, load_tokenizer, resolve_device
 
@@ -193,6 +195,9 @@ _RUNNERS: dict[str, Callable[[AttributionJob, TokenizedCorpus, Any], ScoreArtifa
 def run_attribution(job: AttributionJob) -> ScoreArtifact:
     """Run one attribution job: load its inputs, run its method, write its artifact.
 
+    Under ``torchrun`` / ``accelerate launch`` every process runs this with the same job: MAGIC
+    is sharded over the processes (``sharded.py``) and rank 0 writes ``job.out``.
+
     Returns:
         The score artifact (saved to ``job.out`` when set).
 
@@ -202,6 +207,19 @@ def run_attribution(job: AttributionJob) -> ScoreArtifact:
     """
     if job.out is not None and job.out.exists() and not job.overwrite:
         raise FileExistsError(f"{job.out} already exists; pass --overwrite")
+    # under torchrun / accelerate launch: one process per device, MAGIC sharded over them
+    with distributed_session(job.device) as dev:
+        if world_size() > 1:
+            if job.method != "magic":
+                raise ValueError(
+                    f"attribution method {job.method!r} runs in one process; only magic is "
+                    f"sharded over the {world_size()} processes of this launch"
+                )
+            job = dataclasses.replace(job, device=str(dev))
+        return _run(job)
+
+
+def _run(job: AttributionJob) -> ScoreArtifact:
     tok = resolve_tokenizer(job.model, job.tokenizer, job.world)
     docs = load_corpus(corpus_source(job.corpus, job.world))
     corpus = tokenize_corpus(docs, tok, max_length=job.trajectory.max_length)
