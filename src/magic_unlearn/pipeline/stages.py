@@ -41,6 +41,7 @@ from magic_unlearn.analysis import analyze
 from magic_unlearn.attribution import METHODS as ATTRIBUTION_METHODS
 from magic_unlearn.attribution import AttributionJob, run_attribution
 from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.launch import launch_attribution
 from magic_unlearn.config import ConfigError, deep_merge, from_dict, to_dict
 from magic_unlearn.evaluation.evaluator import evaluate
 from magic_unlearn.evaluation.tasks import FORMATS, load_task
@@ -207,6 +208,10 @@ class AttributeStageConfig:
         seed: seed of the ``random`` baseline.
         trajectory: the differentiated fine-tuning run.
         per: score granularity (``token``).
+        nproc_per_node: processes (GPUs) the MAGIC run is sharded over, or ``auto`` (every GPU
+            this process sees); above 1 the stage starts ``torchrun --nproc-per-node N`` on this
+            node (``attribution/launch.py``). A Slurm job of ``sweep --executor slurm`` sees the
+            GPUs of the grid's ``slurm.gpus_per_node`` (docs/scale.md).
     """
 
     method: str = "magic"
@@ -217,8 +222,14 @@ class AttributeStageConfig:
     seed: int = 0
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     per: str = "token"
+    nproc_per_node: int | str = 1
 
     def __post_init__(self) -> None:
+        n = self.nproc_per_node
+        if n != "auto" and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"nproc_per_node={n!r} is invalid; use an integer >= 1 or 'auto'")
+        if n != 1 and self.method != "magic":
+            raise ValueError(f"nproc_per_node={n!r} shards MAGIC only, not {self.method!r}")
         if self.method not in ATTRIBUTION_METHODS:
             raise ValueError(
                 f"attribute method {self.method!r} unknown; choose from {ATTRIBUTION_METHODS}"
@@ -239,23 +250,30 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
     dest = ctx.scratch("attribute") / "scores"
     if dest.exists():
         shutil.rmtree(dest)
-    art = run_attribution(
-        AttributionJob(
-            model=ctx.config.model or None,
-            corpus=s.corpus,
-            queries=s.queries,
-            out=dest,
-            method=s.method,
-            trajectory=s.trajectory,
-            per=s.per,
-            fmt=s.fmt,
-            limit=s.limit,
-            world=Path(world),
-            tokenizer=str(Path(world) / "tokenizer"),
-            device=ctx.config.device,
-            seed=s.seed,
-        )
+    job = AttributionJob(
+        model=ctx.config.model or None,
+        corpus=s.corpus,
+        queries=s.queries,
+        out=dest,
+        method=s.method,
+        trajectory=s.trajectory,
+        per=s.per,
+        fmt=s.fmt,
+        limit=s.limit,
+        world=Path(world),
+        tokenizer=str(Path(world) / "tokenizer"),
+        device=ctx.config.device,
+        seed=s.seed,
     )
+    nproc = s.nproc_per_node
+    if nproc == "auto":
+        import torch
+
+        nproc = max(1, torch.cuda.device_count())
+    if nproc > 1:
+        art = launch_attribution(job, nproc, ctx.scratch("attribute"))
+    else:
+        art = run_attribution(job)
     os.replace(dest, out / "scores")
     metrics = {
         k: v
