@@ -295,3 +295,54 @@ def test_gpu_world_size_one_equals_plain_engine() -> None:
         assert ref["a"].abs().max() > 0
         tol = dict(rtol=2e-2, atol=1e-5) if kw.get("precision") == "bf16" else {}
         torch.testing.assert_close(got["a"], ref["a"], **tol)
+
+
+class _Killed(RuntimeError):
+    """Stands in for a killed process."""
+
+
+def test_sharded_run_resumes_after_interruption(tmp_path: Path, monkeypatch) -> None:
+    from magic_unlearn.attribution import reverse
+    from magic_unlearn.attribution.sharded import attribute_sharded
+
+    model = build_model(TINY, vocab_size=V, seed=0, dtype=torch.float64)
+    cfg = TrajectoryConfig(
+        **{**cfg_for("sgd").__dict__, "steps": 7, "resume_every": 2, "storage": "disk"}
+    )
+    out = tmp_path / "scores"
+    real = reverse.ReverseStep.__call__
+    done = {"n": 0}
+
+    def killed_after_4(self, t, state):
+        if done["n"] == 4:
+            raise _Killed(f"killed before reverse step {t}")
+        done["n"] += 1
+        real(self, t, state)
+
+    with _threads(1):
+        full = _raw_scores(
+            lambda: attribute_sharded(model, make_corpus(), {"a": f_a}, cfg, progress=False)
+        )
+        with monkeypatch.context() as m:
+            m.setattr(reverse.ReverseStep, "__call__", killed_after_4)
+            with pytest.raises(_Killed):
+                attribute_sharded(model, make_corpus(), {"a": f_a}, cfg, out=out, progress=False)
+        work = tmp_path / ".scores.magic-work"
+        assert (work / "rank0" / "reverse_state" / "state.json").exists() and not out.exists()
+        calls = {"n": 0}
+
+        def counted(self, t, state):
+            calls["n"] += 1
+            real(self, t, state)
+
+        with monkeypatch.context() as m:
+            m.setattr(reverse.ReverseStep, "__call__", counted)
+            resumed = _raw_scores(
+                lambda: attribute_sharded(
+                    model, make_corpus(), {"a": f_a}, cfg, out=out, progress=False
+                )
+            )
+    # the state was saved after reverse steps 6, 5, 4, 3 (every 2): 3 steps were left
+    assert calls["n"] == 3
+    assert not work.exists() and out.exists()
+    torch.testing.assert_close(resumed["a"], full["a"], rtol=0, atol=1e-12)
