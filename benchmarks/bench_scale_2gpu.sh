@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 19: sharded MAGIC, unlearning and attacks on 2 GPUs (nvidia-h200-x2), about 7 minutes.
+#   1. one GPU's MAGIC scores of a small shape (Pythia-160m dims; fp32 and bf16, SGD and AdamW)
+#   2. torchrun --nproc-per-node 2: the same runs sharded (max score difference, time, memory per
+#      GPU); the 6.9B shape, full-parameter MAGIC sharded over 2 GPUs (T=16, seq 1024, batch 4,
+#      SGD and AdamW) next to plain FSDP training of the same shape and the memory model; the
+#      unlearning loop (rr) and the standard fine-tuning attack with FSDP, 10 steps each.
+# Results: $OUT/small_ref.{json,pt,log}, $OUT/bench_scale_2gpu.{json,log}, $OUT/card_2gpu.txt.
+# Extra arguments go to the 2-GPU run, e.g. --c-layer 120 (the activation coefficient fitted by
+# the one-GPU run, benchmarks/bench_scale.py; default the a priori value).
+# Leave NCCL_NVLS_ENABLE=0 and the machine's other NCCL settings as they are.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card_2gpu.txt"
+env | grep -E '^NCCL_' | tee -a "$OUT/card_2gpu.txt"
+CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_scale.py --mode small-ref --out "$OUT" 2>&1 \
+  | grep -v -E 'Warning|warnings.warn|return func' | tee "$OUT/small_ref.log"
+python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/bench_scale.py \
+  --mode dist --out "$OUT" "$@" 2>&1 \
+  | grep -v -E 'Warning|warnings.warn|return func' | tee "$OUT/bench_scale_2gpu.log"
