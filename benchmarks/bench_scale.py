@@ -587,7 +587,8 @@ def extrapolate(args: Any, res: dict) -> list[dict]:
     t_fwd1, t_rev1 = full["forward_step_s"] * scale, full["reverse_step_s"] * scale
     plain = res.get(f"plain_full_sgd_L{L}") or res.get("plain_full_sgd") or {}
     t_train1 = plain.get("step_s", float("nan")) * scale
-    c_rev = res.get("memory_fit", {}).get("c_layer_reverse", C_LAYER_REVERSE)
+    fit = res.get("memory_fit", {})
+    c_rev = fit.get("c_layer_reverse_full", fit.get("c_layer_used", C_LAYER_REVERSE))
     c_tr = res.get("memory_fit", {}).get("c_layer_train", C_LAYER_TRAIN)
     bw = args.nvlink_gbs * 1e9
     rows = []
@@ -710,7 +711,9 @@ def mode_one(args: Any, dev: torch.device, res: dict, out: Path) -> None:
             optimizer="sgd",
             param_bytes=args.pbytes,
         )
-    c_rev = args.c_layer or fit.get("c_layer_reverse", C_LAYER_REVERSE)
+    # LoRA's double backward keeps fewer tensors than full training's (no weight-gradient
+    # products), so the shape choice for full runs never goes below the a priori coefficient
+    c_rev = args.c_layer or max(fit.get("c_layer_reverse", 0.0), C_LAYER_REVERSE)
     res["memory_fit"] = {**fit, "c_layer_used": c_rev}
     log(f"memory model: activation coefficients {res['memory_fit']}")
 
@@ -734,6 +737,18 @@ def mode_one(args: Any, dev: torch.device, res: dict, out: Path) -> None:
             r.pop("_scores", None)
             r["layers"] = L
             log(f"full_magic_sgd (L={L}): {r}")
+            if dev.type == "cuda":  # the full-parameter coefficient, for the extrapolation
+                res["memory_fit"]["c_layer_reverse_full"] = fit_c_layer(
+                    r["peak_gb"] * GB,
+                    stats_for(args, L, False),
+                    batch_size=B,
+                    seq=S,
+                    optimizer="sgd",
+                    param_bytes=args.pbytes,
+                    storage="cpu",
+                    steps=T,
+                    **kw,
+                )
         save(res, out)
 
     # 4. the unlearning loop and the standard attack, 10 steps each (LoRA and full)
@@ -808,7 +823,16 @@ def mode_one(args: Any, dev: torch.device, res: dict, out: Path) -> None:
 
 def report(args: Any, res: dict) -> None:
     """Print the tables: ratios to plain training, the memory model check, the extrapolation."""
-    c_rev = res.get("memory_fit", {}).get("c_layer_used", C_LAYER_REVERSE)
+    fit = res.get("memory_fit", {})
+    coefs = [("a priori", C_LAYER_REVERSE)]
+    coefs += [
+        (name, fit[k])
+        for name, k in (
+            ("fit LoRA SGD", "c_layer_reverse"),
+            ("fit full SGD", "c_layer_reverse_full"),
+        )
+        if k in fit
+    ]
     rows, mem = [], []
     for key in ("lora_magic_sgd", "lora_magic_adamw", "full_magic_sgd", "full_magic_adamw"):
         r = res.get(key) or {}
@@ -837,7 +861,7 @@ def report(args: Any, res: dict) -> None:
                 "drift": r["max_replay_drift"],
             }
         )
-        for name, c in (("a priori", C_LAYER_REVERSE), ("fitted", c_rev)):
+        for name, c in coefs:
             pr = predict(args, r, L, c, r.get("world_size", 1))
             mem.append(
                 {

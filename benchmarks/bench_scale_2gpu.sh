@@ -6,8 +6,8 @@
 #      SGD and AdamW) next to plain FSDP training of the same shape and the memory model; the
 #      unlearning loop (rr) and the standard fine-tuning attack with FSDP, 10 steps each.
 # Results: $OUT/small_ref.{json,pt,log}, $OUT/bench_scale_2gpu.{json,log}, $OUT/card_2gpu.txt.
-# Extra arguments go to the 2-GPU run, e.g. --c-layer 120 (the activation coefficient fitted by
-# the one-GPU run, benchmarks/bench_scale.py; default the a priori value).
+# Extra arguments go to the 2-GPU run, e.g. --c-layer 120: the activation coefficient the one-GPU
+# run fitted on full SGD (memory_fit.c_layer_reverse_full in bench_scale.json; default: a priori).
 # Leave NCCL_NVLS_ENABLE=0 and the machine's other NCCL settings as they are.
 set -uo pipefail
 export PYTHONUNBUFFERED=1

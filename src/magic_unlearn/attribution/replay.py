@@ -103,7 +103,7 @@ class Replay:
         self.live = params + [b for bl in self.bufs for b in bl]
         self.store = store
         self.T = cfg.steps
-        self.fingerprint = Fingerprint(params, seed=cfg.seed)
+        self.fingerprint = self.make_fingerprint(params)
         self.fps: list[Tensor] = []  # fingerprint of theta_t, t = 0..T
         self.denoms: Tensor | None = None  # (T+1,) drift units, see _drift
         self.losses: list[Tensor] = []
@@ -111,6 +111,10 @@ class Replay:
         self.replayed = 0
         self.max_drift = 0.0
         self.grads = StepGrads(model, params, cfg)
+
+    def make_fingerprint(self, params: list[Tensor]) -> Fingerprint:
+        """The state checksum of the trained tensors (``sharded.py`` sums it over ranks)."""
+        return Fingerprint(params, seed=self.cfg.seed)
 
     def _top_positions(self) -> list[int]:
         mode, T, k = self.cfg.checkpointing, self.T, self.cfg.segment_k

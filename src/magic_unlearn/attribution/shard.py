@@ -228,15 +228,40 @@ def shard_parameters(model: nn.Module, params: list[Tensor], sg: ShardGroup) -> 
 class ShardedFingerprint(Fingerprint):
     """The replay checksum of a sharded state: per-rank projections summed over the ranks.
 
-    Every rank gets the same (P,) fingerprint, so every rank takes the same drift decision.
+    A flat shard of n elements is read as an (n // k, k) matrix (k = min(n, 4096)) plus a tail
+    of n mod k elements, projected as ``r_a^T X r_b + r_t . tail``: random vectors of O(sqrt n)
+    size, not one of n (``Fingerprint`` projects 1-D tensors with a vector as long as the
+    tensor, which for a flat 6.9B shard would be another 28 GB). Every rank gets the same (P,)
+    fingerprint, so every rank takes the same drift decision.
     """
 
-    def __init__(self, params: list[Tensor], seed: int, sg: ShardGroup) -> None:
-        super().__init__(params, seed=seed + 7919 * sg.rank)
+    def __init__(self, params: list[Tensor], seed: int, sg: ShardGroup, width: int = 4096) -> None:
+        # not Fingerprint.__init__: its vectors are what this class avoids
+        g = torch.Generator().manual_seed(seed + 7919 * sg.rank)
         self.sg = sg
+        self.parts: list[tuple[int, Tensor, Tensor, Tensor]] = []
+        for p in params:
+            n = p.numel()
+            k = max(1, min(n, width))
+            m = n // k
+            dt = p.dtype if p.dtype == torch.float64 else torch.float32
+            ra, rb, rt = (
+                torch.randn(size, generator=g, dtype=torch.float64).to(p.device, dt)
+                for size in (m, k, n - m * k)
+            )
+            self.parts.append((k, ra, rb, rt))
 
+    @torch.no_grad()
     def __call__(self, params: list[Tensor]) -> Tensor:
-        fp = super().__call__(params)
+        out = []
+        for p, (k, ra, rb, rt) in zip(params, self.parts, strict=True):
+            flat = p.reshape(-1).to(ra.dtype)
+            m = ra.numel()
+            v = ra @ (flat[: m * k].view(m, k) @ rb)
+            if rt.numel():
+                v = v + torch.dot(flat[m * k :], rt)
+            out.append(v)
+        fp = torch.stack(out).double()
         if self.sg.world_size > 1:
             dist.all_reduce(fp, group=self.sg.group)
         return fp

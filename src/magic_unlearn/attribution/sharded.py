@@ -72,8 +72,11 @@ class ShardedReplay(Replay):
         store: StateStore,
         sg: ShardGroup,
     ) -> None:
+        self.sg = sg  # read by make_fingerprint, which the base class calls
         super().__init__(model, params, opt, batches, cfg, store)
-        self.fingerprint = ShardedFingerprint(params, cfg.seed, sg)
+
+    def make_fingerprint(self, params: list[torch.Tensor]) -> ShardedFingerprint:
+        return ShardedFingerprint(params, self.cfg.seed, self.sg)
 
 
 def _broadcast_str(value: str | None, sg: ShardGroup, device: torch.device) -> str:
