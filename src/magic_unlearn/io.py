@@ -3,7 +3,9 @@
 Every stage writes into a folder holding ``config.yaml`` (resolved config), ``manifest.json``
 (stage name, version, input hashes, timestamps, status) and ``metrics.json``. A folder is built
 under a temporary sibling name and renamed into place when complete, so a crash never leaves a
-half-written artifact that looks finished.
+half-written artifact that looks finished. Temporary files and folders are created owner-only by
+``tempfile``; :func:`make_temp_dir` and :func:`make_temp_file` give them the permissions the
+user's umask gives any new file, so the renamed artifacts are readable like everything else.
 """
 
 from __future__ import annotations
@@ -22,11 +24,40 @@ from typing import Any
 import magic_unlearn
 
 
+def umask() -> int:
+    """The process umask, read without changing it where ``/proc`` allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | Path, prefix: str = "", suffix: str = "") -> Path:
+    """``tempfile.mkdtemp`` in ``parent`` with the mode a new folder gets under the umask
+    (mkdtemp makes it 0700, which the renamed artifact would keep)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
+def make_temp_file(parent: str | Path, prefix: str = "", suffix: str = "") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``parent`` with the mode a new file gets under the umask
+    (mkstemp makes it 0600); returns ``(fd, path)``."""
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -88,7 +119,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".partial")
     try:
         yield tmp
         if out.exists():
