@@ -50,8 +50,12 @@ from magic_unlearn.pipeline.runs import RunContext, Stage, StageResult
 from magic_unlearn.pretrain import VARIANTS, PretrainConfig, pretrain, resolve_pretrain_config
 from magic_unlearn.tamper import tamper
 from magic_unlearn.tamper.config import SuiteConfig, suite_dict
-from magic_unlearn.unlearn import METHODS
-from magic_unlearn.unlearn.api import UnlearnConfig, load_unlearn_config, unlearn
+from magic_unlearn.unlearn.api import (
+    UnlearnConfig,
+    load_unlearn_config,
+    unlearn,
+    validate_unlearn_config,
+)
 from magic_unlearn.world import World, WorldConfig, build_world, make_config
 
 T = TypeVar("T")
@@ -347,11 +351,7 @@ def unlearn_config_from_section(
 
 
 def _validate_unlearn(s: dict[str, Any]) -> None:
-    cfg = unlearn_config_from_section(s)
-    if cfg.method != "none" and cfg.method not in METHODS:
-        raise ConfigError(
-            f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
-        )
+    validate_unlearn_config(unlearn_config_from_section(s))
 
 
 def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
