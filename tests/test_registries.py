@@ -223,7 +223,7 @@ def test_cli_lists_every_registered_method_and_attack() -> None:
     listed = {ln.split()[0] for ln in lines if ln.startswith("  ") and ln[2] != " "}
     assert listed == set(METHODS)
     # whole sentences, not first docstring lines cut mid-sentence
-    assert "(Jang et al. 2023, \"Knowledge" in r.output
+    assert '(Jang et al. 2023, "Knowledge' in r.output
     text = " ".join(r.output.split())
     assert 'Unlearning for Mitigating Privacy Risks in Language Models")' in text
     r = CliRunner().invoke(app, ["tamper-attacks"])
