@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import magic_unlearn
+
+logger = logging.getLogger(__name__)
 
 
 def umask() -> int:
@@ -128,6 +131,33 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def discard_unless_resumable(
+    folder: str | Path, markers: tuple[str, ...] = ("state.json",), what: str = "run"
+) -> bool:
+    """After a failed run: delete its work folder unless it holds resume state.
+
+    A folder with any file named in ``markers`` (a checkpoint's ``state.json``, a finished
+    pipeline stage's ``stage.json``) is kept, with a warning that says how to resume or clean
+    it; one without (the run failed before saving anything) is removed.
+
+    Returns:
+        True if the folder was kept.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    if any(p.name in markers for p in folder.rglob("*")):
+        logger.warning(
+            "the failed %s kept its resume state in %s: rerun the same command to continue "
+            "from it, or delete that folder to start over",
+            what,
+            folder,
+        )
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 def write_manifest(

@@ -32,10 +32,10 @@ from magic_unlearn.config import (
     save_config,
     to_dict,
 )
-from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
+from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus, world_of
 from magic_unlearn.evaluation import evaluate, load_task
 from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, write_manifest
-from magic_unlearn.models import load_model, load_tokenizer
+from magic_unlearn.models import load_model, load_tokenizer, quiet_hf_progress
 from magic_unlearn.unlearn.edit import find_directions, remove_directions
 from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, full_state_dict, train_loop
 from magic_unlearn.unlearn.methods import METHODS, get_method
@@ -201,7 +201,7 @@ def load_unlearn_config(
 ) -> UnlearnConfig:
     """Build an :class:`UnlearnConfig`: recipe defaults < YAML file < ``fields`` < overrides."""
     data = read_yaml_mapping(path) if path is not None else {}
-    source = str(path) if path is not None else "<defaults>"
+    source = str(path) if path is not None else ("--set" if overrides else "<defaults>")
     data = deep_merge(data, {k: v for k, v in fields.items() if v is not None})
     apply_overrides(data, overrides)
     name = recipe or data.get("recipe")
@@ -279,14 +279,6 @@ def make_eval_fn(
         return out
 
     return eval_fn
-
-
-def _world_of(source: str) -> str | None:
-    if ":" in source and not Path(source).exists():
-        d = source.rsplit(":", 1)[0]
-        if (Path(d) / "world.json").exists():
-            return d
-    return None
 
 
 @dataclass
@@ -444,7 +436,7 @@ def unlearn(
 
     eval_fn = None
     if cfg.eval_tasks:
-        world = cfg.eval_world or _world_of(cfg.forget)
+        world = cfg.eval_world or world_of(cfg.forget)
         eval_fn = make_eval_fn(
             tokenizer, cfg.eval_tasks, world, cfg.eval_fmt, cfg.eval_limit, cfg.eval_batch_size
         )
@@ -549,7 +541,7 @@ def unlearn(
     state = full_state_dict(model)  # FSDP: gather the shards (a collective, on every rank)
     if not _is_main():
         return out
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp, quiet_hf_progress():
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)
