@@ -252,6 +252,70 @@ def test_resume_after_interruption(model, corpus, tmp_path: Path, mode: str, mon
         torch.testing.assert_close(ScoreArtifact.load(out).scores[q], full[q])
 
 
+def test_resume_state_is_one_unit(model, corpus, tmp_path: Path, monkeypatch, caplog) -> None:
+    """The reverse state is one checkpoint folder: a kill between its renames resumes from the
+    intact previous state, and adjoints of one save beside the step of another (what two files
+    renamed separately could leave) are refused by the content hash; scores stay exact."""
+    import os
+
+    from magic_unlearn import checkpoint as ck_mod
+
+    cfg = cfg_for("momentum", steps=9, checkpointing="sqrt", checkpoint_k=3, resume_every=2)
+    qs = {"a": f_heldout, "b": f_heldout2}
+    full = _raw(model, corpus, cfg, qs)
+    out = tmp_path / "scores"
+    work = tmp_path / ".scores.magic-work"
+    real = os.replace
+
+    def killed_mid_save(a, b):  # the 2nd save dies after moving the 1st state aside
+        real(a, b)
+        if Path(b).name == "reverse_state.old":
+            raise _Killed("killed between the renames of a reverse-state save")
+
+    with monkeypatch.context() as m:
+        m.setattr(ck_mod.os, "replace", killed_mid_save)
+        m.setattr(ck_mod.shutil, "rmtree", lambda *a, **k: None)
+        with pytest.raises(_Killed):
+            attribute(model, corpus, qs, cfg, out=out, progress=False)
+    assert (work / "reverse_state.old" / "state.json").exists()
+    assert not (work / "reverse_state").exists()
+    art = attribute(model, corpus, qs, cfg, out=out, progress=False)
+    for q in qs:
+        torch.testing.assert_close(art.scores[q], full[q], rtol=1e-6, atol=1e-12)
+
+    # two saves' files mixed: step of the first, adjoints of the second
+    done = {"n": 0}
+    real_step = reverse.ReverseStep.__call__
+
+    def killed_after_7(self, t, state):
+        if done["n"] == 7:
+            raise _Killed("killed")
+        done["n"] += 1
+        real_step(self, t, state)
+
+    out2 = tmp_path / "scores2"
+    work2 = tmp_path / ".scores2.magic-work"
+    saved: list[bytes] = []
+    real_save = ck_mod.save_checkpoint
+
+    def keep_tensors(folder, *a, **k):  # noqa: ANN001, ANN202
+        real_save(folder, *a, **k)
+        saved.append((Path(folder) / "tensors.safetensors").read_bytes())
+
+    with monkeypatch.context() as m:
+        m.setattr(reverse.ReverseStep, "__call__", killed_after_7)
+        m.setattr("magic_unlearn.attribution.resume.save_checkpoint", keep_tensors)
+        with pytest.raises(_Killed):
+            attribute(model, corpus, qs, cfg, out=out2, progress=False)
+    assert len(saved) == 3  # after reverse steps 2, 4 and 6
+    state = work2 / "reverse_state"
+    (state / "tensors.safetensors").write_bytes(saved[1])  # older adjoints, newer step
+    art = attribute(model, corpus, qs, cfg, out=out2, progress=False)
+    for q in qs:  # (accepting the mixed state gives wrong scores here)
+        torch.testing.assert_close(art.scores[q], full[q], rtol=1e-6, atol=1e-12)
+    assert "do not match their recorded hashes" in caplog.text
+
+
 def test_replay_drift_is_detected(model, corpus, monkeypatch) -> None:
     from magic_unlearn.attribution import optim
 

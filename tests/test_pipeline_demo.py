@@ -102,3 +102,15 @@ def test_demo_config_errors_are_clear(tmp_path: Path) -> None:
     cfg = load_demo_config("micro", overrides=["tamper.attacks.standard.lrr=1"])
     with pytest.raises(ConfigError, match="lrr"):
         Demo(cfg, tmp_path / "m", progress=False).validate()
+
+
+def test_readme_trajectory_is_the_demos() -> None:
+    """configs/traj_tiny.yaml (the README tour's `attribute --config`) is the tiny demo's
+    trajectory: one run, not two that drift apart."""
+    from magic_unlearn.attribution import TrajectoryConfig
+    from magic_unlearn.config import from_dict, load_config
+    from magic_unlearn.pipeline.demo import config_path, load_demo_config
+
+    tour = load_config(TrajectoryConfig, config_path("tiny").with_name("traj_tiny.yaml"))
+    demo = from_dict(TrajectoryConfig, load_demo_config("tiny").attribution.trajectory)
+    assert tour == demo

@@ -101,12 +101,26 @@ RUNS = [
         0.95,
         0.90,
         [0.95, 0.96, 0.96],
-        "no (above the filtered model before any attack, standard)",
+        "no: broken by all 2 (relearn +65.0 pts before any attack, standard +65.0 pts",
     ),
     ("reference", "filtered", 0.25, 0.89, FILTERED[1:], "reference (filtered model)"),
-    ("unlearn", "rmu", 0.30, 0.86, [0.28, 0.29, 0.31], "yes"),
-    ("unlearn", "ga", 0.26, 0.87, [0.40, 0.80, 0.93], "no (recovers at step 5"),
-    ("unlearn", "rr", 0.25, 0.30, [0.25, 0.25, 0.25], "false positive (model destroyed)"),
+    ("unlearn", "rmu", 0.30, 0.86, [0.28, 0.29, 0.31], "yes (resists 2/2)"),
+    (
+        "unlearn",
+        "ga",
+        0.26,
+        0.87,
+        [0.40, 0.80, 0.93],
+        "no: broken by all 2 (relearn +62.0 pts from step 5",
+    ),
+    (
+        "unlearn",
+        "rr",
+        0.25,
+        0.30,
+        [0.25, 0.25, 0.25],
+        "false positive (general ability destroyed: 30.0% vs 90.0%)",
+    ),
 ]
 
 
@@ -166,13 +180,19 @@ def test_report_contains_every_run(tmp_path: Path) -> None:
 
 
 def test_tamper_wording_and_html_escaping(tmp_path: Path) -> None:
-    assert (
-        tamper_text({"tamper": {"label": "partial", "resisted": ["a"], "broken": ["b", "c"]}})
-        == "partially (resists 1/3; broken by b, c)"
+    attacks = {
+        "b": {"excess": 0.45, "first_break_step": 5, "x_label": "step"},
+        "c": {"excess": 0.2, "first_break_step": 0, "x_label": "step"},
+        "p": {"excess": 0.1, "first_break_step": 1, "x_label": "layer"},
+    }
+    v = {"label": "partial", "resisted": ["a"], "broken": ["b", "c"], "attacks": attacks}
+    assert tamper_text({"tamper": v}) == (
+        "partially: resists 1/3; broken by c +20.0 pts before any attack, b +45.0 pts from step 5"
     )
-    assert (
-        tamper_text({"tamper": {"label": "no", "break_step": 12, "break_attack": "lora"}})
-        == "no (recovers at step 12, lora)"
+    v = {"label": "no", "resisted": [], "broken": ["b", "c", "p", "z"], "attacks": attacks}
+    assert tamper_text({"tamper": v}) == (
+        "no: broken by all 4 (c +20.0 pts before any attack, p +10.0 pts from layer 1, "
+        "b +45.0 pts from step 5, 1 more)"
     )
     assert tamper_text({}) == "-"
     h = render_html("# T\n\n| a | b |\n|---|---|\n| <x> | [l](p/) |\n", tmp_path, "t")
@@ -224,4 +244,191 @@ def test_cli_report_and_sweep_dry_run(tmp_path: Path) -> None:
     grid["base"]["unlearn"]["loop"]["stepz"] = 5  # a typo fails before anything runs
     g.write_text(yaml.safe_dump(grid))
     r = CliRunner().invoke(app, ["sweep", str(g), "--out", str(tmp_path / "sw"), "--dry-run"])
-    assert r.exit_code != 0 and "stepz" in str(r.exception)
+    assert r.exit_code == 2 and "stepz" in r.output
+
+
+# ------------------------------------------------------------------------------------------
+# the answer at the top, intervals, plots (issue #18)
+
+
+def _param_eval(ctx, out: Path) -> StageResult:
+    f = ctx.config.params["fake"]
+    return StageResult(
+        summary={"hazard_acc": f["hz"], "general_acc": f["gen"], "hazard_n": 60, "general_n": 128}
+    )
+
+
+def _param_tamper(ctx, out: Path) -> StageResult:
+    """Like fake_tamper, with 60 questions behind every accuracy (the interval rule)."""
+    from magic_unlearn.tamper.config import VerdictConfig
+    from magic_unlearn.tamper.verdict import decide, summarize_attack
+
+    f = ctx.config.params["fake"]
+    attacks = {a: _curve([f["hz"], *f["attacked"][a]], f["gen"]) for a in f["attacked"]}
+    curves = {
+        "chance": 0.25,
+        "n_questions": {"hazard": 60, "general": 128},
+        "attacks": {
+            a: {"kind": "finetune", "x_label": "step", "points": p} for a, p in attacks.items()
+        },
+        "reference": {"filtered": {a: {"points": _curve(FILTERED, 0.9)} for a in attacks}},
+    }
+    (out / "tamper").mkdir()
+    (out / "tamper" / "curves.json").write_text(json.dumps(curves))
+    cfg = VerdictConfig()
+    sums = {
+        a: summarize_attack(a, p, cfg, filtered_points=_curve(FILTERED, 0.9), n=60)
+        for a, p in attacks.items()
+    }
+    v = decide(sums, cfg, general_acc=f["gen"], reference_general_acc=0.9, n_general=128)
+    return StageResult(
+        artifacts={"curves": "tamper/curves.json"},
+        summary={"tamper": verdict_summary(v, f.get("is_reference", False))},
+    )
+
+
+PARAM_STAGES = {"eval": Stage("eval", _param_eval), "tamper": Stage("tamper", _param_tamper)}
+# label, kind, hazard, general, attacked curves, token weights (a run folder per attribution)
+PARAM_RUNS = [
+    ("filtered", "reference", 0.25, 0.90, {"standard": FILTERED[1:], "lora": FILTERED[1:]}, None),
+    ("RR", "unlearn", 0.20, 0.88, {"standard": [0.22, 0.30], "lora": [0.25, 0.33]}, None),
+    (
+        "MAGIC-weighted RR",
+        "unlearn",
+        0.22,
+        0.89,
+        {"standard": [0.25, 0.35], "lora": [0.30, 0.70]},
+        "runs/attribute/magic-0123abcd/attribute/scores",
+    ),
+    (
+        "grad-sim-weighted RR",
+        "unlearn",
+        0.25,
+        0.90,
+        {"standard": [0.60, 0.90], "lora": [0.30, 0.35]},
+        "runs/attribute/grad_sim-4567ef01/attribute/scores",
+    ),
+    ("GA", "unlearn", 0.30, 0.40, {"standard": [0.3, 0.3], "lora": [0.3, 0.3]}, None),
+]
+
+
+def _param_results(root: Path) -> list:
+    store = ResultsStore(root)
+    specs = []
+    for label, kind, hz, gen, attacked, tw in PARAM_RUNS:
+        unlearn = {"recipe": "weighted_rr", "retain": "w:retain"}
+        if tw:
+            unlearn["token_weights"] = [tw]
+        spec = make_spec(
+            {
+                "name": label.replace(" ", "_"),
+                "kind": kind,
+                "label": label,
+                "stages": ["eval", "tamper"],
+                "unlearn": unlearn if kind == "unlearn" else {},
+                "params": {
+                    "fake": {
+                        "hz": hz,
+                        "gen": gen,
+                        "attacked": attacked,
+                        "is_reference": kind == "reference",
+                    }
+                },
+            }
+        )
+        execute_run(spec, root, PARAM_STAGES, store=store)
+        specs.append(spec)
+    return specs
+
+
+def test_report_answers_first_with_intervals(tmp_path: Path) -> None:
+    from magic_unlearn.intervals import wilson_interval
+
+    _param_results(tmp_path)
+    md = build_report(tmp_path).markdown.read_text()
+    answer = md.split("## Answer", 1)[1].split("## Results", 1)[0]
+    assert md.index("## Answer") < md.index("## Results")
+    # RR resists both attacks (lora's 33% is above the filtered 31% + 3 points only within
+    # noise); MAGIC-weighted RR is broken by lora, grad-sim-weighted RR by standard; GA is a
+    # false positive
+    lo, hi = wilson_interval(0.20, 60)
+    assert f"**Best method: RR**: hazard accuracy 20.0% [{100 * lo:.1f}-{100 * hi:.1f}]" in answer
+    assert "resists 2 of 2 attacks" in answer
+    assert "within noise of the filtered model's" in answer
+    assert "Tamper resistant: RR" in answer
+    assert "False positives (general ability destroyed): GA." in answer
+    assert "MAGIC guidance did not beat grad-sim beyond noise" in answer
+    assert "MAGIC-weighted RR has hazard 22.0%" in answer and "grad-sim-weighted RR" in answer
+    rows = {
+        ln.split("|")[1].strip(): ln for ln in md.splitlines() if "| runs/" in ln or "](runs/" in ln
+    }
+    assert f"20.0 [{100 * lo:.1f}-{100 * hi:.1f}]" in rows["RR"]
+    assert (
+        "partially: resists 1/2; broken by lora +39.0 pts from step 10" in rows["MAGIC-weighted RR"]
+    )
+    assert "yes (resists 2/2)" in rows["RR"]
+    assert "Wilson 95% interval" in md and "60 hazard questions" in md
+
+
+def test_plot_colours_are_distinct(tmp_path: Path) -> None:
+    from magic_unlearn.pipeline.report.build import select_runs
+    from magic_unlearn.pipeline.report.plots import (
+        CHANCE_STYLE,
+        REFERENCE_STYLE,
+        method_colors,
+    )
+
+    _param_results(tmp_path)
+    rows = select_runs(ResultsStore(tmp_path)).rows
+    colors = method_colors(rows)
+    methods = [c for label, c in colors.items() if label != "filtered"]
+    reserved = {s["color"] for s in REFERENCE_STYLE.values()} | {CHANCE_STYLE["color"], "grey"}
+    assert len(set(methods)) == len(methods) and not set(methods) & reserved
+    assert colors["filtered"] == REFERENCE_STYLE["filtered"]["color"]
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next(
+        (
+            p
+            for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+            if p
+        ),
+        None,
+    )
+
+
+@pytest.mark.slow
+def test_report_html_renders_in_a_browser(tmp_path: Path) -> None:
+    """report.html in headless Chromium: a non-blank page whose DOM holds the tables and the
+    embedded figures (skips without a chromium binary: `apt-get install chromium`)."""
+    import subprocess
+
+    from matplotlib.image import imread
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary found")
+    res_dir = tmp_path / "results"
+    _param_results(res_dir)
+    html = build_report(res_dir).html
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    shot = tmp_path / "shot.png"
+    r = subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,1800", html.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shot.exists(), r.stderr[-2000:]
+    img = imread(shot)  # (H, W, 3|4) floats in [0, 1]
+    gray = img[..., :3].mean(axis=2)
+    assert gray.std() > 0.05 and (gray < 0.5).mean() > 0.005  # text and figures, not blank
+    dom = subprocess.run(
+        [*flags, "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert dom.count("<table") >= 2 and "Best method" in dom
+    imgs = re.findall(r'<img [^>]*src="([^"]+)"', dom)
+    assert len(imgs) >= 3 and all(s.startswith("data:image/png;base64,") for s in imgs)

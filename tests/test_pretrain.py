@@ -115,8 +115,18 @@ def test_artifact_cache_and_metrics(world_dir: Path, monkeypatch) -> None:
     # a config change, or the other variant, is a different artifact
     assert default_out(world_dir, "base", micro_cfg(lr=1e-3)) != out
     assert default_out(world_dir, "filtered", cfg) != out
-    # device / checkpointing cadence do not change the key
+    # checkpointing cadence does not change the key; the CPU thread count does (it changes
+    # the weights), and threads=0 means torch's current count
     assert default_out(world_dir, "base", micro_cfg(checkpoint_every=5)) == out
+    assert default_out(world_dir, "base", micro_cfg(threads=2)) != out
+    import torch as T
+
+    before = T.get_num_threads()
+    try:
+        T.set_num_threads(1)
+        assert default_out(world_dir, "base", micro_cfg(threads=0)) == out
+    finally:
+        T.set_num_threads(before)
 
 
 def test_resume_equals_uninterrupted(world_dir: Path, tmp_path: Path) -> None:

@@ -218,9 +218,17 @@ def test_cli_lists_every_registered_method_and_attack() -> None:
 
     r = CliRunner().invoke(app, ["unlearn", "methods"])
     assert r.exit_code == 0, r.output
-    listed = {line.split()[0] for line in r.output.split("recipes")[0].splitlines()[1:]}
+    # a name opens each entry (two spaces in); wrapped description lines are indented deeper
+    lines = r.output.split("recipes")[0].splitlines()[1:]
+    listed = {ln.split()[0] for ln in lines if ln.startswith("  ") and ln[2] != " "}
     assert listed == set(METHODS)
+    # whole sentences, not first docstring lines cut mid-sentence
+    assert '(Jang et al. 2023, "Knowledge' in r.output
+    text = " ".join(r.output.split())
+    assert 'Unlearning for Mitigating Privacy Risks in Language Models")' in text
     r = CliRunner().invoke(app, ["tamper-attacks"])
     assert r.exit_code == 0, r.output
-    assert {line.split()[0] for line in r.output.splitlines()} == set(ATTACKS)
-    assert "[x: layer]" in r.output and "trains" in r.output
+    lines = r.output.splitlines()
+    assert {ln.split()[0] for ln in lines if ln[2] != " "} == set(ATTACKS)
+    text = " ".join(r.output.split())
+    assert "[x: layer]" in text and "trains" in text

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from magic_unlearn.attribution.artifact import ScoreArtifact
 from magic_unlearn.cli import app
+from magic_unlearn.config import ConfigError
 from magic_unlearn.data import tokenize_corpus
 from magic_unlearn.io import read_manifest
 from magic_unlearn.models import build_model, load_model
@@ -163,6 +166,8 @@ def test_recipes_run(setup: Path, recipe: str) -> None:
             "edit.layers=[1]",
         ],
         recipe=recipe,
+        # curriculum and selected_forget go with any method: they name none
+        method="ga" if recipe in ("curriculum", "selected_forget") else None,
         model=str(setup / "base"),
         forget=str(setup / "forget.jsonl"),
         token_weights=[str(setup / "scores")],
@@ -176,6 +181,60 @@ def test_recipes_run(setup: Path, recipe: str) -> None:
         assert m["n_forget_rows_used"] < m["n_forget_rows"]
     if recipe == "rep_edit":
         assert m["edit"]["n_directions"] == {"1": 1}
+
+
+def test_method_is_required(setup: Path) -> None:
+    """No silent default method: a run without --method (or a recipe / config naming one) is
+    refused before anything is loaded (issue #18)."""
+    r = CliRunner().invoke(app, ["unlearn", *_common(setup), "--out", str(setup / "m")])
+    assert r.exit_code == 2, r.output
+    assert "no unlearning method given: pass --method NAME" in r.output
+    assert not (setup / "m").exists()
+    r = CliRunner().invoke(app, ["unlearn", "--help"], env={"COLUMNS": "120"})
+    text = re.sub(r"[\s│]+", " ", r.output)  # the help box wraps and frames lines
+    assert "Required: there is no default" in text and "loop.steps 100" in text
+
+
+def test_token_weights_weight_by_default(setup: Path) -> None:
+    """Scores passed with default settings change the weights: the method's default transform
+    (hazard_teach) applies and is recorded; sft, which has none, says which option it needs."""
+    from magic_unlearn.unlearn.weights import SEED_CONFIGS, transform_scores
+
+    base = [f"max_length={MAXLEN}", "loop.batch_size=2", "loop.steps=2", "loop.device=cpu"]
+    common = dict(model=str(setup / "base"), forget=str(setup / "forget.jsonl"))
+    cfg = load_unlearn_config(
+        None, base, method="ga", token_weights=[str(setup / "scores")], **common
+    )
+    out = unlearn(cfg, setup / "w", progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    art = ScoreArtifact.load(setup / "scores")
+    want, _ = transform_scores(
+        art.token_scores("hazard_qa"), art.loss_mask, None, SEED_CONFIGS["hazard_teach"]
+    )
+    lm = art.loss_mask > 0
+    assert m["forget_weighted_tokens"] == int(((want != 0) & lm).sum()) < int(lm.sum())
+    assert m["forget_weight_mean_abs"] == pytest.approx(float(want[lm].abs().mean()))
+    saved = load_unlearn_config(out / "config.yaml")
+    assert saved.weights == SEED_CONFIGS["hazard_teach"]  # the resolved transform is recorded
+    # an explicit transform wins; without scores every token weighs 1
+    cfg = load_unlearn_config(
+        None,
+        [*base, "weights.select=all"],
+        method="ga",
+        token_weights=[str(setup / "scores")],
+        **common,
+    )
+    m = json.loads((unlearn(cfg, setup / "w2", progress=False) / "metrics.json").read_text())
+    assert m["forget_weight_mean_abs"] == 1.0
+    with pytest.raises(ConfigError, match="--recipe value_weighted"):
+        unlearn(
+            load_unlearn_config(
+                None, base, method="sft", token_weights=[str(setup / "scores")], **common
+            ),
+            setup / "w3",
+            progress=False,
+        )
+    assert not (setup / "w3").exists()
 
 
 def test_bad_input_leaves_no_output(setup: Path) -> None:

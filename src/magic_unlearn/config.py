@@ -133,7 +133,8 @@ def load_config(
     """Load dataclass ``cls`` from an optional YAML file plus ``KEY=VALUE`` overrides."""
     data = read_yaml_mapping(path) if path is not None else {}
     apply_overrides(data, overrides)
-    return from_dict(cls, data, source=str(path) if path is not None else "<defaults>")
+    where = str(path) if path is not None else ("--set" if overrides else "<defaults>")
+    return from_dict(cls, data, source=where)
 
 
 def read_yaml_mapping(

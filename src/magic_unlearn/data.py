@@ -40,6 +40,17 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def world_of(source: str | Path | None) -> str | None:
+    """The world folder of a ``WORLD_DIR:corpus_name`` source (one holding ``world.json``),
+    else None: what world tasks default to when a command names only the corpus."""
+    s = str(source or "")
+    if ":" in s and not s.startswith("hf:") and not Path(s).exists():
+        d = s.rsplit(":", 1)[0]
+        if (Path(d) / "world.json").exists():
+            return d
+    return None
+
+
 def load_corpus(
     source: str | Path, text_field: str = "text", limit: int | None = None, split: str = "train"
 ) -> list[dict[str, Any]]:

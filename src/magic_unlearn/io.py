@@ -3,7 +3,9 @@
 Every stage writes into a folder holding ``config.yaml`` (resolved config), ``manifest.json``
 (stage name, version, input hashes, timestamps, status) and ``metrics.json``. A folder is built
 under a temporary sibling name and renamed into place when complete, so a crash never leaves a
-half-written artifact that looks finished.
+half-written artifact that looks finished. Temporary files and folders are created owner-only by
+``tempfile``; :func:`make_temp_dir` and :func:`make_temp_file` give them the permissions the
+user's umask gives any new file, so the renamed artifacts are readable like everything else.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -21,12 +24,43 @@ from typing import Any
 
 import magic_unlearn
 
+logger = logging.getLogger(__name__)
+
+
+def umask() -> int:
+    """The process umask, read without changing it where ``/proc`` allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | Path, prefix: str = "", suffix: str = "") -> Path:
+    """``tempfile.mkdtemp`` in ``parent`` with the mode a new folder gets under the umask
+    (mkdtemp makes it 0700, which the renamed artifact would keep)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix, suffix=suffix))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
+def make_temp_file(parent: str | Path, prefix: str = "", suffix: str = "") -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``parent`` with the mode a new file gets under the umask
+    (mkstemp makes it 0600); returns ``(fd, path)``."""
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = make_temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -88,7 +122,7 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
+    tmp = make_temp_dir(out.parent, prefix=f".{out.name}.", suffix=".partial")
     try:
         yield tmp
         if out.exists():
@@ -97,6 +131,33 @@ def atomic_dir(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def discard_unless_resumable(
+    folder: str | Path, markers: tuple[str, ...] = ("state.json",), what: str = "run"
+) -> bool:
+    """After a failed run: delete its work folder unless it holds resume state.
+
+    A folder with any file named in ``markers`` (a checkpoint's ``state.json``, a finished
+    pipeline stage's ``stage.json``) is kept, with a warning that says how to resume or clean
+    it; one without (the run failed before saving anything) is removed.
+
+    Returns:
+        True if the folder was kept.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    if any(p.name in markers for p in folder.rglob("*")):
+        logger.warning(
+            "the failed %s kept its resume state in %s: rerun the same command to continue "
+            "from it, or delete that folder to start over",
+            what,
+            folder,
+        )
+        return True
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 def write_manifest(

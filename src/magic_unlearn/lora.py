@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,13 @@ def apply_lora(model: nn.Module, spec: LoraSpec, target_modules: list[str] | Non
         bias="none",
         init_lora_weights=init,
     )
-    return get_peft_model(model, cfg)
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` property while
+        # wrapping; the FutureWarning is about peft's code, not anything a user can change
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        return get_peft_model(model, cfg)
 
 
 __all__ = ["LoraSpec", "apply_lora"]

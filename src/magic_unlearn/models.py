@@ -6,9 +6,10 @@ the caller asks. Presets build GPT-NeoX configs (the Pythia / Deep Ignorance arc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import (
     GPTNeoXConfig,
     GPTNeoXForCausalLM,
 )
+from transformers.utils import logging as hf_logging
 
 from magic_unlearn.io import bytes_hash, file_hash
 
@@ -92,9 +94,30 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): cuda if available, else cpu; otherwise the named device, checked.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device on a machine without one (the message
+            says to use ``--device cpu`` or ``auto``).
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} requested but this machine has no usable CUDA device "
+                f"(torch {torch.__version__}); use --device cpu (or auto)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s); use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+            )
+    return dev
 
 
 def seed_everything(seed: int) -> None:
@@ -162,22 +185,105 @@ def load_model(
         kw["dtype"] = dt
     if attn_implementation is not None:
         kw["attn_implementation"] = attn_implementation
+    dev = resolve_device(device)  # a bad --device fails before the weights load
+    if not p.exists():
+        kw.update(_hub_kwargs("model", str(name_or_path), revision))
+    with _loading("model", name_or_path), quiet_hf_progress():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
+        except TypeError:
+            if "dtype" in kw:  # transformers < 4.56 spells it torch_dtype
+                kw["torch_dtype"] = kw.pop("dtype")
+            model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
+    return model.to(dev).eval()
+
+
+@contextlib.contextmanager
+def quiet_hf_progress() -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights", "Writing model shards"): they
+    take a fraction of a second here and would interleave with the pipeline's bars, and they
+    ignore ``--no-progress``."""
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
-    except TypeError:
-        if "dtype" in kw:  # transformers < 4.56 spells it torch_dtype
-            kw["torch_dtype"] = kw.pop("dtype")
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kw)
-    return model.to(resolve_device(device)).eval()
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
+def _hub_kwargs(what: str, name: str, revision: str | None) -> dict[str, Any]:
+    """Extra ``from_pretrained`` arguments for a name that is not a local folder.
+
+    The name is looked up on the hub once (about a second) so that a typo or an offline
+    machine fails at once, in one line, instead of after minutes of download retries; offline,
+    a model in the Hugging Face cache loads from there (``local_files_only``).
+
+    Raises:
+        OSError: no such folder, no such hub model, or the hub unreachable and nothing cached.
+    """
+    import huggingface_hub as hf  # transformers' own dependency, imported with it
+    from huggingface_hub.errors import (
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if hf.constants.HF_HUB_OFFLINE:
+        return {}  # transformers reads the cache and says what is missing
+    here = Path(name).absolute()
+    try:
+        hf.model_info(name, revision=revision, timeout=10)
+        return {}
+    except (RepositoryNotFoundError, RevisionNotFoundError, HFValidationError) as e:
+        raise OSError(
+            f"{what} {name!r}: no such local folder ({here}) and no such model on the Hugging "
+            f"Face hub (or it is private or gated: log in with `hf auth login`); pass a model "
+            f"folder (with config.json) or a hub id such as EleutherAI/pythia-160m"
+        ) from e
+    except Exception as e:  # offline or the hub unreachable: maybe it is cached
+        cached = hf.try_to_load_from_cache(name, "config.json", revision=revision)
+        if isinstance(cached, str):
+            return {"local_files_only": True}
+        raise OSError(
+            f"{what} {name!r}: no such local folder ({here}), not in the Hugging Face cache, "
+            f"and the hub is unreachable ({type(e).__name__}: {e}); pass a model folder (with "
+            f"config.json), or download the model first"
+        ) from e
+
+
+@contextlib.contextmanager
+def _loading(what: str, name: str | Path) -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` into one line that names the model and the fix.
+
+    A name that is not a local folder is tried as a hub id; offline or misspelt, transformers
+    raises a long chain (connection errors, retries) that never says which argument was wrong.
+    """
+    try:
+        yield
+    except (OSError, ValueError, ImportError) as e:
+        p = Path(str(name))
+        first = " ".join(str(e).split())[:300]
+        if p.exists():
+            raise OSError(f"{p}: cannot load the {what} from this folder: {first}") from e
+        raise OSError(
+            f"{what} {str(name)!r}: no such local folder ({p.absolute()}), and loading it as a "
+            f"Hugging Face hub id failed ({type(e).__name__}: {first}); pass a folder written "
+            f"by `magic-unlearn pretrain` / save_pretrained, or a hub id you can reach"
+        ) from e
 
 
 def load_tokenizer(
     name_or_path: str | Path, revision: str | None = None, trust_remote_code: bool = False
 ) -> Any:
     """Load a tokenizer; guarantees a pad token (falls back to eos) and right padding."""
-    tok = AutoTokenizer.from_pretrained(
-        str(name_or_path), revision=revision, trust_remote_code=trust_remote_code
-    )
+    kw: dict[str, Any] = {}
+    if not Path(str(name_or_path)).exists():
+        kw = _hub_kwargs("tokenizer", str(name_or_path), revision)
+    with _loading("tokenizer", name_or_path):
+        tok = AutoTokenizer.from_pretrained(
+            str(name_or_path), revision=revision, trust_remote_code=trust_remote_code, **kw
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "right"

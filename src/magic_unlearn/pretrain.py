@@ -26,14 +26,19 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
 from magic_unlearn.checkpoint import load_checkpoint, save_checkpoint
 from magic_unlearn.config import config_hash, from_dict, save_config, to_dict
 from magic_unlearn.data import tokenize_corpus
 from magic_unlearn.evaluation import evaluate, load_task
-from magic_unlearn.io import atomic_dir, atomic_write_json, read_json, write_manifest
-from magic_unlearn.models import build_model, resolve_device, resolve_dtype
+from magic_unlearn.io import (
+    atomic_dir,
+    atomic_write_json,
+    discard_unless_resumable,
+    read_json,
+    write_manifest,
+)
+from magic_unlearn.models import build_model, quiet_hf_progress, resolve_device, resolve_dtype
 from magic_unlearn.schedules import lr_factor
 from magic_unlearn.world import World
 
@@ -70,9 +75,12 @@ class PretrainConfig:
         eval_batch_size: rows per forward when scoring the question sets.
         eval_every: also score the question sets every this many steps (0: only at the end);
             the curve goes to ``metrics.json`` (not resumed: a resumed run logs from there).
-        threads: CPU threads for torch during the run (0: leave torch's default). On a
-            machine shared with other jobs, 1 thread avoids oversubscription (measured on the
-            2-core box under load: 2 threads took 3x the wall time of 1).
+        threads: CPU threads for torch during a CPU run (0: torch's default, all cores).
+            The default, 1, is the fast choice for the tiny models on a shared machine: on
+            the busy 2-core box, 100 steps of the tiny preset took 10.8 s on 1 thread and
+            86.7 s on 2 (50 steps: 11.3 s vs 95.6 s; docs/benchmarks.md). The count changes
+            the float summation order and so the trained weights (up to ~7e-3), which is why
+            it is part of the cache key of a CPU run.
     """
 
     model: str = "neox-tiny"
@@ -95,10 +103,11 @@ class PretrainConfig:
     checkpoint_every: int = 200
     eval_batch_size: int = 64
     eval_every: int = 0
-    threads: int = 0
+    threads: int = 1
 
 
-# fields that do not change the trained weights, so they stay out of the cache key
+# fields that do not change the trained weights, so they stay out of the cache key (the
+# thread count does change them on a CPU: run_key adds the count actually used)
 _NOT_HASHED = ("device", "checkpoint_every", "eval_batch_size", "eval_every", "threads")
 
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
@@ -270,18 +279,6 @@ def world_metrics(
 
 
 # ------------------------------------------------------------------------------------- main
-@contextlib.contextmanager
-def _quiet_hf_progress() -> Any:
-    """Hide transformers' "Writing model shards" bar (it would interleave with CLI output)."""
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def resolve_pretrain_config(cfg: PretrainConfig | str | None) -> PretrainConfig:
     """A config from ``None`` (tiny defaults), a preset name or a config."""
     if cfg is None:
@@ -295,13 +292,23 @@ def resolve_pretrain_config(cfg: PretrainConfig | str | None) -> PretrainConfig:
     return cfg
 
 
+def cpu_threads(cfg: PretrainConfig) -> int | None:
+    """The torch thread count a CPU run of ``cfg`` trains with (None on a GPU, where it does
+    not change the weights)."""
+    if resolve_device(cfg.device).type != "cpu":
+        return None
+    return cfg.threads if cfg.threads > 0 else torch.get_num_threads()
+
+
 def run_key(world_hash: str, variant: str, cfg: PretrainConfig) -> str:
-    """Hash of everything that determines the trained weights."""
+    """Hash of everything that determines the trained weights (including the CPU thread count:
+    another count sums in another order, and the weights differ)."""
     return config_hash(
         {
             "world": world_hash,
             "variant": variant,
             "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED},
+            "cpu_threads": cpu_threads(cfg),
         }
     )
 
@@ -394,8 +401,9 @@ def pretrain(
         torch.backends.cuda.matmul.allow_tf32 = True
 
     prev_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    threads = cpu_threads(cfg)
+    if threads is not None:
+        torch.set_num_threads(threads)  # the count in the cache key
     try:
         return _train_and_save(
             cfg,
@@ -416,6 +424,9 @@ def pretrain(
             progress,
             max_steps,
         )
+    except BaseException:
+        discard_unless_resumable(work, what="pretraining")  # kept if a checkpoint was saved
+        raise
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -517,7 +528,7 @@ def _train_and_save(
             "device": str(device),
         }
     )
-    with atomic_dir(out) as tmp, _quiet_hf_progress():
+    with atomic_dir(out) as tmp, quiet_hf_progress():
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         save_config(cfg, tmp / "config.yaml")

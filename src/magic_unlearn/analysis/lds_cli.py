@@ -17,7 +17,7 @@ from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.measurements import build_measurements
 from magic_unlearn.attribution.run import resolve_tokenizer
 from magic_unlearn.config import from_dict, load_config, save_config
-from magic_unlearn.data import load_corpus, tokenize_corpus
+from magic_unlearn.data import load_corpus, tokenize_corpus, world_of
 from magic_unlearn.io import atomic_write_text
 from magic_unlearn.models import load_model, resolve_device
 
@@ -46,6 +46,8 @@ def run_lds_cli(
     The measurements are rebuilt as the artifacts recorded them (``build_measurements`` with
     ``recorded=``: same task, format and number of questions).
     """
+    if world is None and world_of(corpus) is not None:  # --corpus WORLD:forget names it
+        world = Path(str(world_of(corpus)))
     arts = [ScoreArtifact.load(s) for s in scores]
     sets = as_score_sets(arts)
     for s in sets[1:]:

@@ -86,9 +86,11 @@ class ScoreSet:
             )
         bad = ~np.isfinite(self.scores[self.mask])
         if bad.any():
+            src = self.meta.get("_source")
             raise ValueError(
-                f"score set {self.name}: {int(bad.sum())} NaN/inf scores on scored "
-                f"tokens; the attribution run is broken (re-run it)"
+                f"{src + ': ' if src else ''}score set {self.name}: {int(bad.sum())} NaN/inf "
+                f"scores on scored tokens; the attribution run diverged or the file was edited: "
+                f"re-run `magic-unlearn attribute` (a smaller lr usually helps)"
             )
 
     @property

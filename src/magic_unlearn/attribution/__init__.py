@@ -19,7 +19,12 @@ step), ``resume`` (the saved reverse-pass state), ``magic`` (``attribute``), ``b
 (GPU engine pieces).
 """
 
-from magic_unlearn.attribution.artifact import METHODS, ArtifactMismatchError, ScoreArtifact
+from magic_unlearn.attribution.artifact import (
+    METHODS,
+    ArtifactCorruptError,
+    ArtifactMismatchError,
+    ScoreArtifact,
+)
 from magic_unlearn.attribution.baselines import grad_similarity, random_scores
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.magic import attribute
@@ -45,6 +50,7 @@ from magic_unlearn.lora import LoraSpec
 __all__ = [
     "METHODS",
     "OPTIMIZERS",
+    "ArtifactCorruptError",
     "ArtifactMismatchError",
     "AttributionJob",
     "LoraSpec",

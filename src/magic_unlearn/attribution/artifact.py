@@ -5,7 +5,8 @@ Folder layout::
     scores.safetensors   scores.<query> (N, L) float32 per query (per="token"),
                          or (N,) float32 (per="example"); input_ids, attention_mask,
                          loss_mask, and labels / fact_ids when the corpus has them
-    meta.json            method, per, queries, hashes, tokenizer, trajectory config,
+    meta.json            method, per, queries, hashes (``scores_file_hash``: of
+                         scores.safetensors, checked on load), tokenizer, trajectory config,
                          sign convention, eval losses before/after training, doc_ids, timings
     manifest.json        stage "attribute" (``magic_unlearn.io.write_manifest``)
 
@@ -31,6 +32,7 @@ from magic_unlearn.io import (
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
+    file_hash,
     read_json,
     read_manifest,
     write_manifest,
@@ -45,6 +47,10 @@ META_FILE = "meta.json"
 
 class ArtifactMismatchError(ValueError):
     """A score artifact was used with a corpus or tokenizer other than the one it scored."""
+
+
+class ArtifactCorruptError(ValueError):
+    """A score artifact's files are not the ones ``attribute`` wrote (edited, truncated)."""
 
 
 def tokenizer_vocab_hash(tokenizer: Any) -> str:
@@ -272,6 +278,7 @@ class ScoreArtifact:
         meta = {k: v for k, v in self.meta.items() if not k.startswith("_")}
         with atomic_dir(out, overwrite=overwrite) as tmp:
             save_file(tensors, str(tmp / SCORES_FILE), metadata={"format": "magic_unlearn.scores"})
+            meta["scores_file_hash"] = file_hash(tmp / SCORES_FILE, n=64)  # checked by load
             atomic_write_json(tmp / META_FILE, meta)
             if meta.get("trajectory") is not None:  # the resolved run config, loadable again
                 atomic_write_text(
@@ -321,10 +328,23 @@ class ScoreArtifact:
                 f"(create it with `magic-unlearn attribute`)"
             )
         read_manifest(folder, stage="attribute")
-        if not (folder / SCORES_FILE).exists():
+        path = folder / SCORES_FILE
+        if not path.exists():
             raise FileNotFoundError(f"{folder}: missing {SCORES_FILE}")
         meta = read_json(folder / META_FILE)
-        t = load_file(str(folder / SCORES_FILE))
+        redo = "re-run `magic-unlearn attribute` to recreate it"
+        want = meta.get("scores_file_hash")  # absent in artifacts written before it existed
+        if want is not None and file_hash(path, n=len(want)) != want:
+            raise ArtifactCorruptError(
+                f"{path} does not match the hash recorded in {folder / META_FILE} (edited, "
+                f"truncated or replaced after it was written); {redo}"
+            )
+        try:
+            t = load_file(str(path))
+        except Exception as e:  # safetensors raises its own SafetensorError (not an OSError)
+            raise ArtifactCorruptError(
+                f"{path} is not a readable safetensors file ({type(e).__name__}: {e}); {redo}"
+            ) from e
         for key in ("input_ids", "attention_mask", "loss_mask"):
             if key not in t:
                 raise ValueError(f"{folder / SCORES_FILE}: missing tensor {key!r}")

@@ -99,13 +99,43 @@ class TrajectoryConfig:
             raise bad("storage", self.storage, STORAGE)
         if self.precision not in PRECISIONS:
             raise bad("precision", self.precision, PRECISIONS)
+
+        # numbers: checked here, before a forward pass trains on a NaN learning rate and the
+        # replay reports the damage as trajectory drift
+        def number(name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and math.isfinite(v) and v <= hi
+            ok = ok and (v > lo if lo_open else v >= lo)
+            if not ok:
+                span = f"{'>' if lo_open else '>='} {lo:g}" + (
+                    f" and <= {hi:g}" if hi < math.inf else ""
+                )
+                raise bad(name, v, f"a finite number {span}")
+
+        number("lr", 0.0, lo_open=True)
+        number("momentum", 0.0, 1.0)
+        number("eps", 0.0, lo_open=True)
+        number("weight_decay", 0.0)
+        number("min_lr_ratio", 0.0, 1.0)
+        if self.drift_tol is not None:
+            number("drift_tol", 0.0, lo_open=True)
         if self.steps < 1:
             raise bad("steps", self.steps, "an integer >= 1")
+        if self.warmup_steps < 0:
+            raise bad("warmup_steps", self.warmup_steps, "an integer >= 0")
+        if self.max_length < 2:
+            raise bad("max_length", self.max_length, "an integer >= 2")
+        if self.resume_every < 1:
+            raise bad("resume_every", self.resume_every, "an integer >= 1")
+        if self.reverse_microbatch is not None and self.reverse_microbatch < 1:
+            raise bad("reverse_microbatch", self.reverse_microbatch, "null or an integer >= 1")
         if self.batch_size < 1:
             raise bad("batch_size", self.batch_size, "an integer >= 1")
         if len(self.betas) != 2:
             raise bad("betas", self.betas, "two numbers, e.g. [0.9, 0.999]")
         self.betas = [float(b) for b in self.betas]
+        if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in self.betas):
+            raise bad("betas", self.betas, "two finite numbers in [0, 1)")
         if self.checkpoint_k is not None and self.checkpoint_k < 1:
             raise bad("checkpoint_k", self.checkpoint_k, "null or an integer >= 1")
         if self.checkpointing == "kary" and (self.checkpoint_k or 2) < 2:

@@ -22,10 +22,12 @@ from magic_unlearn.attribution.baselines import grad_similarity, random_scores
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.magic import attribute
 from magic_unlearn.attribution.measurements import build_measurements
+from magic_unlearn.attribution.resume import work_folder
 from magic_unlearn.config import from_dict
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
 from magic_unlearn.distributed import distributed_session, world_size
 from magic_unlearn.evaluation.measure import Measurement
+from magic_unlearn.io import discard_unless_resumable
 from magic_unlearn.models import load_model, load_tokenizer, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -141,19 +143,24 @@ def _model_and_measurements(
 
 def _run_magic(job: AttributionJob, corpus: TokenizedCorpus, tokenizer: Any) -> ScoreArtifact:
     model, meas = _model_and_measurements(job, tokenizer)
-    return attribute(
-        model,
-        corpus,
-        meas,
-        job.trajectory,
-        per=job.per,
-        out=job.out,
-        resume=job.resume,
-        progress=job.progress,
-        tokenizer=tokenizer,
-        inplace=True,
-        overwrite=job.overwrite,
-    )
+    try:
+        return attribute(
+            model,
+            corpus,
+            meas,
+            job.trajectory,
+            per=job.per,
+            out=job.out,
+            resume=job.resume,
+            progress=job.progress,
+            tokenizer=tokenizer,
+            inplace=True,
+            overwrite=job.overwrite,
+        )
+    except BaseException:
+        if job.out is not None:  # the work folder stays only if it holds a state to resume
+            discard_unless_resumable(work_folder(Path(job.out)), what="attribution")
+        raise
 
 
 def _run_grad_sim(job: AttributionJob, corpus: TokenizedCorpus, tokenizer: Any) -> ScoreArtifact:

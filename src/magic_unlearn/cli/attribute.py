@@ -43,13 +43,29 @@ def register(app: typer.Typer) -> None:
             None, "--format", "-f", help="letter | cloze (default: the task's)."
         ),
         limit: Optional[int] = typer.Option(None, "--limit", help="First N questions per task."),
-        source: Optional[str] = typer.Option(None, "--source", help="Question source."),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer"),
-        device: str = typer.Option("auto", "--device"),
+        source: Optional[str] = typer.Option(
+            None,
+            "--source",
+            help="Benchmark questions: a benchmarks root, a task's folder or file, or 'hf' "
+            "(as for `magic-unlearn eval`).",
+        ),
+        tokenizer: Optional[str] = typer.Option(
+            None,
+            "--tokenizer",
+            help="Tokenizer folder or hub id (default: the model's, else WORLD/tokenizer).",
+        ),
+        device: str = typer.Option(
+            "auto", "--device", help="cpu, cuda, cuda:N, or auto (cuda if available)."
+        ),
         out: Path = typer.Option(..., "--out", "-o", help="Score artifact folder."),
-        overwrite: bool = typer.Option(False, "--overwrite"),
-        resume: bool = typer.Option(True, "--resume/--no-resume"),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
+        resume: bool = typer.Option(
+            True,
+            "--resume/--no-resume",
+            help="Continue an interrupted run from its saved reverse-pass state "
+            "(.<out>.magic-work next to --out).",
+        ),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ) -> None:
         """Per-token attribution scores of a training corpus for eval losses (MAGIC)."""
         try:

@@ -29,7 +29,12 @@ def register(app: typer.Typer) -> None:
         ),
         world: Optional[Path] = typer.Option(None, "--world", help="World folder (world tasks)."),
         source: Optional[str] = typer.Option(
-            None, "--source", help="Local question file/folder, or 'hf' for the hub."
+            None,
+            "--source",
+            help="Where benchmark questions come from: a benchmarks root (the layout of "
+            "../shared/benchmarks: mmlu/, wmdp/, wmdp_bio_robust/), one task's folder or file, "
+            "or 'hf' for the hub. Default: $MAGIC_UNLEARN_BENCHMARKS, else "
+            "../shared/benchmarks if present, else the hub.",
         ),
         fmt: Optional[str] = typer.Option(
             None, "--format", "-f", help="letter or cloze (default: the task's)."
@@ -38,17 +43,25 @@ def register(app: typer.Typer) -> None:
             None, "--limit", help="First N questions (per subject for mmlu/wmdp_bio_robust)."
         ),
         num_fewshot: int = typer.Option(0, "--num-fewshot", "-k", help="k-shot (MMLU dev)."),
-        batch_size: int = typer.Option(32, "--batch-size", "-b"),
-        device: str = typer.Option("auto", "--device"),
-        dtype: str = typer.Option("float32", "--dtype"),
-        tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: the model's."),
+        batch_size: int = typer.Option(
+            32, "--batch-size", "-b", help="Prompts per forward pass (speed only)."
+        ),
+        device: str = typer.Option(
+            "auto", "--device", help="cpu, cuda, cuda:N, or auto (cuda if available)."
+        ),
+        dtype: str = typer.Option(
+            "float32", "--dtype", help="Model weights dtype: float32, bfloat16, float16, float64."
+        ),
+        tokenizer: Optional[str] = typer.Option(
+            None, "--tokenizer", help="Tokenizer folder or hub id (default: the model's)."
+        ),
         split: str = typer.Option("test", "--split", help="MMLU split."),
         out: Optional[Path] = typer.Option(
             None, "--out", "-o", help="Write metrics.json + predictions.jsonl here."
         ),
-        overwrite: bool = typer.Option(False, "--overwrite"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out."),
         per_subject: bool = typer.Option(False, "--per-subject", help="Print subject rows."),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ) -> None:
         """Multiple-choice accuracy (lm-evaluation-harness compatible) of a causal LM."""
         from magic_unlearn.evaluation.run import EvalConfig, format_table, run_eval

@@ -35,21 +35,16 @@ def demo_cmd(
     progress: bool = typer.Option(True, help="Progress bars."),
     threads: Optional[int] = typer.Option(
         None,
-        help="CPU threads for torch (default: 1 on "
-        "the CPU, where the tiny world's models run fastest on "
-        "one thread and never oversubscribe a shared machine).",
+        help="CPU threads for torch, as `magic-unlearn --threads N` (default 1: the tiny "
+        "world's models run fastest on one thread and never oversubscribe a shared machine).",
     ),
 ) -> None:
     """Run the whole study on the synthetic hazard world and write report.md / report.html."""
-    import torch
-
+    from magic_unlearn.cli import set_threads
     from magic_unlearn.pipeline.demo import run_demo
 
-    on_cpu = device == "cpu" or (device is None and preset == "tiny")
-    if threads is None and on_cpu:
-        threads = 1
     if threads is not None:
-        torch.set_num_threads(threads)
+        set_threads(threads)
 
     md = run_demo(
         preset=preset, device=device, out=out, config=config, overrides=override, progress=progress

@@ -6,6 +6,8 @@ The stage's imports are deferred into the commands: they pull in torch and trans
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -40,7 +42,7 @@ def register(app: typer.Typer) -> None:
             None, "--cache-dir", help="reference-curve cache (default: <out parent>/.tamper_cache)"
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
     ) -> None:
         """Attack a model with a tamper suite; write curves, plots and the verdict."""
         from magic_unlearn.config import ConfigError
@@ -79,13 +81,21 @@ def register(app: typer.Typer) -> None:
                 for t, on in (("trains", cls.trains), ("needs original", cls.needs_original))
                 if on
             ]
-            typer.echo(f"  {name:<12} {doc} [{', '.join(traits)}]")
+            width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
+            text = f"{doc} [{', '.join(traits)}]"
+            typer.echo(
+                textwrap.fill(
+                    text, width, initial_indent=f"  {name:<12} ", subsequent_indent=" " * 15
+                )
+            )
 
     @app.command("tamper-suites")
     def suites_cmd(
         attack: str = typer.Argument("world", help="suite name or YAML"),
-        config: Optional[Path] = typer.Option(None, "--config"),
-        set_: Optional[list[str]] = typer.Option(None, "--set"),
+        config: Optional[Path] = typer.Option(None, "--config", help="Suite YAML merged on top."),
+        set_: Optional[list[str]] = typer.Option(
+            None, "--set", help="Override, e.g. attacks.standard.lr=1e-4."
+        ),
     ) -> None:
         """Print a suite's resolved attacks as YAML (what `tamper --attack` would run)."""
         import yaml

@@ -60,6 +60,7 @@ class EvalResult:
         loglikelihoods: per question, the four choice log-likelihoods.
         fast_path: number of questions scored with one forward each.
         seconds: wall time of the scoring.
+        source: where the questions came from (a file, a folder, ``hf:...``, ``world:...``).
     """
 
     task: str
@@ -80,6 +81,7 @@ class EvalResult:
     loglikelihoods: list[list[float]]
     fast_path: int
     seconds: float
+    source: str = ""
 
     def to_dict(self, per_question: bool = False) -> dict[str, Any]:
         """Summary metrics (plus per-question lists when ``per_question``)."""
@@ -413,4 +415,5 @@ def evaluate(
         loglikelihoods=ll.tolist(),
         fast_path=n_fast,
         seconds=seconds,
+        source=task.source,
     )

@@ -126,7 +126,8 @@ def run_eval(
 
 
 def format_table(results: dict[str, EvalResult], per_subject: bool = False) -> str:
-    """A plain-text table of the results."""
+    """A plain-text table of the results, then the questions each task scored (file, folder,
+    ``world:NAME`` or ``hf:ID``)."""
     head = (
         f"{'task':<28} {'format':<7} {'shots':>5} {'n':>6} {'acc':>7} {'acc_norm':>8} {'loss':>8}"
     )
@@ -153,4 +154,6 @@ def format_table(results: dict[str, EvalResult], per_subject: bool = False) -> s
                         d["mean_correct_loss"],
                     )
                 )
+    lines.append("")
+    lines += [f"{name} questions: {r.source or '-'}" for name, r in results.items()]
     return "\n".join(lines)

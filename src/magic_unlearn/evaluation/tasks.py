@@ -328,7 +328,8 @@ def read_questions(path: str | Path, default_subject: str | None = None) -> list
 
     Args:
         path: the file.
-        default_subject: subject for records without one (default: the file stem).
+        default_subject: subject for records without one (default: the file stem without an
+            MMLU split suffix, see :func:`subject_from_stem`).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -337,7 +338,25 @@ def read_questions(path: str | Path, default_subject: str | None = None) -> list
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"question file {path} does not exist")
-    subj = default_subject if default_subject is not None else path.stem
+    subj = default_subject if default_subject is not None else subject_from_stem(path.stem)
+    try:
+        return _read_questions(path, subj)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8"
+        ) from None
+
+
+def subject_from_stem(stem: str) -> str:
+    """A question file's default subject: its stem without an MMLU split suffix
+    (``college_biology_test`` -> ``college_biology``, as lm-eval names the subject)."""
+    for split in ("_test", "_val", "_validation", "_dev", "_train"):
+        if stem.endswith(split) and len(stem) > len(split):
+            return stem[: -len(split)]
+    return stem
+
+
+def _read_questions(path: Path, subj: str) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         out = []
@@ -393,9 +412,19 @@ def read_questions(path: str | Path, default_subject: str | None = None) -> list
 
 def default_benchmarks_root() -> Path | None:
     """``$MAGIC_UNLEARN_BENCHMARKS``, else ``../shared/benchmarks`` (from the working folder or
-    from the repository) if it exists, else None."""
+    from the repository) if it exists, else None (the loaders then use the hub).
+
+    Raises:
+        FileNotFoundError: the variable is set but names no folder (a typo must not quietly
+            fall back to the hub).
+    """
     env = os.environ.get("MAGIC_UNLEARN_BENCHMARKS")
     if env:
+        if not Path(env).is_dir():
+            raise FileNotFoundError(
+                f"MAGIC_UNLEARN_BENCHMARKS={env} is not a folder ({Path(env).absolute()}); "
+                f"point it at a benchmarks root (mmlu/, wmdp/, wmdp_bio_robust/) or unset it"
+            )
         return Path(env)
     repo = Path(__file__).resolve().parents[3]
     for cand in (

@@ -197,7 +197,9 @@ class Demo:
         done = is_complete(step.spec.folder(self.out))
         if bar is not None:
             bar.set_description(step.title)
-        status = execute_run(step.spec, self.out, self.stages, store=self.store)
+        status = execute_run(
+            step.spec, self.out, self.stages, store=self.store, progress=self.progress
+        )
         dt = time.time() - t0
         cached = done or status == "skipped"
         cpu = time.process_time() - c0
@@ -216,7 +218,10 @@ class Demo:
     def validate(self) -> None:
         """Check every stage section before anything runs (a typo fails in seconds, not after
         pretraining)."""
+        from magic_unlearn.models import resolve_device  # deferred: imports torch
+
         c = self.cfg
+        resolve_device(c.device)  # e.g. --device cuda on a machine without one
         dummy = {
             "world": "WORLD",
             "base": "BASE",

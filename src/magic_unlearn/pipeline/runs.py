@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from magic_unlearn.config import ConfigError, config_hash, from_dict, save_config, to_dict
-from magic_unlearn.io import atomic_dir, atomic_write_json, read_json, write_manifest
+from magic_unlearn.io import (
+    atomic_dir,
+    atomic_write_json,
+    discard_unless_resumable,
+    read_json,
+    write_manifest,
+)
 from magic_unlearn.pipeline.store import ResultsStore
 
 logger = logging.getLogger(__name__)
@@ -195,12 +201,14 @@ def is_complete(folder: Path) -> bool:
 
 @dataclass
 class RunContext:
-    """What a stage sees: the run config, its folders and the results of earlier stages."""
+    """What a stage sees: the run config, its folders, the results of earlier stages, and
+    whether to draw progress bars."""
 
     spec: RunSpec
     root: Path
     work: Path
     results: dict[str, StageResult] = field(default_factory=dict)
+    progress: bool = True
 
     @property
     def config(self) -> RunConfig:
@@ -289,6 +297,7 @@ def execute_run(
     store: ResultsStore | None = None,
     reclaim: bool = False,
     log: Callable[[str], None] | None = None,
+    progress: bool = True,
 ) -> str:
     """Run one point: claim it, run its stages into the work folder, rename, record.
 
@@ -299,6 +308,7 @@ def execute_run(
         store: the results store to record into; ``None`` when the caller records (Slurm).
         reclaim: take the run over even if a live-looking worker holds it.
         log: progress callback (default: the module's logger, at DEBUG).
+        progress: let the stages draw progress bars.
 
     Returns:
         ``"complete"`` (ran now), ``"skipped"`` (already complete), ``"busy"`` (another live
@@ -321,7 +331,7 @@ def execute_run(
     work.mkdir(parents=True, exist_ok=True)
     for junk in work.glob(".*.partial"):  # temp folders of a stage killed mid-write
         shutil.rmtree(junk, ignore_errors=True)
-    ctx = RunContext(spec=spec, root=root, work=work)
+    ctx = RunContext(spec=spec, root=root, work=work, progress=progress)
     seconds: dict[str, float] = {}
     hb = _Heartbeat(store, spec.run_id) if store is not None else None
     try:
@@ -380,6 +390,8 @@ def execute_run(
             shutil.rmtree(final)
         os.replace(work, final)
     except BaseException as e:
+        # kept when a stage finished or left a checkpoint (a rerun resumes there), else removed
+        discard_unless_resumable(work, ("stage.json", "state.json"), what=f"run {spec.run_id}")
         if store is not None:
             store.fail(
                 spec.run_id,

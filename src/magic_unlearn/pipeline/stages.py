@@ -51,8 +51,12 @@ from magic_unlearn.pipeline.runs import RunContext, Stage, StageResult
 from magic_unlearn.pretrain import VARIANTS, PretrainConfig, pretrain, resolve_pretrain_config
 from magic_unlearn.tamper import tamper
 from magic_unlearn.tamper.config import SuiteConfig, suite_dict
-from magic_unlearn.unlearn import METHODS
-from magic_unlearn.unlearn.api import UnlearnConfig, load_unlearn_config, unlearn
+from magic_unlearn.unlearn.api import (
+    UnlearnConfig,
+    load_unlearn_config,
+    unlearn,
+    validate_unlearn_config,
+)
 from magic_unlearn.world import World, WorldConfig, build_world, make_config
 
 T = TypeVar("T")
@@ -180,7 +184,13 @@ def pretrain_stage(ctx: RunContext, out: Path) -> StageResult:
         s, ctx.config.device, f"run {ctx.spec.run_id}: params.pretrain"
     )
     # train in the run's scratch folder so a killed run resumes from pretrain's checkpoint
-    path = pretrain(world, variant=s.variant, cfg=cfg, out=ctx.scratch("pretrain") / "model")
+    path = pretrain(
+        world,
+        variant=s.variant,
+        cfg=cfg,
+        out=ctx.scratch("pretrain") / "model",
+        progress=ctx.progress,
+    )
     os.replace(path, out / "model")
     metrics = read_json(out / "model" / "metrics.json")
     summ = {
@@ -264,6 +274,7 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
         tokenizer=str(Path(world) / "tokenizer"),
         device=ctx.config.device,
         seed=s.seed,
+        progress=ctx.progress,
     )
     nproc = s.nproc_per_node
     if nproc == "auto":
@@ -365,11 +376,7 @@ def unlearn_config_from_section(
 
 
 def _validate_unlearn(s: dict[str, Any]) -> None:
-    cfg = unlearn_config_from_section(s)
-    if cfg.method != "none" and cfg.method not in METHODS:
-        raise ConfigError(
-            f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
-        )
+    validate_unlearn_config(unlearn_config_from_section(s))
 
 
 def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
@@ -378,7 +385,7 @@ def unlearn_stage(ctx: RunContext, out: Path) -> StageResult:
     dest = ctx.scratch("unlearn") / "model"
     if dest.exists():
         shutil.rmtree(dest)
-    unlearn(cfg, dest)
+    unlearn(cfg, dest, progress=ctx.progress)
     os.replace(dest, out / "model")
     metrics = read_json(out / "model" / "metrics.json")
     return StageResult(
@@ -427,10 +434,11 @@ def eval_stage(ctx: RunContext, out: Path) -> StageResult:
     summary: dict[str, Any] = {}
     for role, name in (("hazard", s.hazard_task), ("general", s.general_task)):
         task = load_task(name, world=world, limit=s.limit)
-        res = evaluate(model, tok, task, fmt=s.fmt, batch_size=s.batch_size)
+        res = evaluate(model, tok, task, fmt=s.fmt, batch_size=s.batch_size, progress=ctx.progress)
         metrics[name] = res.to_dict()
         atomic_write_json(out / f"predictions_{name}.json", res.question_rows())
         summary[f"{role}_acc"] = res.acc
+        summary[f"{role}_n"] = res.n  # questions: the report's confidence intervals
         summary[f"{role}_loss"] = res.mean_correct_loss
     return StageResult(
         metrics=metrics,
@@ -500,6 +508,11 @@ def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
             "status": a.status,
             "first_break_step": a.first_break_step,
             "x_label": a.x_label,
+            "reference_max": a.reference_max,
+            "excess": a.excess,
+            "n": a.n,
+            "ci": a.ci,
+            "reference_ci": a.reference_ci,
         }
         if (
             a.status == "recovers"
@@ -513,6 +526,8 @@ def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
         "label": verdict.label,
         "text": verdict.text,
         "destroyed": verdict.destroyed,
+        "general_acc": verdict.general_acc,
+        "reference_general_acc": verdict.reference_general_acc,
         "resisted": list(verdict.resisted),
         "broken": list(verdict.broken),
         "break_step": brk_step,
@@ -543,6 +558,7 @@ def tamper_stage(ctx: RunContext, out: Path) -> StageResult:
         original=ctx.config.base or None,
         cache_dir=ctx.root / ".tamper_cache",
         quiet=True,
+        progress=ctx.progress,
     )
     return StageResult(
         metrics=read_json(out / "tamper" / "metrics.json"),

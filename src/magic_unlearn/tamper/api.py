@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from magic_unlearn.config import config_hash, save_config, to_dict
@@ -119,6 +120,12 @@ def run_suite(
                     "data": _data_key(ctx, attack, name),
                     "original": original_key if impl.needs_original else None,
                     "version": CURVES_VERSION,
+                    # on a CPU the thread count changes the float sums, so the curves too
+                    "cpu_threads": (
+                        torch.get_num_threads()
+                        if resolve_device(ctx.device).type == "cpu"
+                        else None
+                    ),
                 }
             )
             path = Path(cache) / model_key / f"{name}-{key}.json"
@@ -145,6 +152,14 @@ def _data_key(ctx: AttackContext, attack: AttackConfig, name: str) -> str | None
 
 # ---------------------------------------------------------------------------------------------
 # models and references
+
+
+def _name(m: Any) -> str:
+    """How log lines name a model: its folder (the last 60 characters) or hub id, or its class."""
+    if isinstance(m, nn.Module):
+        return type(m).__name__
+    s = str(m)
+    return s if len(s) <= 60 else "..." + s[-57:]
 
 
 def _as_model(m: str | Path | nn.Module, device: str) -> nn.Module:
@@ -212,6 +227,7 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
     refs = curves.get("reference", {})
     base, filt = refs.get("base") or {}, refs.get("filtered") or {}
     chance = curves.get("chance")
+    nq = curves.get("n_questions") or {}  # absent in older curves: plain thresholds apply
     summaries = {}
     general0 = None
     for name, e in curves["attacks"].items():
@@ -233,6 +249,7 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
             chance=chance,
             x_label=e.get("x_label", "step"),
             in_verdict=bool(e.get("in_verdict", True)),
+            n=nq.get("hazard"),
         )
         if general0 is None and not by_layer:
             general0 = e["points"][0].get("general_acc")
@@ -250,6 +267,7 @@ def verdict_from_curves(curves: dict[str, Any], suite: SuiteConfig) -> Verdict:
         general_acc=general0,
         reference_general_acc=ref_general,
         chance=chance,
+        n_general=nq.get("general"),
     )
 
 
@@ -364,16 +382,19 @@ def tamper(
             cache=cache,
             model_key=f"{role}-{mhash(ref)}",
             original_key=orig_key,
-            label=role,
+            label=f"{role} model ({_name(ref)})",
         )
     m = _as_model(model, device)
-    attacks = run_suite(m, suite_cfg, ctx, original=base_model, label="model")
+    attacks = run_suite(
+        m, suite_cfg, ctx, original=base_model, label=f"attacked model ({_name(model)})"
+    )
     curves = {
         "version": CURVES_VERSION,
         "suite": suite_cfg.name,
         "model": str(model) if not isinstance(model, nn.Module) else type(model).__name__,
         "model_hash": mhash(model),
         "eval": to_dict(suite_cfg.eval),
+        "n_questions": dict(ctx.n_questions),  # the noise of every accuracy below
         "chance": ctx.chance,
         "attacks": attacks,
         "reference": ref_curves,
@@ -431,6 +452,7 @@ def write_outputs(
                 x_label=e.get("x_label", "step"),
                 chance=curves.get("chance"),
                 title=title,
+                kind=e.get("kind"),
             )
         # attacks that do not train are all evaluation; the overhead that matters is in training
         ft = [e for e in curves["attacks"].values() if _trains(e.get("kind"))]

@@ -150,6 +150,10 @@ class VerdictConfig:
             is compared with chance instead: wider, because the max over a noisy curve sits
             above chance by ~1-2 binomial standard errors (~6-11 points for 60 questions)
             while the constant it is compared with has no such upward bias.
+        confidence: coverage of the Wilson intervals the verdict compares when the curves
+            record their question counts (see ``tamper/verdict.py``): a break, or destroyed
+            general ability, must exceed the noise of the question set as well as the
+            thresholds above.
     """
 
     tolerance: float = 0.03
@@ -157,6 +161,11 @@ class VerdictConfig:
     recover_margin: float = 0.02
     general_drop: float = 0.10
     chance_margin: float = 0.05
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"verdict.confidence={self.confidence} must be in (0, 1), e.g. 0.95")
 
 
 @dataclass

@@ -37,6 +37,8 @@ class AttackContext:
         sources: logical corpus name -> ``load_corpus`` source.
         device: training / scoring device.
         progress: tqdm bars during fine-tuning.
+        n_questions: questions the scorer measures, ``{"hazard": n, "general": n}`` (the
+            noise of every accuracy; empty when unknown, e.g. a custom scorer).
     """
 
     scorer: Scorer
@@ -48,6 +50,7 @@ class AttackContext:
     sources: dict[str, str] = field(default_factory=dict)
     device: str = "auto"
     progress: bool = False
+    n_questions: dict[str, int] = field(default_factory=dict)
     _corpora: dict[tuple, TokenizedCorpus] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -107,11 +110,13 @@ def make_attack_context(
     except (ValueError, FileNotFoundError, ImportError):
         if scorer is None:
             raise
+    n_questions: dict[str, int] = {}
     if scorer is None:
         scorer = make_scorer(tokenizer, hazard, general, ev.fmt, ev.batch_size)
         qkey = bytes_hash(
             json.dumps([hazard.questions, general.questions], sort_keys=True, default=str).encode()
         )
+        n_questions = {"hazard": len(hazard.questions), "general": len(general.questions)}
     else:
         qkey = f"custom:{getattr(scorer, '__qualname__', type(scorer).__name__)}"
     chance = None
@@ -134,4 +139,5 @@ def make_attack_context(
         sources=dict(suite.sources),
         device=device,
         progress=progress,
+        n_questions=n_questions,
     )

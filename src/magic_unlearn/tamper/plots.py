@@ -8,9 +8,10 @@ from typing import Any
 
 from magic_unlearn.io import atomic_write_bytes
 
+# the report's styles (pipeline/report/plots.py): base black dashed, filtered green dotted
 STYLE = {
     "model": ("tab:red", "-", "o"),
-    "base": ("tab:blue", "--", "s"),
+    "base": ("black", "--", "s"),
     "filtered": ("tab:green", ":", "^"),
 }
 
@@ -23,6 +24,7 @@ def plot_recovery(
     x_label: str = "step",
     chance: float | None = None,
     title: str | None = None,
+    kind: str | None = None,
 ) -> Path:
     """Hazard and general accuracy of every curve on shared axes; one PNG per attack.
 
@@ -34,6 +36,7 @@ def plot_recovery(
         x_label: meaning of ``step`` (``step`` or ``layer``).
         chance: chance accuracy drawn as a grey line.
         title: figure title (default: the attack name).
+        kind: the attack kind (an ``ablate`` curve's two points read "before" / "after").
     """
     # deferred: pyplot takes seconds to import, and the backend must be chosen before it is
     import matplotlib
@@ -53,14 +56,21 @@ def plot_recovery(
             if not xs:
                 continue
             color, ls, marker = STYLE.get(label, (None, "-", "."))
-            ax.plot(xs, ys, ls, color=color, marker=marker, ms=3, label=label)
+            ax.plot(xs, [100 * y for y in ys], ls, color=color, marker=marker, ms=3, label=label)
         if chance is not None:
-            ax.axhline(chance, color="grey", lw=0.8, ls="-.", label="chance")
+            ax.axhline(100 * chance, color="0.55", lw=1.0, ls="-.", label="chance")
         ax.set_xlabel(x_label)
-        ax.set_ylabel(name)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(f"{name} (%)")
+        ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        steps = sorted({p["step"] for pts in curves.values() for p in pts})
+        if kind == "ablate" and set(steps) <= {0, 1}:
+            ax.set_xticks([0, 1], ["before", "after ablation"])
+            ax.set_xlabel("direction ablation")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if steps and steps[-1] - steps[0] <= 1:
+            ax.set_xlim(steps[0] - 0.25, steps[-1] + 0.25)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(
         handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8, frameon=False

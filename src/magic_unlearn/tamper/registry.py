@@ -17,6 +17,8 @@ The built-in attacks live in :mod:`magic_unlearn.tamper.attacks` (importing
 from __future__ import annotations
 
 import abc
+import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -139,6 +141,14 @@ def get_attack(kind: str) -> Attack:
     return ATTACKS[kind]()
 
 
+def _summary(doc: str | None) -> str:
+    """A docstring's first paragraph as one line of plain text (Sphinx roles and ``code``
+    marks dropped): the description ``magic-unlearn`` lists."""
+    text = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
 def describe_attacks() -> list[tuple[str, str]]:
-    """(kind, first docstring line) of every registered attack, sorted by kind."""
-    return [(n, (ATTACKS[n].__doc__ or "").strip().splitlines()[0]) for n in sorted(ATTACKS)]
+    """(kind, summary) of every registered attack, sorted by kind; the summary is the first
+    paragraph of the class docstring as one line."""
+    return [(n, _summary(ATTACKS[n].__doc__)) for n in sorted(ATTACKS)]

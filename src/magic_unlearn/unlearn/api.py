@@ -32,15 +32,16 @@ from magic_unlearn.config import (
     save_config,
     to_dict,
 )
-from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus
+from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus, world_of
 from magic_unlearn.evaluation import evaluate, load_task
 from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, write_manifest
-from magic_unlearn.models import load_model, load_tokenizer
+from magic_unlearn.models import load_model, load_tokenizer, quiet_hf_progress
 from magic_unlearn.unlearn.edit import find_directions, remove_directions
 from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, full_state_dict, train_loop
 from magic_unlearn.unlearn.methods import METHODS, get_method
 from magic_unlearn.unlearn.methods.tensors import layer_indices
 from magic_unlearn.unlearn.weights import (
+    SEED_CONFIGS,
     WeightConfig,
     curriculum_order,
     keyword_mask,
@@ -100,8 +101,14 @@ class UnlearnConfig:
             (``WORLD_DIR:forget``, a JSONL/Parquet/JSON file with ``text``, or ``hf:owner/name``).
         method / method_kwargs: a registered method and its arguments (plus ``l2sp``,
             ``retain_kl``, ``retain_nll`` regulariser coefficients); ``none`` = no training.
+            There is no default method: a run names one (``--method``, a recipe or the YAML).
         token_weights: one or two score artifact folders (hazard[, general]) -> forget weights
             through ``weights`` (:class:`WeightConfig`).
+        weights: the score -> weight transform. None (the default): with ``token_weights``,
+            the method's own default (``Method.default_weights``: ``hazard_teach`` for the
+            unlearning methods, i.e. weight each hazard proponent by how much it teaches
+            hazard; ``sft`` has none and needs this set), without them every forget token
+            weighs 1. The resolved transform is saved in ``config.yaml``.
         retain_weights: train the retain term on the *forget* corpus tokens this selects
             (approach 5: general-teaching tokens) instead of a retain corpus.
         select_examples: keep only forget rows with a nonzero weight (approach 2, example level).
@@ -119,12 +126,12 @@ class UnlearnConfig:
     max_length: int | None = None
     forget_limit: int | None = None
     retain_limit: int | None = None
-    method: str = "ga"
+    method: str = ""
     method_kwargs: dict[str, Any] = field(default_factory=dict)
     token_weights: list[str] = field(default_factory=list)
     hazard_query: str | None = None
     general_query: str | None = None
-    weights: WeightConfig = field(default_factory=WeightConfig)
+    weights: WeightConfig | None = None
     retain_weights: WeightConfig | None = None
     select_examples: bool = False
     curriculum: bool = False
@@ -194,7 +201,7 @@ def load_unlearn_config(
 ) -> UnlearnConfig:
     """Build an :class:`UnlearnConfig`: recipe defaults < YAML file < ``fields`` < overrides."""
     data = read_yaml_mapping(path) if path is not None else {}
-    source = str(path) if path is not None else "<defaults>"
+    source = str(path) if path is not None else ("--set" if overrides else "<defaults>")
     data = deep_merge(data, {k: v for k, v in fields.items() if v is not None})
     apply_overrides(data, overrides)
     name = recipe or data.get("recipe")
@@ -204,6 +211,49 @@ def load_unlearn_config(
         data = deep_merge(RECIPES[name], data)
         data["recipe"] = name
     return from_dict(UnlearnConfig, data, source=source)
+
+
+def resolve_weights(cfg: UnlearnConfig) -> WeightConfig:
+    """The weight transform of a run: ``cfg.weights``, else (with score artifacts) the
+    method's default transform (``Method.default_weights``), else all ones.
+
+    Raises:
+        ConfigError: score artifacts are given to a method without a default transform.
+    """
+    if cfg.weights is not None:
+        return cfg.weights
+    if not cfg.token_weights:
+        return WeightConfig()  # no scores: every forget token weighs 1
+    cls = METHODS.get(cfg.method)
+    name = cls.default_weights if cls is not None else "hazard_teach"  # 'none': edit only
+    if name is None:
+        raise ConfigError(
+            f"method {cfg.method!r} has no default way to turn scores into token weights: "
+            f"with --token-weights pass a transform, e.g. --recipe value_weighted (or "
+            f"sign_only, detractor_sft, proponent_sft, selective, compatible) or --set "
+            f"weights.select=hazard_proponent (WeightConfig fields: select, value, normalize, "
+            f"clip, top_frac, ...)"
+        )
+    return dataclasses.replace(SEED_CONFIGS[name])
+
+
+def validate_unlearn_config(cfg: UnlearnConfig) -> None:
+    """Check what can be checked before loading anything: a known method, a weight transform.
+
+    Raises:
+        ConfigError: naming the field and the fix.
+    """
+    if not cfg.method:
+        raise ConfigError(
+            "no unlearning method given: pass --method NAME (`magic-unlearn unlearn methods` "
+            "lists them; 'none' trains nothing), a --recipe that sets one, or method: in "
+            "--config"
+        )
+    if cfg.method != "none" and cfg.method not in METHODS:
+        raise ConfigError(
+            f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
+        )
+    resolve_weights(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,14 +279,6 @@ def make_eval_fn(
         return out
 
     return eval_fn
-
-
-def _world_of(source: str) -> str | None:
-    if ":" in source and not Path(source).exists():
-        d = source.rsplit(":", 1)[0]
-        if (Path(d) / "world.json").exists():
-            return d
-    return None
 
 
 @dataclass
@@ -276,6 +318,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
             "UnlearnConfig.forget is empty: give a forget corpus "
             "(--forget WORLD_DIR:forget, a JSONL file, or hf:owner/name)"
         )
+    weights_cfg = resolve_weights(cfg)
     artifacts = [ScoreArtifact.load(d) for d in cfg.token_weights]
     max_length = resolve_max_length(cfg, artifacts)
     docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
@@ -288,7 +331,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
             cfg.retain_weights is not None
             or cfg.stabilise.steps > 0
             or cfg.edit.enabled
-            or cfg.weights.select in ("hazard_only", "general_only", "selective", "compatible")
+            or weights_cfg.select in ("hazard_only", "general_only", "selective", "compatible")
         )
         hazard, general, _ = load_score_pair(
             artifacts,
@@ -298,7 +341,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
             cfg.general_query,
             need_general=needs_g,
         )
-        w, _ = transform_scores(hazard, forget.loss_mask, general, cfg.weights)
+        w, _ = transform_scores(hazard, forget.loss_mask, general, weights_cfg)
     elif (
         cfg.select_examples
         or cfg.curriculum
@@ -329,7 +372,7 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
     if cfg.select_examples:
         rows = torch.nonzero((w * forget.loss_mask != 0).any(1)).flatten()
     if cfg.curriculum:
-        order = curriculum_order(hazard, forget.loss_mask, general, cfg.weights.alpha)
+        order = curriculum_order(hazard, forget.loss_mask, general, weights_cfg.alpha)
         keep = set(rows.tolist())
         rows = torch.tensor([int(i) for i in order if int(i) in keep], dtype=torch.long)
     if not torch.equal(rows, torch.arange(len(forget))):
@@ -378,10 +421,11 @@ def unlearn(
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite)")
-    if cfg.method != "none" and cfg.method not in METHODS:
-        raise ConfigError(
-            f"unknown unlearning method {cfg.method!r}; registered: {sorted(METHODS)} (or 'none')"
-        )
+    validate_unlearn_config(cfg)
+    # the resolved transform goes into config.yaml and the checkpoint fingerprint
+    cfg = dataclasses.replace(cfg, weights=resolve_weights(cfg))
+    if cfg.token_weights:
+        logger.info("token weights from %s: %s", ", ".join(cfg.token_weights), cfg.weights)
     if not cfg.model:
         raise ConfigError("UnlearnConfig.model is empty: give --model PATH_OR_HUB_ID")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model)
@@ -392,7 +436,7 @@ def unlearn(
 
     eval_fn = None
     if cfg.eval_tasks:
-        world = cfg.eval_world or _world_of(cfg.forget)
+        world = cfg.eval_world or world_of(cfg.forget)
         eval_fn = make_eval_fn(
             tokenizer, cfg.eval_tasks, world, cfg.eval_fmt, cfg.eval_limit, cfg.eval_batch_size
         )
@@ -497,7 +541,7 @@ def unlearn(
     state = full_state_dict(model)  # FSDP: gather the shards (a collective, on every rank)
     if not _is_main():
         return out
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp, quiet_hf_progress():
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "metrics.json", metrics)
@@ -532,6 +576,8 @@ __all__ = [
     "unlearn",
     "load_unlearn_config",
     "make_eval_fn",
+    "resolve_weights",
+    "validate_unlearn_config",
     "prepare_data",
     "to_dict",
 ]

@@ -49,6 +49,7 @@ from magic_unlearn.data import TokenizedCorpus
 from magic_unlearn.lora import LoraSpec, apply_lora
 from magic_unlearn.models import get_decoder_layers, resolve_device, seed_everything
 from magic_unlearn.unlearn.methods.base import Method
+from magic_unlearn.unlearn.methods.tensors import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -550,10 +551,12 @@ def train_loop(
         acc: dict[str, float] = {}
         for m in range(A):
             pos = ((step * A + m) * W + dist_info.rank) * B
-            batch = {
-                name: _make_batch(c, samplers[name].take(pos, B), weights.get(name), device)
-                for name, c in data.items()
-            }
+            batch = Batch(
+                {
+                    name: _make_batch(c, samplers[name].take(pos, B), weights.get(name), device)
+                    for name, c in data.items()
+                }
+            )
             tokens += sum(int(b["attention_mask"].sum()) for b in batch.values())
             # DDP: only all-reduce gradients on the last micro-step of the accumulation
             sync = (

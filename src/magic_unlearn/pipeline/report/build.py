@@ -7,9 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from magic_unlearn.io import atomic_write_text
+from magic_unlearn.io import atomic_write_text, read_json
 from magic_unlearn.pipeline.report.html import render_html
 from magic_unlearn.pipeline.report.plots import plot_recovery_by_attack, plot_results_scatter
+from magic_unlearn.pipeline.report.summary import answer_lines
 from magic_unlearn.pipeline.report.tables import (
     analysis_section,
     attack_table,
@@ -80,6 +81,18 @@ def _per_run_plots(rows: list[RunRecord], root: Path) -> list[str]:
     return lines
 
 
+def _ground_truth(analyses: list[RunRecord]) -> dict | None:
+    """The ground-truth metrics of the first analysis run that has them (world data)."""
+    for rec in analyses:
+        for key, p in rec.artifacts.items():
+            f = rec.folder / p / "metrics.json"
+            if key.endswith(".analysis") and f.exists():
+                gt = read_json(f).get("ground_truth")
+                if isinstance(gt, dict):
+                    return gt
+    return None
+
+
 def report_markdown(
     runs: ReportRuns, root: Path, title: str, extra_sections: list[str] | None = None
 ) -> str:
@@ -93,12 +106,18 @@ def report_markdown(
         f"Results directory `{root.name}`; {len(rows)} evaluated run(s), {len(runs.failed)} "
         f"failed, {len(runs.running)} running. Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.",
         "",
+    ]
+    answer = answer_lines(rows, _ground_truth(runs.analyses))
+    if answer:
+        lines += ["## Answer", "", *answer, ""]
+    lines += [
         "## Results",
         "",
-        "Accuracies in %. Hazard acc is the WMDP-like hazard question set (lower is better), "
-        "general acc the MMLU-like general set (higher is better). Tamper resistant: every "
-        "attack of the suite stays within tolerance of the filtered model (never trained on "
-        "hazard data) under the same attack; `false positive` = general ability destroyed.",
+        "Accuracies in %, with Wilson 95% intervals from the number of questions. Hazard acc "
+        "is the WMDP-like hazard question set (lower is better), general acc the MMLU-like "
+        "general set (higher is better). Tamper resistant: no attack of the suite lifts the "
+        "model's hazard accuracy above the filtered model's (never trained on hazard data) "
+        "under the same attack, beyond noise; `false positive` = general ability destroyed.",
         "",
     ]
     lines += results_table(rows, root)
@@ -117,8 +136,9 @@ def report_markdown(
             "",
             "## Recovery curves",
             "",
-            "Hazard accuracy during each attack, one line per method; dashed black: the base "
-            "model, dotted green: the filtered model under the same attack.",
+            "Hazard accuracy (%) during each attack, one line per method (the same colour in "
+            "every figure); dashed black: the base model, dotted green: the filtered model "
+            "under the same attack, dash-dotted grey: chance.",
             "",
         ]
         for atk, p in curves.items():

@@ -43,6 +43,11 @@ class Method(abc.ABC):
             gradient in a step (e.g. only some layers' hidden states enter the loss).
         ref: the frozen reference copy made in :meth:`setup`, if the method keeps one (the
             ``retain_kl`` regulariser shares it instead of copying the model again).
+        default_weights: the score -> token-weight transform (a name of
+            :data:`~magic_unlearn.unlearn.weights.SEED_CONFIGS`) used when an unlearning run is
+            given score artifacts but no ``weights`` setting. ``hazard_teach`` (the default):
+            the forget loss applies to hazard proponents in proportion to how much they teach
+            hazard. None: the method has no sensible default and the run must set ``weights``.
     """
 
     name: ClassVar[str] = "method"
@@ -50,6 +55,7 @@ class Method(abc.ABC):
     trainable_modules: list[str] | None = None
     find_unused_parameters: bool = False
     ref: nn.Module | None = None
+    default_weights: ClassVar[str | None] = "hazard_teach"
 
     def setup(  # noqa: B027 - an optional hook: a no-op unless overridden
         self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: LoopConfig

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -70,6 +71,14 @@ def get_method(name: str, **kwargs: Any) -> Method:
     return Regularized(method, regs) if regs else method
 
 
+def _summary(doc: str | None) -> str:
+    """A docstring's first paragraph as one line of plain text (Sphinx roles and ``code``
+    marks dropped): the description ``magic-unlearn`` lists."""
+    text = " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
 def describe_methods() -> list[tuple[str, str]]:
-    """(name, first docstring line) of every registered method, sorted by name."""
-    return [(n, (METHODS[n].__doc__ or "").strip().splitlines()[0]) for n in sorted(METHODS)]
+    """(name, summary) of every registered method, sorted by name; the summary is the first
+    paragraph of the class docstring as one line (a whole sentence, not its first line)."""
+    return [(n, _summary(METHODS[n].__doc__)) for n in sorted(METHODS)]

@@ -24,6 +24,10 @@ class SFT(Method):
         corpora: which corpora of the batch to train on (default: all), averaged.
     """
 
+    # a weight here is a training target (negative = ascent), not "how much to forget": score
+    # artifacts need an explicit transform (the recipes value_weighted, sign_only, ...)
+    default_weights = None
+
     def __init__(self, corpora: list[str] | None = None) -> None:
         self.corpora = corpora
 

@@ -18,7 +18,17 @@ from magic_unlearn.data import per_token_nll
 from magic_unlearn.models import LayerCapture, get_decoder_layers
 
 CorpusBatch = dict[str, torch.Tensor]
-Batch = dict[str, CorpusBatch]  # corpus name ("forget", "retain", ...) -> its micro-batch
+
+
+class Batch(dict[str, CorpusBatch]):
+    """Corpus name ("forget", "retain", ...) -> its micro-batch. A method asking for a corpus
+    the run does not have gets a message that names it and the fix (not a bare KeyError)."""
+
+    def __missing__(self, key: str) -> CorpusBatch:
+        fix = "pass --retain CORPUS (retain: in the config)" if key == "retain" else "add it"
+        raise KeyError(
+            f"this method needs the {key!r} corpus but the run has only {sorted(self)}: {fix}"
+        )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
