@@ -92,7 +92,7 @@ def test_demo_config_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"methods\[0\]"):
         load_demo_config(config=bad)
     for preset in ("tiny", "small"):  # the shipped configs validate against every stage
-        cfg = load_demo_config(preset)
+        cfg = load_demo_config(preset, device="cpu")  # small ships device: cuda
         assert len(cfg.methods) >= 6
         Demo(cfg, tmp_path / preset, progress=False).validate()
     cfg = load_demo_config("micro")
