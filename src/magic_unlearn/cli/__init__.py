@@ -25,6 +25,7 @@ from magic_unlearn.cli import (
     evaluate,
     pipeline,
     pretrain,
+    study,
     tamper,
     unlearn,
     world,
@@ -77,7 +78,7 @@ def _configure(
     setup_logging({None: logging.INFO, True: logging.DEBUG, False: logging.WARNING}[verbose])
 
 
-for _module in (world, pretrain, evaluate, attribute, analyze, unlearn, tamper, pipeline):
+for _module in (world, pretrain, evaluate, attribute, analyze, unlearn, tamper, pipeline, study):
     _module.register(app)
 
 
