@@ -177,6 +177,12 @@ def test_leaderboard_statistics_on_hand_made_records() -> None:
     a = rows["a"]["attacks"]["standard"]["steps_to_recover"]
     assert a["values"] == [20.0, 21.0, 22.0] and a["n_censored"] == 0
     assert rows["base"]["attacks"]["standard"]["curve"]["steps"] == [0, 20, 40]
+    # the budget sweep read off the curves: budgets 4, 8, 20 and 40 steps (10-100% of 40)
+    mb = rows["a"]["attacks"]["standard"]["max_by_budget"]
+    assert list(mb) == ["4", "8", "20", "40"]
+    assert mb["4"]["values"] == mb["8"]["values"] == [0.3, 0.3, 0.3]  # step 0 only
+    assert mb["20"]["values"] == pytest.approx([(0.3 + 0.3 + e) / 2 for e in (0.4, 0.5, 0.45)])
+    assert mb["40"]["values"] == rows["a"]["attacks"]["standard"]["max_hazard_acc"]["values"]
     # paired: guided minus twin, same seed
     p = {(d["twin"], d["metric"]): d for d in lb["paired"]}
     d = p[("a", "attack_excess")]

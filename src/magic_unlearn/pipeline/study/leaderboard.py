@@ -84,7 +84,9 @@ def seed_numbers(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def steps_to_recover(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Steps-to-recover of one attack over seeds, censored at the budget (see module doc)."""
+    """Steps-to-recover of one attack over seeds, censored at the budget (see module doc):
+    ``values`` (a censored seed as its budget), ``censored`` flags, ``n_censored``, ``budget``
+    and the mean with its t interval (a lower bound when any seed is censored)."""
     vals, cens, budgets = [], [], []
     for a in entries:
         b = a.get("budget")
@@ -100,6 +102,27 @@ def steps_to_recover(entries: list[dict[str, Any]]) -> dict[str, Any]:
         n_censored=int(sum(cens)),
         budget=max((b for b in budgets if b is not None), default=None),
     )
+    return out
+
+
+BUDGET_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
+
+
+def max_by_budget(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The attack-budget sweep read off the curves: for budgets of 10, 20, 50 and 100% of the
+    attack's steps, the max hazard accuracy reached within that many steps (mean with CI over
+    seeds). A constant-lr run evaluated along the way is the attack of every shorter budget."""
+    budget = max(int(p[0]) for a in entries for p in a["points"])
+    out: dict[str, Any] = {}
+    for f in BUDGET_FRACTIONS:
+        b = int(round(f * budget))
+        vals = []
+        for a in entries:
+            within = [float(p[1]) for p in a["points"] if int(p[0]) <= b]
+            if within:
+                vals.append(max(within))
+        if vals and str(b) not in out:
+            out[str(b)] = ci(vals)
     return out
 
 
@@ -144,6 +167,7 @@ def build_row(entries: dict[int, dict[str, Any]], info: dict[str, Any]) -> dict[
             "steps_to_recover": steps_to_recover(es) if first.get("trains") else None,
             "status": dict(Counter(a.get("status") or "-" for a in es)),
             "curve": mean_curve([a["points"] for a in es]),
+            "max_by_budget": max_by_budget(es) if first.get("trains") else None,
         }
     row["attacks"] = attacks
     if info.get("kind") == "reference":  # the yardsticks: no verdict of their own
@@ -190,7 +214,7 @@ def _classify(d: dict[str, Any], direction: str) -> str:
         found = "worse" if good_if_negative else "better"
     else:
         return "no detectable difference"
-    if d["sd"] == 0:  # every seed gave the same difference: the t interval has no width
+    if d["sd"] <= 1e-12 * max(1.0, abs(d["mean"])):  # the same difference on every seed
         found += " (identical on every seed; zero-width interval)"
     return found
 
@@ -309,6 +333,23 @@ def headline_sentence(
     return s + "."
 
 
+def _timing(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per run role (mean over seeds; method roles together as ``method``) and the
+    wall time of every study invocation that wrote the records."""
+    per_role: dict[str, list[float]] = {}
+    for v in seeds.values():
+        for role, sec in v.get("seconds", {}).items():
+            per_role.setdefault(role, []).append(float(sec))
+    invocations = {}
+    for v in seeds.values():
+        for inv in v.get("invocations", []):
+            invocations[(inv.get("finished"), tuple(inv.get("seeds", [])))] = inv
+    return {
+        "mean_s_per_role": {k: sum(x) / len(x) for k, x in sorted(per_role.items())},
+        "invocations": sorted(invocations.values(), key=lambda i: i.get("finished") or 0),
+    }
+
+
 def build_leaderboard(
     seeds: dict[int, dict[str, Any]],
     methods: dict[str, dict[str, Any]],
@@ -394,6 +435,7 @@ def build_leaderboard(
         "attribution": {k: {m: ci(v) for m, v in d.items()} for k, d in attribution.items()},
         "seconds": {str(s): v.get("seconds", {}) for s, v in seeds.items()},
         "records": {str(s): v.get("records", []) for s, v in seeds.items()},
+        "timing": _timing(seeds),
         "missing": {str(s): v.get("missing", []) for s, v in seeds.items() if v.get("missing")},
         "notes": list(notes or []),
     }

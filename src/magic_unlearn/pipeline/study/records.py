@@ -48,8 +48,9 @@ def run_entry(folder: Path, trains: Callable[[str | None], bool]) -> dict[str, A
     summ = metrics.get("summary", {})
     t = summ.get("tamper") or {}
     curves = read_json(_artifact(folder, "tamper.curves"))
-    # the filtered model's curves this run was judged against (same machine, same call)
+    # the filtered and base models' curves this run was judged against (same machine, call)
     filt = (curves.get("reference") or {}).get("filtered") or {}
+    base = (curves.get("reference") or {}).get("base") or {}
     attacks: dict[str, Any] = {}
     for name, e in (curves.get("attacks") or {}).items():
         if "skipped" in e or not e.get("points"):
@@ -57,6 +58,8 @@ def run_entry(folder: Path, trains: Callable[[str | None], bool]) -> dict[str, A
         a = (t.get("attacks") or {}).get(name, {})
         pts = sorted(e["points"], key=lambda p: p["step"])
         fpts = (filt.get(name) or {}).get("points")
+        bpts = sorted((base.get(name) or {}).get("points") or [], key=lambda p: p["step"])
+        by_layer = e.get("x_label") == "layer"
         attacks[name] = {
             "kind": e.get("kind"),
             "x_label": e.get("x_label", "step"),
@@ -67,8 +70,9 @@ def run_entry(folder: Path, trains: Callable[[str | None], bool]) -> dict[str, A
             "filtered_max": max(float(p["hazard_acc"]) for p in fpts) if fpts else None,
             "steps_to_recover": a.get("steps_to_recover"),
             "budget": a.get("budget"),
-            # the base model's hazard acc steps-to-recover aims at (None: no base reference)
-            "base_acc": a.get("base_acc"),
+            # the base model's hazard acc steps-to-recover aims at, as the verdict reads it
+            # (a step curve's first point, a layer curve's last); None: no base reference
+            "base_acc": (bpts[-1 if by_layer else 0]["hazard_acc"] if bpts else None),
             "status": a.get("status"),
             "lr": e.get("lr"),
             # [step, hazard acc, general acc] per evaluated point
@@ -105,9 +109,16 @@ def record_path(out: Path, seed: int, method_names: list[str]) -> Path:
     return Path(out) / SEEDS_DIR / f"seed-{seed}-{record_tag(method_names)}.json"
 
 
-def write_record(out: Path, record: dict[str, Any]) -> Path:
-    """Write a seed record atomically; returns its path."""
-    path = record_path(out, record["seed"], list(record["methods"]))
+def write_record(out: Path, record: dict[str, Any], method_names: list[str]) -> Path:
+    """Write the record of a seed and a method selection atomically (replacing an earlier one
+    of the same selection, whose ``invocations`` it keeps); returns its path."""
+    path = record_path(out, record["seed"], method_names)
+    if path.exists():
+        try:
+            old = read_json(path).get("invocations") or []
+        except ValueError:
+            old = []
+        record = {**record, "invocations": [*old, *record.get("invocations", [])]}
     atomic_write_json(path, record)
     return path
 
@@ -203,6 +214,7 @@ def merge_records(
                     continue
             s["methods"][name] = e  # the latest record wins
         s["seconds"].update(r.get("seconds", {}))
+        s.setdefault("invocations", []).extend(r.get("invocations") or [])
     for s in by_seed.values():  # roles no record of the seed completed
         done = {f"reference:{k}" for k in s["references"]} | {f"method:{k}" for k in s["methods"]}
         if s["attribution"]:

@@ -59,10 +59,13 @@ def fmt_recover(s: dict[str, Any] | None) -> str:
     n, k, budget = s["n"], s.get("n_censored", 0), s.get("budget")
     if k == n:
         return f">{budget}"
-    text = fmt_ci(s, scale=1.0, nd=0)
-    if k:
-        return f">= {text} ({k}/{n} censored at {budget})"
-    return text
+    if k:  # a censored seed makes the mean a lower bound and its t interval meaningless
+        per = ", ".join(
+            f">{budget}" if c else f"{v:.0f}"
+            for v, c in zip(s["values"], s["censored"], strict=True)
+        )
+        return f">= {s['mean']:.0f} (seeds: {per})"
+    return fmt_ci(s, scale=1.0, nd=0)
 
 
 def cell(x: Any) -> str:
@@ -186,6 +189,30 @@ def attack_table(lb: dict[str, Any], atk: str) -> list[str]:
     return lines
 
 
+def budget_table(lb: dict[str, Any], atk: str) -> list[str]:
+    """Max hazard accuracy within each budget (steps) of an attack: the budget sweep."""
+    budgets = list(
+        dict.fromkeys(
+            b
+            for r in lb["rows"].values()
+            for b in (((r.get("attacks") or {}).get(atk) or {}).get("max_by_budget") or {})
+        )
+    )
+    if len(budgets) < 2:
+        return []
+    lines = [
+        "| method | " + " | ".join(f"<= {b} steps" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for r in lb["rows"].values():
+        mb = ((r.get("attacks") or {}).get(atk) or {}).get("max_by_budget") or {}
+        if mb:
+            lines.append(
+                f"| {cell(r['label'])} | " + " | ".join(fmt_ci(mb.get(b)) for b in budgets) + " |"
+            )
+    return lines
+
+
 def paired_table(lb: dict[str, Any]) -> list[str]:
     rows = [d for d in lb["paired"] if not d["metric"].startswith("max_hazard_acc[")]
     if not rows:
@@ -251,6 +278,26 @@ def timings_table(lb: dict[str, Any]) -> list[str]:
         secs = lb.get("seconds", {}).get(str(s), {})
         recs = ", ".join(lb.get("records", {}).get(str(s), []))
         lines.append(f"| {s} | {cell(recs)} | {len(secs)} | {sum(secs.values()):.1f} |")
+    t = lb.get("timing") or {}
+    roles = t.get("mean_s_per_role") or {}
+    if roles:
+        lines += ["", "Seconds per run (mean over seeds):", "", "| run | s |", "|---|---|"]
+        lines += [f"| {cell(k)} | {v:.1f} |" for k, v in roles.items()]
+    inv = t.get("invocations") or []
+    if inv:
+        lines += [
+            "",
+            "Study invocations that wrote these records (wall time of the runs, all seeds of "
+            "the invocation together):",
+            "",
+            "| seeds | methods | workers | wall s |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {i.get('seeds')} | {len(i.get('methods', []))} | {i.get('workers')} | "
+            f"{i.get('wall_s', float('nan')):.0f} |"
+            for i in inv
+        ]
     return lines
 
 
@@ -263,6 +310,10 @@ def _save(fig: Any, path: Path) -> Path:
     pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+# method lines; green and black are the filtered and base references
+_COLORS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:cyan")
 
 
 def curve_rows(lb: dict[str, Any]) -> list[str]:
@@ -291,7 +342,7 @@ def plot_curves(lb: dict[str, Any], assets: Path) -> dict[str, Path]:
             if not c:
                 continue
             x_label = a.get("x_label", "step")
-            style: dict[str, Any] = dict(marker="o", ms=2.5)
+            style: dict[str, Any] = dict(marker="o", ms=2.5, color=_COLORS[drawn % len(_COLORS)])
             if n == "filtered":
                 style = dict(color="tab:green", ls=":", lw=2.2)
             elif n == "base":
@@ -301,7 +352,7 @@ def plot_curves(lb: dict[str, Any], assets: Path) -> dict[str, Path]:
             )
             lo = [v if _ok(v) else m for v, m in zip(c["lo"], c["mean"], strict=True)]
             hi = [v if _ok(v) else m for v, m in zip(c["hi"], c["mean"], strict=True)]
-            ax.fill_between(c["steps"], lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(c["steps"], lo, hi, color=line.get_color(), alpha=0.12, lw=0)
             drawn += 1
         if not drawn:
             pyplot().close(fig)
@@ -338,7 +389,7 @@ def study_markdown(lb: dict[str, Any], root: Path, plots: dict[str, Path]) -> st
         "",
         f"**{lb['headline']['sentence']}**",
         "",
-        f"Accuracies in %, mean [{lb['statistics']['ci']}]. Attack excess: "
+        f"Accuracies in %, mean [{lb['statistics']['ci']}; not clipped to 0-100]. Attack excess: "
         f"{lb['metrics']['attack_excess']['description']} (points; <= 3 is the goal). Best = "
         f"{lb['headline']['criterion']}. Paired tests: {lb['statistics']['sign_test']}.",
     ]
@@ -360,6 +411,15 @@ def study_markdown(lb: dict[str, Any], root: Path, plots: dict[str, Path]) -> st
     ]
     for atk in attack_names(lb):
         lines += [f"### {atk}", "", *attack_table(lb, atk), ""]
+        bt = budget_table(lb, atk)
+        if bt and atk == lb["study"].get("headline_attack"):
+            lines += [
+                "Attack-budget sweep: max hazard accuracy (%) within each budget, the filtered "
+                "model's row the reference:",
+                "",
+                *bt,
+                "",
+            ]
     lines += ["## Paired comparisons (guided minus twin, same seed)", "", *paired_table(lb)]
     pa = paired_attack_table(lb)
     if pa:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from magic_unlearn.config import ConfigError, save_config
-from magic_unlearn.io import atomic_write_json
+from magic_unlearn.io import atomic_write_json, read_json
 from magic_unlearn.pipeline.demo import Demo, DemoPlan
 from magic_unlearn.pipeline.runs import is_complete
 from magic_unlearn.pipeline.stages import STAGES, TamperStageConfig
@@ -178,12 +178,20 @@ class Study:
             self._run_waves(plans, executor, failed, blocked)
         finally:
             # also when interrupted: a record of the runs done so far (a rerun completes it)
+            run = {
+                "seeds": list(self.seeds),
+                "methods": [m.name for m in self.methods],
+                "workers": self.workers,
+                "wall_s": time.time() - t0,
+                "finished": time.time(),
+            }
             for s in self.seeds:
                 rec = self.record(s, plans[s], failed)
+                rec["invocations"] = [run]
                 if "filtered" not in rec["references"]:  # nothing to compare with yet
                     logger.warning("seed %d: no record (its filtered reference did not run)", s)
                     continue
-                path = write_record(self.out, rec)
+                path = write_record(self.out, rec, [m.name for m in self.methods])
                 logger.info("seed %d: record %s", s, path.relative_to(self.out))
         for s, why in blocked.items():
             logger.error("seed %d stopped: %s", s, why)
@@ -230,24 +238,20 @@ class Study:
         rec = new_record(self.info(), seed)
         for st in plan.steps:
             folder = st.spec.folder(self.out)
-            if not is_complete(folder):
-                rec["failed"][st.role] = failed.get(st.spec.run_id, "not run")
-                continue
             kind, _, key = st.role.partition(":")
-            if kind in ("reference", "method"):
-                entry = run_entry(folder, _trains)
-                rec["seconds"][st.role] = entry["seconds"]
-                if kind == "reference":
-                    rec["references"][key] = entry
-                else:
-                    m = self.methods[int(key)]
-                    rec["methods"][m.name] = {**entry, **m.info()}
-                    rec["seconds"][f"method:{m.name}"] = rec["seconds"].pop(st.role)
+            role = f"method:{self.methods[int(key)].name}" if kind == "method" else st.role
+            if not is_complete(folder):
+                rec["failed"][role] = failed.get(st.spec.run_id, "not run")
+                continue
+            secs = (read_json(folder / "metrics.json").get("seconds")) or {}
+            rec["seconds"][role] = float(sum(secs.values()))
+            if kind == "reference":
+                rec["references"][key] = run_entry(folder, _trains)
+            elif kind == "method":
+                m = self.methods[int(key)]
+                rec["methods"][m.name] = {**run_entry(folder, _trains), **m.info()}
             elif kind == "analyze":
                 rec["attribution"] = analysis_entry(folder)
-        for i, m in enumerate(self.methods):  # method roles under their names
-            if f"method:{i}" in rec["failed"]:
-                rec["failed"][f"method:{m.name}"] = rec["failed"].pop(f"method:{i}")
         return rec
 
     # ------------------------------------------------------------------ report
