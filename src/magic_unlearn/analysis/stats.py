@@ -1,4 +1,9 @@
-"""Small, dependency-free statistics used to judge attribution scores (numpy only, no scipy).
+"""Small, dependency-free statistics (numpy and ``math`` only, no scipy).
+
+Two groups: rank statistics that judge attribution scores (``rankdata``, ``spearman``,
+``roc_auc``, ``bootstrap_ci``, ...), and the across-seed statistics of a study
+(``t_ppf``, ``mean_ci``: Student-t confidence intervals of a mean; ``sign_test``: the exact
+two-sided sign test; ``paired_diff``: both on same-seed differences).
 
 Every function takes flat arrays and refuses NaN input with a clear error, so a broken score file
 never turns into a silently wrong correlation.
@@ -6,7 +11,10 @@ never turns into a silently wrong correlation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -165,3 +173,178 @@ def robust_scale(values: np.ndarray | list[float]) -> float:
     """Median absolute value: the noise level unit for thresholds ``k * median|score|``."""
     a = np.abs(_flat(values))
     return float(np.median(a)) if a.size else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# across-seed statistics: Student-t intervals and the sign test
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b) (continued fraction, modified Lentz;
+    Numerical Recipes 6.4), accurate to ~1e-14 for the a, b of a t distribution."""
+    if a <= 0 or b <= 0:
+        raise ValueError(f"betainc needs a, b > 0, got a={a}, b={b}")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"betainc needs 0 <= x <= 1, got {x}")
+    if x in (0.0, 1.0):
+        return x
+    ln_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    ln_front += a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):  # the fraction converges fast here; else use symmetry
+        return math.exp(ln_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(ln_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def _betacf(a: float, b: float, x: float, eps: float = 1e-15, max_iter: int = 10_000) -> float:
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, max_iter + 1):
+        m2 = 2 * m
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+            last = d * c
+        if abs(last - 1.0) < eps:
+            return h
+    raise ArithmeticError(f"betainc continued fraction did not converge (a={a}, b={b}, x={x})")
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with ``df`` degrees of freedom (``math.inf``: the normal)."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if math.isinf(df):
+        return 0.5 * math.erfc(-t / math.sqrt(2.0))
+    # P(T > |t|) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2) = 1 - y; through the symmetry
+    # I_x(a, b) = 1 - I_y(b, a) when y is small, so a large df does not lose y to rounding
+    y = t * t / (df + t * t)
+    if y < 0.5:
+        tail = 0.5 * (1.0 - betainc(0.5, df / 2.0, y))
+    else:
+        tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_ppf(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on
+    :func:`t_cdf` to ~1e-12; ``df = math.inf``: the standard normal)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_ppf needs 0 < p < 1, got {p}")
+    if p == 0.5:
+        return 0.0
+    if p < 0.5:
+        return -t_ppf(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2.0 * hi
+        if hi > 1e12:
+            raise ArithmeticError(f"t_ppf({p}, {df}) is beyond 1e12")
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-13 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+@dataclass
+class MeanCI:
+    """Mean of n values with a two-sided Student-t confidence interval.
+
+    ``lo``/``hi`` = mean -/+ t_{(1+level)/2, n-1} * sd / sqrt(n), sd the sample standard
+    deviation (n - 1 denominator); NaN when n < 2 (no interval from one value).
+    """
+
+    mean: float
+    lo: float
+    hi: float
+    sd: float
+    n: int
+    level: float = 0.95
+    method: str = "student-t"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> MeanCI:
+    """:class:`MeanCI` of ``values`` (finite numbers; an empty list gives NaNs and n = 0)."""
+    a = _flat(values, "values")
+    n = int(a.size)
+    if n == 0:
+        nan = float("nan")
+        return MeanCI(nan, nan, nan, nan, 0, level)
+    m = float(a.mean())
+    if n < 2:
+        return MeanCI(m, float("nan"), float("nan"), float("nan"), 1, level)
+    sd = float(a.std(ddof=1))
+    half = t_ppf(0.5 + level / 2.0, n - 1) * sd / math.sqrt(n)
+    return MeanCI(m, m - half, m + half, sd, n, level)
+
+
+def sign_test(diffs: Sequence[float] | np.ndarray) -> tuple[float, int, int]:
+    """Exact two-sided sign test of "the median difference is 0".
+
+    Zero differences are dropped (the usual convention). With n non-zero differences of which
+    k are positive, p = min(1, 2 * P(X <= min(k, n - k))), X ~ Binomial(n, 1/2).
+
+    Returns:
+        ``(p, n_positive, n_negative)``; p = 1 when every difference is 0.
+    """
+    a = _flat(diffs, "diffs")
+    pos, neg = int((a > 0).sum()), int((a < 0).sum())
+    n = pos + neg
+    if n == 0:
+        return 1.0, 0, 0
+    tail = sum(math.comb(n, i) for i in range(min(pos, neg) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail), pos, neg
+
+
+@dataclass
+class PairedDiff:
+    """Same-seed differences ``a - b``: their mean with a t interval and the sign test."""
+
+    ci: MeanCI
+    sign_p: float
+    n_positive: int
+    n_negative: int
+    diffs: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": self.ci.mean,
+            "lo": self.ci.lo,
+            "hi": self.ci.hi,
+            "sd": self.ci.sd,
+            "n": self.ci.n,
+            "level": self.ci.level,
+            "ci_method": self.ci.method,
+            "sign_test_p": self.sign_p,
+            "n_positive": self.n_positive,
+            "n_negative": self.n_negative,
+            "diffs": list(self.diffs),
+        }
+
+
+def paired_diff(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = 0.95
+) -> PairedDiff:
+    """:class:`PairedDiff` of paired values (``a[i]``, ``b[i]`` from the same seed)."""
+    x, y = _flat(a, "a"), _flat(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired_diff: {x.size} values against {y.size}; pairs must match")
+    d = x - y
+    p, pos, neg = sign_test(d)
+    return PairedDiff(mean_ci(d, level), p, pos, neg, [float(v) for v in d])

@@ -39,7 +39,7 @@ from magic_unlearn.io import (
 )
 from magic_unlearn.models import model_hash, model_hash_async  # noqa: F401 - re-exported
 
-METHODS = ("magic", "grad_sim", "random")
+METHODS = ("magic", "grad_sim", "random", "keyword")
 PERS = ("token", "example")
 SCORES_FILE = "scores.safetensors"
 META_FILE = "meta.json"
@@ -110,7 +110,7 @@ class ScoreArtifact:
         Args:
             corpus: the scored corpus.
             scores: query -> (N, L) (per="token") or (N,) (per="example") scores.
-            method: "magic" | "grad_sim" | "random".
+            method: one of :data:`METHODS`.
             per: "token" | "example".
             meta: extra metadata merged on top (queries, model_hash, trajectory, ...).
             tokenizer: recorded by name and vocab hash when given.

@@ -5,6 +5,11 @@
   i.e. the first-order change of f from one extra SGD step on token i. Same sign convention as
   MAGIC (positive = detractor).
 - ``random_scores``: i.i.d. standard normal scores on the target tokens.
+- ``keyword_scores``: a keyword blocklist (no model, no ground truth): -1 on the target tokens a
+  keyword match covers for the first (hazard) query, -1 on the other target tokens for the
+  rest, 0 elsewhere. Keyword filtering is what data filtering does without attribution (Deep
+  Ignorance, O'Brien et al. 2025, filters pretraining documents with a blocklist), so it is the
+  cheap guidance MAGIC must beat.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from magic_unlearn.attribution.trajectory import (
 )
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.unlearn.weights import keyword_mask
+
+KEYWORD_LEVELS = ("token", "sentence", "example")
 
 
 def grad_similarity(
@@ -134,6 +142,67 @@ def random_scores(
         scores[q] = s if per == "token" else s.sum(dim=1)
     art = ScoreArtifact.from_corpus(
         corpus, scores, method="random", per=per, meta={"seed": seed}, tokenizer=tokenizer
+    )
+    if out is not None:
+        art.save(out, overwrite=overwrite)
+    return art
+
+
+def sentence_pattern(patterns: list[str]) -> str:
+    """One regex matching every whole sentence (text between ``.``, ``!``, ``?`` or a newline)
+    that contains a match of any of ``patterns``."""
+    if not patterns:
+        raise ValueError("keyword scores need at least one keyword pattern")
+    alt = "|".join(f"(?:{p})" for p in patterns)
+    return rf"[^.!?\n]*(?:{alt})[^.!?\n]*[.!?]?"
+
+
+def keyword_scores(
+    docs: list[dict[str, Any]],
+    corpus: TokenizedCorpus,
+    queries: list[str],
+    patterns: list[str],
+    level: str = "sentence",
+    tokenizer: Any | None = None,
+    per: str = "token",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+) -> ScoreArtifact:
+    """Keyword-blocklist scores in the artifact format (sign convention: -1 = teaches).
+
+    Args:
+        docs: the documents ``corpus`` was tokenized from (same order).
+        corpus: the scored rows.
+        queries: query names; the first is the hazard query (scored -1 on keyword tokens), every
+            other one a general query (scored -1 on the remaining target tokens).
+        patterns: keyword regexes (case-insensitive), e.g. ``World.hazard_keywords()``.
+        level: ``token`` (the matched characters' tokens), ``sentence`` (every token of a
+            sentence with a match) or ``example`` (every token of a document with a match).
+        tokenizer: the fast tokenizer of ``corpus`` (character offsets).
+
+    Ties: every keyword token scores the same, so a top-k selection over these scores keeps
+    the first rows (``transform_scores`` breaks ties by position).
+    """
+    if level not in KEYWORD_LEVELS:
+        raise ValueError(f"keyword level {level!r}; choose from {list(KEYWORD_LEVELS)}")
+    if tokenizer is None:
+        raise ValueError("keyword scores need the corpus tokenizer (character offsets)")
+    if level == "sentence":
+        mask = keyword_mask(docs, corpus, tokenizer, [sentence_pattern(patterns)], level="token")
+    else:
+        mask = keyword_mask(docs, corpus, tokenizer, patterns, level=level)
+    rest = corpus.loss_mask.float() - mask  # (N, L) target tokens without a match
+    scores = {q: -(mask if i == 0 else rest) for i, q in enumerate(queries)}
+    if per == "example":
+        scores = {q: v.sum(dim=1) for q, v in scores.items()}
+    meta = {
+        "keywords": list(patterns),
+        "keyword_level": level,
+        "baseline": "keyword_blocklist",
+        "keyword_token_frac": float(mask.sum() / corpus.loss_mask.sum().clamp(min=1)),
+    }
+    art = ScoreArtifact.from_corpus(
+        corpus, scores, method="keyword", per=per, meta=meta, tokenizer=tokenizer
     )
     if out is not None:
         art.save(out, overwrite=overwrite)

@@ -18,7 +18,12 @@ from typing import Any
 from torch import nn
 
 from magic_unlearn.attribution.artifact import METHODS, PERS, ScoreArtifact
-from magic_unlearn.attribution.baselines import grad_similarity, random_scores
+from magic_unlearn.attribution.baselines import (
+    KEYWORD_LEVELS,
+    grad_similarity,
+    keyword_scores,
+    random_scores,
+)
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.magic import attribute
 from magic_unlearn.attribution.measurements import build_measurements
@@ -29,6 +34,7 @@ from magic_unlearn.distributed import distributed_session, world_size
 from magic_unlearn.evaluation.measure import Measurement
 from magic_unlearn.io import discard_unless_resumable
 from magic_unlearn.models import load_model, load_tokenizer, resolve_device
+from magic_unlearn.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +44,13 @@ class AttributionJob:
     """One attribution run, as plain values (what CLI flags and pipeline sections become).
 
     Attributes:
-        model: HF model folder or hub id of theta_0 (not needed by ``method="random"``).
+        model: HF model folder or hub id of theta_0 (not needed by ``random`` and ``keyword``).
         corpus: the training corpus: a JSONL/JSON/Parquet file, ``WORLD_DIR:name``, ``hf:id``,
             or a corpus name of ``world``.
         queries: measurement tasks (``hazard_qa``, ``general_qa``, ``wmdp_bio``, ``mmlu``, ... or
             question files), one score set each.
         out: score artifact folder (None: returned, not saved).
-        method: ``magic`` | ``grad_sim`` | ``random`` (:data:`METHODS`).
+        method: ``magic`` | ``grad_sim`` | ``random`` | ``keyword`` (:data:`METHODS`).
         trajectory: the differentiated fine-tuning run (a ``TrajectoryConfig`` or its fields).
         per: ``token`` | ``example``.
         fmt: question format of the measurements; None: the task's own
@@ -55,6 +61,9 @@ class AttributionJob:
         tokenizer: tokenizer folder or hub id; None: the model's, else ``world/tokenizer``.
         device: ``auto`` | ``cpu`` | ``cuda[:i]``.
         seed: seed of the random baseline; None: ``trajectory.seed``.
+        keywords: regexes of the ``keyword`` baseline; None: the world's hazard keyword list
+            (``World.hazard_keywords``).
+        keyword_level: ``token`` | ``sentence`` | ``example`` (``keyword_scores``).
         overwrite: replace an existing ``out``.
         resume: continue an interrupted MAGIC run from its saved reverse-pass state.
         progress: tqdm bars.
@@ -74,6 +83,8 @@ class AttributionJob:
     tokenizer: str | None = None
     device: str = "auto"
     seed: int | None = None
+    keywords: list[str] | None = None
+    keyword_level: str = "sentence"
     overwrite: bool = False
     resume: bool = True
     progress: bool = True
@@ -85,7 +96,11 @@ class AttributionJob:
             raise ValueError(f"per={self.per!r} is invalid; use one of {PERS}")
         if not self.queries:
             raise ValueError("an attribution job needs at least one query")
-        if self.method != "random" and not self.model:
+        if self.keyword_level not in KEYWORD_LEVELS:
+            raise ValueError(
+                f"keyword_level={self.keyword_level!r} is invalid; use one of {KEYWORD_LEVELS}"
+            )
+        if self.method not in ("random", "keyword") and not self.model:
             raise ValueError(
                 f"attribution method {self.method!r} needs the model at theta_0 "
                 f"(AttributionJob.model: the CLI's --model, the pipeline run field 'model')"
@@ -118,6 +133,12 @@ def corpus_source(corpus: str, world: Path | None) -> str:
     if world is not None and ":" not in corpus and not Path(corpus).exists():
         return f"{world}:{corpus}"
     return corpus
+
+
+def job_documents(job: AttributionJob) -> list[dict[str, Any]]:
+    """The documents a job scores, in row order (the one place they are loaded: the keyword
+    baseline needs their text again, aligned with the rows)."""
+    return load_corpus(corpus_source(job.corpus, job.world))
 
 
 def _model_and_measurements(
@@ -191,11 +212,34 @@ def _run_random(job: AttributionJob, corpus: TokenizedCorpus, tokenizer: Any) ->
     )
 
 
+def _run_keyword(job: AttributionJob, corpus: TokenizedCorpus, tokenizer: Any) -> ScoreArtifact:
+    patterns = job.keywords
+    if patterns is None:
+        if job.world is None:
+            raise ValueError(
+                "the keyword baseline needs keywords (AttributionJob.keywords) or a world "
+                "(its hazard keyword list)"
+            )
+        patterns = World.load(job.world).hazard_keywords()
+    return keyword_scores(
+        job_documents(job),
+        corpus,
+        job.queries,
+        patterns,
+        level=job.keyword_level,
+        tokenizer=tokenizer,
+        per=job.per,
+        out=job.out,
+        overwrite=job.overwrite,
+    )
+
+
 # the one place where an attribution method name is turned into a computation
 _RUNNERS: dict[str, Callable[[AttributionJob, TokenizedCorpus, Any], ScoreArtifact]] = {
     "magic": _run_magic,
     "grad_sim": _run_grad_sim,
     "random": _run_random,
+    "keyword": _run_keyword,
 }
 
 
@@ -228,8 +272,7 @@ def run_attribution(job: AttributionJob) -> ScoreArtifact:
 
 def _run(job: AttributionJob) -> ScoreArtifact:
     tok = resolve_tokenizer(job.model, job.tokenizer, job.world)
-    docs = load_corpus(corpus_source(job.corpus, job.world))
-    corpus = tokenize_corpus(docs, tok, max_length=job.trajectory.max_length)
+    corpus = tokenize_corpus(job_documents(job), tok, max_length=job.trajectory.max_length)
     logger.info(
         "attribution (%s): %d rows x %d tokens, queries %s",
         job.method,
@@ -240,4 +283,11 @@ def _run(job: AttributionJob) -> ScoreArtifact:
     return _RUNNERS[job.method](job, corpus, tok)
 
 
-__all__ = ["METHODS", "AttributionJob", "corpus_source", "resolve_tokenizer", "run_attribution"]
+__all__ = [
+    "METHODS",
+    "AttributionJob",
+    "corpus_source",
+    "job_documents",
+    "resolve_tokenizer",
+    "run_attribution",
+]

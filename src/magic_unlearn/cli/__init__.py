@@ -33,6 +33,7 @@ from magic_unlearn.cli import (
     evaluate,
     pipeline,
     pretrain,
+    study,
     tamper,
     unlearn,
     world,
@@ -170,7 +171,7 @@ def _configure(
     set_threads(threads)
 
 
-for _module in (world, pretrain, evaluate, attribute, analyze, unlearn, tamper, pipeline):
+for _module in (world, pretrain, evaluate, attribute, analyze, unlearn, tamper, pipeline, study):
     _module.register(app)
 
 

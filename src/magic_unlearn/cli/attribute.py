@@ -36,7 +36,11 @@ def register(app: typer.Typer) -> None:
         ),
         config: Optional[Path] = typer.Option(None, "--config", help="Trajectory YAML."),
         world: Optional[Path] = typer.Option(None, "--world", help="World folder."),
-        method: str = typer.Option("magic", "--method", help="magic | grad_sim | random."),
+        method: str = typer.Option(
+            "magic",
+            "--method",
+            help="magic | grad_sim | random | keyword (the world's hazard keywords).",
+        ),
         set_: list[str] = typer.Option([], "--set", help="Config override KEY=VALUE."),
         per: str = typer.Option("token", "--per", help="token | example."),
         fmt: Optional[str] = typer.Option(

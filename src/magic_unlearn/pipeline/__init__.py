@@ -20,7 +20,15 @@ from magic_unlearn.pipeline.runs import (
     make_spec,
 )
 from magic_unlearn.pipeline.store import ResultsStore, RunRecord
-from magic_unlearn.pipeline.sweep import Grid, SweepResult, expand, load_grid, parse_grid, run_sweep
+from magic_unlearn.pipeline.sweep import (
+    Grid,
+    SweepResult,
+    expand,
+    load_grid,
+    parse_grid,
+    run_specs,
+    run_sweep,
+)
 
 _DEMO_NAMES = ("DemoConfig", "load_demo_config", "run_demo")
 
@@ -54,5 +62,6 @@ __all__ = [
     "load_grid",
     "make_spec",
     "parse_grid",
+    "run_specs",
     "run_sweep",
 ]

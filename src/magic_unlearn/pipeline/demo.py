@@ -15,8 +15,12 @@ Steps (each one a run folder of the results store, so a rerun skips what is done
 
 The configuration is a YAML file (``configs/demo_<preset>.yaml``) loaded into
 :class:`DemoConfig`. Method sections may use placeholders filled in at run time:
-``{scores.magic}``, ``{scores.grad_sim}``, ``{scores.random}`` (score artifact folders),
-``{world}``, ``{base}``, ``{filtered}`` (folders).
+``{scores.magic}``, ``{scores.grad_sim}``, ``{scores.random}``, ``{scores.keyword}`` (score
+artifact folders of the configured baselines), ``{world}``, ``{base}``, ``{filtered}``,
+``{base_curves}``, ``{filtered_curves}`` (folders).
+
+:meth:`Demo.plan` lists every step as a run spec before anything runs; ``magic-unlearn study``
+(:mod:`magic_unlearn.pipeline.study`) builds one plan per seed from it.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from magic_unlearn.world import make_config
 logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests (hidden from --help)
+BASELINES = ("grad_sim", "random", "keyword")  # attribution baselines next to MAGIC
 
 
 @dataclass
@@ -72,8 +77,12 @@ class AttributionSettings:
         queries: the measurements, hazard first.
         fmt: question format of the measurements.
         limit: questions per measurement (None: all).
-        baselines: baseline score sets (``grad_sim``, ``random``).
+        baselines: baseline score sets (:data:`BASELINES`: ``grad_sim``, ``random``,
+            ``keyword``).
         trajectory: ``TrajectoryConfig`` fields.
+        keywords: regexes of the ``keyword`` baseline (None: the world's hazard keyword list,
+            ``World.hazard_keywords``).
+        keyword_level: ``token`` | ``sentence`` | ``example``: what a keyword match marks.
     """
 
     start: str = "filtered"
@@ -83,6 +92,8 @@ class AttributionSettings:
     limit: int | None = None
     baselines: list[str] = field(default_factory=lambda: ["grad_sim", "random"])
     trajectory: dict[str, Any] = field(default_factory=dict)
+    keywords: list[str] | None = None
+    keyword_level: str = "sentence"
 
 
 @dataclass
@@ -162,22 +173,58 @@ def _fill(obj: Any, values: dict[str, str]) -> Any:
 
 @dataclass
 class DemoStep:
-    """One step of the demo: a run of the results store."""
+    """One step of the demo: a run of the results store.
+
+    Attributes:
+        title: what the progress bar and the timings table call it.
+        spec: the run.
+        role: what the run is in the study: ``world``, ``pretrain:<variant>``,
+            ``reference:<filtered|base>``, ``attribute:<method>``, ``analyze``, ``method:<i>``
+            (``i`` indexes ``DemoConfig.methods``).
+        wave: steps of one wave depend only on steps of earlier waves (they may run in
+            parallel): 0 world, 1 pretraining, 2 filtered reference and attributions, 3 base
+            reference and analysis, 4 methods.
+    """
 
     title: str
     spec: RunSpec
+    role: str = ""
+    wave: int = 0
+
+
+@dataclass
+class DemoPlan:
+    """Every step of the demo, in order, and the placeholder values of the method sections
+    (``world``, ``base``, ``filtered``, ``base_curves``, ``filtered_curves``, ``scores.<m>``)."""
+
+    steps: list[DemoStep]
+    values: dict[str, str]
 
 
 class Demo:
-    """The demo study over a results directory (``--out``); steps run in this process."""
+    """The demo study over a results directory (``--out``); steps run in this process.
+
+    Args:
+        cfg: the demo config.
+        out: results directory.
+        stages: stage registry (default: the real stages).
+        progress: tqdm bars.
+        prefix: prepended to every run name (the study names each seed's runs ``s<seed>-...``).
+    """
 
     def __init__(
-        self, cfg: DemoConfig, out: str | Path, stages: Any = None, progress: bool = True
+        self,
+        cfg: DemoConfig,
+        out: str | Path,
+        stages: Any = None,
+        progress: bool = True,
+        prefix: str = "",
     ) -> None:
         self.cfg = cfg
         self.out = Path(out).absolute()
         self.stages = stages if stages is not None else STAGES
         self.progress = progress
+        self.prefix = prefix
         self.store: ResultsStore | None = None  # opened by run()
         # (step, wall seconds, cached, CPU seconds of this process)
         self.timings: list[tuple[str, float, bool, float]] = []
@@ -186,6 +233,7 @@ class Demo:
     # -- run specs -----------------------------------------------------------------------
     def _spec(self, **kw: Any) -> RunSpec:
         base = {"device": self.cfg.device, "seed": self.cfg.seed}
+        kw["name"] = self.prefix + kw["name"]
         return make_spec(RunConfig(**{**base, **kw}), source="demo config")
 
     def _artifact(self, spec: RunSpec, stage: str, key: str) -> str:
@@ -226,12 +274,14 @@ class Demo:
             "world": "WORLD",
             "base": "BASE",
             "filtered": "FILTERED",
+            "base_curves": "BASE_CURVES",
+            "filtered_curves": "FILTERED_CURVES",
             **{f"scores.{m}": f"SCORES_{m}" for m in ["magic", *c.attribution.baselines]},
         }
-        bad = sorted(set(c.attribution.baselines) - {"grad_sim", "random"})
+        bad = sorted(set(c.attribution.baselines) - set(BASELINES))
         if bad:
             raise ConfigError(
-                f"demo config: attribution.baselines {bad} unknown; use grad_sim and/or random"
+                f"demo config: attribution.baselines {bad} unknown; use any of {list(BASELINES)}"
             )
         checks = [
             dict(stages=["world"], params={"world": c.world}),
@@ -244,6 +294,8 @@ class Demo:
                         "corpus": c.attribution.corpus,
                         "queries": c.attribution.queries,
                         "trajectory": c.attribution.trajectory,
+                        "keywords": c.attribution.keywords,
+                        "keyword_level": c.attribution.keyword_level,
                     }
                 },
             ),
@@ -287,6 +339,130 @@ class Demo:
         )
         return world, pre, traj
 
+    def plan(self) -> DemoPlan:
+        """Every step of the demo as a run spec (nothing runs). A step's inputs are the folders
+        of earlier steps' runs, known before they exist, so the whole plan is fixed up front."""
+        c = self.cfg
+        steps: list[DemoStep] = []
+        world_sec, pretrain_sec, traj = self.resolved()
+        ws = self._spec(
+            name=f"world-{c.world.get('preset', 'tiny')}",
+            kind="world",
+            stages=["world"],
+            params={"world": world_sec},
+        )
+        steps.append(DemoStep("build world", ws, "world", 0))
+        world = self._artifact(ws, "world", "world")
+        models = {}
+        for variant in ("base", "filtered"):
+            s = self._spec(
+                name=variant,
+                kind="pretrain",
+                world=world,
+                stages=["pretrain"],
+                params={"pretrain": {**pretrain_sec, "variant": variant}},
+            )
+            steps.append(DemoStep(f"pretrain {variant} model", s, f"pretrain:{variant}", 1))
+            models[variant] = self._artifact(s, "pretrain", "model")
+
+        # references: the filtered model's attack curves are every verdict's yardstick
+        filt = self._spec(
+            name="filtered",
+            kind="reference",
+            label="filtered",
+            data="pretrain_filtered (no hazard documents)",
+            world=world,
+            model=models["filtered"],
+            base=models["base"],
+            reference=models["filtered"],
+            stages=["eval", "tamper"],
+            eval=c.eval,
+            tamper={**c.tamper, "is_reference": True},
+        )
+        steps.append(DemoStep("evaluate + attack filtered model", filt, "reference:filtered", 2))
+        filt_curves = self._artifact(filt, "tamper", "tamper")
+        base = self._spec(
+            name="base",
+            kind="reference",
+            label="base",
+            data="pretrain (with hazard documents)",
+            world=world,
+            model=models["base"],
+            base=models["base"],
+            reference=models["filtered"],
+            stages=["eval", "tamper"],
+            eval=c.eval,
+            tamper={**c.tamper, "filtered_curves": filt_curves},
+        )
+        steps.append(DemoStep("evaluate + attack base model", base, "reference:base", 3))
+        base_curves = self._artifact(base, "tamper", "tamper")
+
+        # attribution: MAGIC + baselines over the same trajectory
+        a = c.attribution
+        scores: dict[str, str] = {}
+        for method in ["magic", *a.baselines]:
+            section: dict[str, Any] = {
+                "method": method,
+                "corpus": a.corpus,
+                "queries": a.queries,
+                "fmt": a.fmt,
+                "limit": a.limit,
+                "seed": c.seed,
+                "trajectory": traj,
+            }
+            if method == "keyword":  # only where it matters: other runs keep their hashes
+                section.update(keywords=a.keywords, keyword_level=a.keyword_level)
+            s = self._spec(
+                name=method,
+                kind="attribute",
+                world=world,
+                model=models[a.start],
+                stages=["attribute"],
+                params={"attribute": section},
+            )
+            steps.append(DemoStep(f"attribution: {method}", s, f"attribute:{method}", 2))
+            scores[method] = self._artifact(s, "attribute", "scores")
+        an = self._spec(
+            name="magic",
+            kind="analyze",
+            world=world,
+            stages=["analyze"],
+            params={"analyze": {**c.analysis, "method": "magic", "scores": list(scores.values())}},
+        )
+        steps.append(DemoStep("analyse attribution", an, "analyze", 3))
+
+        # unlearning methods
+        values = {
+            "world": world,
+            "base": models["base"],
+            "filtered": models["filtered"],
+            "base_curves": base_curves,
+            "filtered_curves": filt_curves,
+            **{f"scores.{k}": v for k, v in scores.items()},
+        }
+        for i, m in enumerate(c.methods):
+            section = _fill(deep_merge(c.unlearn, m["unlearn"]), values)
+            label = m.get("label") or section.get("method", "method")
+            s = self._spec(
+                name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label),
+                kind="unlearn",
+                label=label,
+                data=m.get("data", ""),
+                world=world,
+                model=models["base"],
+                base=models["base"],
+                reference=models["filtered"],
+                stages=["unlearn", "eval", "tamper"],
+                unlearn=section,
+                eval=c.eval,
+                tamper=deep_merge(
+                    {**c.tamper, "base_curves": base_curves, "filtered_curves": filt_curves},
+                    m.get("tamper") or {},
+                ),
+            )
+            steps.append(DemoStep(f"unlearn + attack: {label}", s, f"method:{i}", 4))
+        return DemoPlan(steps, values)
+
     def run(self) -> Path:
         """Run every step (cached ones are skipped) and write the report; returns report.md."""
         c = self.cfg
@@ -295,9 +471,9 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         self.store = ResultsStore(self.out)
         save_config(c, self.out / "demo_config.yaml")
-        n_steps = 8 + len(c.attribution.baselines) + len(c.methods)
+        plan = self.plan()
         bar = tqdm(
-            total=n_steps,
+            total=len(plan.steps) + 1,
             desc="demo",
             unit="step",
             disable=not self.progress,
@@ -305,127 +481,19 @@ class Demo:
             leave=True,
         )
         try:
-            world_sec, pretrain_sec, traj = self.resolved()
-            ws = self._spec(
-                name=f"world-{c.world.get('preset', 'tiny')}",
-                kind="world",
-                stages=["world"],
-                params={"world": world_sec},
-            )
-            self._run(DemoStep("build world", ws), bar)
-            world = self._artifact(ws, "world", "world")
-            models = {}
-            for variant in ("base", "filtered"):
-                s = self._spec(
-                    name=variant,
-                    kind="pretrain",
-                    world=world,
-                    stages=["pretrain"],
-                    params={"pretrain": {**pretrain_sec, "variant": variant}},
+            wrote_vars = False
+            for step in plan.steps:
+                if step.role.startswith("method:") and not wrote_vars:
+                    # the demo's artifacts, for sweep grids (`vars: <out>/vars.yaml`)
+                    atomic_write_text(
+                        self.out / "vars.yaml", yaml.safe_dump(plan.values, sort_keys=True)
+                    )
+                    wrote_vars = True
+                self._run(step, bar)
+            if not wrote_vars:
+                atomic_write_text(
+                    self.out / "vars.yaml", yaml.safe_dump(plan.values, sort_keys=True)
                 )
-                self._run(DemoStep(f"pretrain {variant} model", s), bar)
-                models[variant] = self._artifact(s, "pretrain", "model")
-
-            # references: the filtered model's attack curves are every verdict's yardstick
-            ref_tamper = {**c.tamper, "is_reference": True}
-            filt = self._spec(
-                name="filtered",
-                kind="reference",
-                label="filtered",
-                data="pretrain_filtered (no hazard documents)",
-                world=world,
-                model=models["filtered"],
-                base=models["base"],
-                reference=models["filtered"],
-                stages=["eval", "tamper"],
-                eval=c.eval,
-                tamper=ref_tamper,
-            )
-            self._run(DemoStep("evaluate + attack filtered model", filt), bar)
-            filt_curves = self._artifact(filt, "tamper", "tamper")
-            base = self._spec(
-                name="base",
-                kind="reference",
-                label="base",
-                data="pretrain (with hazard documents)",
-                world=world,
-                model=models["base"],
-                base=models["base"],
-                reference=models["filtered"],
-                stages=["eval", "tamper"],
-                eval=c.eval,
-                tamper={**c.tamper, "filtered_curves": filt_curves},
-            )
-            self._run(DemoStep("evaluate + attack base model", base), bar)
-            base_curves = self._artifact(base, "tamper", "tamper")
-
-            # attribution: MAGIC + baselines over the same trajectory
-            a = c.attribution
-            scores: dict[str, str] = {}
-            for method in ["magic", *a.baselines]:
-                s = self._spec(
-                    name=method,
-                    kind="attribute",
-                    world=world,
-                    model=models[a.start],
-                    stages=["attribute"],
-                    params={
-                        "attribute": {
-                            "method": method,
-                            "corpus": a.corpus,
-                            "queries": a.queries,
-                            "fmt": a.fmt,
-                            "limit": a.limit,
-                            "seed": c.seed,
-                            "trajectory": traj,
-                        }
-                    },
-                )
-                self._run(DemoStep(f"attribution: {method}", s), bar)
-                scores[method] = self._artifact(s, "attribute", "scores")
-            an = self._spec(
-                name="magic",
-                kind="analyze",
-                world=world,
-                stages=["analyze"],
-                params={
-                    "analyze": {**c.analysis, "method": "magic", "scores": list(scores.values())}
-                },
-            )
-            self._run(DemoStep("analyse attribution", an), bar)
-
-            # unlearning methods
-            values = {
-                "world": world,
-                "base": models["base"],
-                "filtered": models["filtered"],
-                "base_curves": base_curves,
-                "filtered_curves": filt_curves,
-                **{f"scores.{k}": v for k, v in scores.items()},
-            }
-            # the demo's artifacts, for sweep grids (`vars: <out>/vars.yaml`)
-            atomic_write_text(self.out / "vars.yaml", yaml.safe_dump(values, sort_keys=True))
-            for m in c.methods:
-                section = _fill(deep_merge(c.unlearn, m["unlearn"]), values)
-                label = m.get("label") or section.get("method", "method")
-                s = self._spec(
-                    name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label),
-                    kind="unlearn",
-                    label=label,
-                    data=m.get("data", ""),
-                    world=world,
-                    model=models["base"],
-                    base=models["base"],
-                    reference=models["filtered"],
-                    stages=["unlearn", "eval", "tamper"],
-                    unlearn=section,
-                    eval=c.eval,
-                    tamper=deep_merge(
-                        {**c.tamper, "base_curves": base_curves, "filtered_curves": filt_curves},
-                        m.get("tamper") or {},
-                    ),
-                )
-                self._run(DemoStep(f"unlearn + attack: {label}", s), bar)
 
             bar.set_description("report")
             t0 = time.time()
@@ -475,4 +543,13 @@ def run_demo(
     return Demo(cfg, out, progress=progress).run()
 
 
-__all__ = ["AttributionSettings", "Demo", "DemoConfig", "load_demo_config", "run_demo"]
+__all__ = [
+    "BASELINES",
+    "AttributionSettings",
+    "Demo",
+    "DemoConfig",
+    "DemoPlan",
+    "DemoStep",
+    "load_demo_config",
+    "run_demo",
+]

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from magic_unlearn.analysis import analyze
 from magic_unlearn.attribution import METHODS as ATTRIBUTION_METHODS
 from magic_unlearn.attribution import AttributionJob, run_attribution
+from magic_unlearn.attribution.baselines import KEYWORD_LEVELS
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.launch import launch_attribution
 from magic_unlearn.config import ConfigError, deep_merge, from_dict, to_dict
@@ -209,7 +210,7 @@ class AttributeStageConfig:
     """The ``attribute`` stage: score the tokens of a world corpus (``RunConfig.model``).
 
     Attributes:
-        method: ``magic``, ``grad_sim`` or ``random``.
+        method: ``magic``, ``grad_sim``, ``random`` or ``keyword``.
         corpus: the world corpus whose tokens are scored.
         queries: the measurements (question set names), hazard first.
         fmt: question format of the measurements (None: the task's own, cloze for world
@@ -222,6 +223,8 @@ class AttributeStageConfig:
             this process sees); above 1 the stage starts ``torchrun --nproc-per-node N`` on this
             node (``attribution/launch.py``). A Slurm job of ``sweep --executor slurm`` sees the
             GPUs of the grid's ``slurm.gpus_per_node`` (docs/scale.md).
+        keywords: regexes of the ``keyword`` baseline (None: the world's hazard keywords).
+        keyword_level: ``token`` | ``sentence`` | ``example`` (``keyword`` only).
     """
 
     method: str = "magic"
@@ -233,6 +236,8 @@ class AttributeStageConfig:
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
     per: str = "token"
     nproc_per_node: int | str = 1
+    keywords: list[str] | None = None
+    keyword_level: str = "sentence"
 
     def __post_init__(self) -> None:
         n = self.nproc_per_node
@@ -243,6 +248,10 @@ class AttributeStageConfig:
         if self.method not in ATTRIBUTION_METHODS:
             raise ValueError(
                 f"attribute method {self.method!r} unknown; choose from {ATTRIBUTION_METHODS}"
+            )
+        if self.keyword_level not in KEYWORD_LEVELS:
+            raise ValueError(
+                f"keyword_level {self.keyword_level!r} unknown; choose from {KEYWORD_LEVELS}"
             )
         self.queries = list(self.queries or ["hazard_qa", "general_qa"])
         if self.trajectory is None:
@@ -274,6 +283,8 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
         tokenizer=str(Path(world) / "tokenizer"),
         device=ctx.config.device,
         seed=s.seed,
+        keywords=s.keywords,
+        keyword_level=s.keyword_level,
         progress=ctx.progress,
     )
     nproc = s.nproc_per_node
@@ -505,6 +516,10 @@ def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
             "max_hazard_acc": a.max_hazard_acc,
             "auc": a.auc,
             "steps_to_recover": a.steps_to_recover,
+            "budget": a.budget,
+            "base_acc": a.base_acc,
+            "reference_max": a.reference_max,
+            "excess": a.excess,
             "status": a.status,
             "first_break_step": a.first_break_step,
             "x_label": a.x_label,

@@ -261,8 +261,16 @@ class SweepResult:
         return not self.failed
 
 
-def _worker(spec: RunSpec, root: str, stages: StageRegistry, reclaim: bool) -> None:
+def _worker(
+    spec: RunSpec, root: str, stages: StageRegistry, reclaim: bool, threads: int | None = None
+) -> None:
     """Entry point of a local worker process: run one point, exit non-zero on failure."""
+    if threads is not None:
+        # a spawned interpreter starts with torch's default thread count (every core); workers
+        # sharing a few cores run best on one thread each
+        import torch
+
+        torch.set_num_threads(threads)
     store = ResultsStore(root)
     try:
         status = execute_run(spec, root, stages, store=store, reclaim=reclaim)
@@ -288,6 +296,7 @@ def _run_local(
     res: SweepResult,
     log: Callable[[str], None],
     start_method: str,
+    threads: int | None = None,
 ) -> None:
     ctx = mp.get_context(start_method)
     queue = [(s, 0) for s in pending]
@@ -298,7 +307,7 @@ def _run_local(
                 spec, attempt = queue.pop(0)
                 p = ctx.Process(
                     target=_worker,
-                    args=(spec, str(root), stages, reclaim),
+                    args=(spec, str(root), stages, reclaim, threads),
                     name=f"sweep-{spec.name}",
                 )
                 p.start()
@@ -440,20 +449,10 @@ def run_sweep(
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
-    if stages is None:
-        # imported here, not at the top: the real stages import torch and every stage package,
-        # which sweep workers running their own stage registry (tests, user stages) never need
-        from magic_unlearn.pipeline.stages import STAGES
-
-        stages = STAGES
+    stages = _default_stages(stages)
     if not isinstance(grid, Grid):
         grid = load_grid(grid)
-    say = log if log is not None else logger.info
     root = Path(out).absolute()
-    store = ResultsStore(root)
-    n = store.reindex()
-    if n:
-        say(f"recovered {n} complete run folder(s) into the store")
     specs = expand(grid, stages)
     atomic_write_json(
         root / "sweeps" / f"{_grid_id(specs)}.json",
@@ -476,6 +475,67 @@ def run_sweep(
             sort_keys=False,
         ),
     )
+    return run_specs(
+        specs,
+        root,
+        stages,
+        workers=workers,
+        executor=executor,
+        retries=retries,
+        reclaim=reclaim,
+        log=log,
+        start_method=start_method,
+        slurm=grid.slurm,
+        source=grid.source,
+    )
+
+
+def _default_stages(stages: StageRegistry | None) -> StageRegistry:
+    if stages is not None:
+        return stages
+    # imported here, not at the top: the real stages import torch and every stage package,
+    # which sweep workers running their own stage registry (tests, user stages) never need
+    from magic_unlearn.pipeline.stages import STAGES
+
+    return STAGES
+
+
+def run_specs(
+    specs: list[RunSpec],
+    out: str | Path,
+    stages: StageRegistry | None = None,
+    *,
+    workers: int = 1,
+    executor: str = "local",
+    retries: int = 0,
+    reclaim: bool = False,
+    log: Callable[[str], None] | None = None,
+    start_method: str = "spawn",
+    slurm: dict[str, Any] | None = None,
+    threads: int | None = None,
+    source: str = "run specs",
+) -> SweepResult:
+    """Run every spec that is not complete yet (the engine of :func:`run_sweep`, for callers
+    that build their specs themselves, such as the study).
+
+    Args:
+        specs: the runs (independent of each other: they may run in any order, in parallel).
+        out: results directory.
+        stages, workers, executor, retries, reclaim, log, start_method: as in
+            :func:`run_sweep`.
+        slurm: submitit parameters (``slurm`` / ``submitit-local`` executors).
+        threads: torch threads of each ``local`` worker process (None: torch's default).
+        source: what the specs came from, for the log.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
+    stages = _default_stages(stages)
+    say = log if log is not None else logger.info
+    root = Path(out).absolute()
+    store = ResultsStore(root)
+    n = store.reindex()
+    if n:
+        say(f"recovered {n} complete run folder(s) into the store")
     res = SweepResult(out=root)
     pending = []
     for s in specs:
@@ -484,7 +544,7 @@ def run_sweep(
         else:
             pending.append(s)
     say(
-        f"sweep {grid.source}: {len(specs)} point(s), {len(res.skipped)} already complete, "
+        f"sweep {source}: {len(specs)} point(s), {len(res.skipped)} already complete, "
         f"{len(pending)} to run ({executor}, {workers} worker(s))"
     )
     if executor == "inline":
@@ -505,9 +565,11 @@ def run_sweep(
                     res.complete.append(spec.run_id)
                 break
     elif executor == "local":
-        _run_local(pending, root, stages, store, workers, retries, reclaim, res, say, start_method)
+        _run_local(
+            pending, root, stages, store, workers, retries, reclaim, res, say, start_method, threads
+        )
     else:
-        _run_submitit(pending, root, stages, store, executor, grid.slurm, res, say)
+        _run_submitit(pending, root, stages, store, executor, slurm or {}, res, say)
     say(
         f"sweep done: {len(res.complete)} ran, {len(res.skipped)} skipped, {len(res.failed)} failed"
     )

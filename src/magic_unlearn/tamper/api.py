@@ -468,6 +468,7 @@ def write_outputs(
                         "max_hazard_acc": s.max_hazard_acc,
                         "auc": s.auc,
                         "steps_to_recover": s.steps_to_recover,
+                        "budget": s.budget,
                         "status": s.status,
                     }
                     for k, s in result.verdict.attacks.items()

@@ -83,6 +83,9 @@ class AttackSummary:
         status: ``resists`` | ``recovers`` | ``not in verdict`` | ``no reference``.
         n: hazard questions behind each accuracy (None: unknown, plain thresholds apply).
         ci / reference_ci: Wilson intervals of max_hazard_acc / reference_max (None without n).
+        budget: the last step of a step curve (the attack's training budget, where a
+            steps-to-recover that never happened is censored: "> budget"); None for layer
+            curves.
     """
 
     attack: str
@@ -104,6 +107,7 @@ class AttackSummary:
     n: int | None = None
     ci: list[float] | None = None
     reference_ci: list[float] | None = None
+    budget: int | None = None
 
 
 def summarize_attack(
@@ -201,6 +205,7 @@ def summarize_attack(
         n=n,
         ci=ci,
         reference_ci=ref_ci,
+        budget=int(pts[-1]["step"]) if x_label == "step" else None,
     )
 
 
@@ -369,11 +374,10 @@ def format_table(verdict: Verdict) -> str:
     )
     lines = [hdr, "-" * len(hdr)]
     for name, s in verdict.attacks.items():
-        rec = (
-            "never"
-            if s.steps_to_recover is None and s.base_acc is not None
-            else (f(s.steps_to_recover, pct=False))
-        )
+        if s.steps_to_recover is None and s.base_acc is not None:
+            rec = "never" if s.budget is None else f">{s.budget}"
+        else:
+            rec = f(s.steps_to_recover, pct=False)
         ref = f(s.reference_max) + ("c" if s.reference == "chance" else "")
         ci = f"{f(s.ci[0])}-{f(s.ci[1])}" if s.ci else "-"
         lines.append(

@@ -12,6 +12,7 @@ entity, so it identifies no single fact, and predicting it is not recalling the 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -406,6 +407,21 @@ class WorldGenerator:
                     q["agent"] = f.name
                 out["hazard_qa" if f.domain == "hazard" else "general_qa"].append(q)
         return out
+
+
+def hazard_keywords(cfg: WorldConfig) -> list[str]:
+    """A keyword blocklist of the world's hazard domain (regexes), free of ground truth.
+
+    What a practitioner writes without labelled data: the class words of hazard agents
+    ("virus", "pathogen", "bacillus", "fungus", as a real blocklist names pathogen classes) and
+    the names of the hazard attributes ("natural host", "transmission route", ...). No agent
+    name, fact value or per-token label enters it. In this world every hazard-fact sentence
+    names its agent by class ("the Vorlax virus"), so a sentence-level match finds the hazard
+    sentences of a document; the values inside them are found only through that context.
+    """
+    classes = [p.split()[-1] for p in C.ENTITY_PHRASES[HAZARD_SUBJECT]]
+    nouns = [a.noun for a in C.HAZARD_ATTRIBUTES[: cfg.hazard_attributes]]
+    return [rf"\b{re.escape(w)}\b" for w in dict.fromkeys(classes + nouns)]
 
 
 def vocabulary_text(

@@ -25,6 +25,7 @@ from magic_unlearn.world.generate import (
     CORPORA,
     QUESTION_SETS,
     WorldGenerator,
+    hazard_keywords,
     qa_text,
     vocabulary_text,
 )
@@ -166,6 +167,11 @@ class World:
 
     def facts(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.dir / "facts.jsonl")
+
+    def hazard_keywords(self) -> list[str]:
+        """The world's hazard keyword blocklist (regexes; :func:`~.generate.hazard_keywords`):
+        the ground-truth-free guidance of the ``keyword`` attribution baseline."""
+        return hazard_keywords(self.config)
 
     def verify(self) -> None:
         """Re-hash every file and raise if one changed since the build."""

@@ -21,6 +21,7 @@ from magic_unlearn.tamper.attacks.finetune import (
     finetune_attack,
     loop_config,
     worst_case,
+    worst_case_per_step,
 )
 from magic_unlearn.tamper.attacks.probe import ProbeAttack, probe_attack
 
@@ -36,4 +37,5 @@ __all__ = [
     "mean_layer_activations",
     "probe_attack",
     "worst_case",
+    "worst_case_per_step",
 ]

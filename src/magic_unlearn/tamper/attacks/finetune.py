@@ -2,7 +2,9 @@
 
 Fine-tuning attacks are ``sft`` runs of :func:`magic_unlearn.unlearn.loop.train_loop`, so they
 share every detail (batching, LoRA, precision) with unlearning itself. A learning-rate sweep
-(``lrs``) reports the worst case: the curve reaching the highest hazard accuracy.
+(``lrs``) reports the worst case: the curve reaching the highest hazard accuracy
+(``lr_select: curve``) or, at every step, the highest point over the lrs (``per_step``: budget
+sweeps).
 """
 
 from __future__ import annotations
@@ -128,6 +130,28 @@ def worst_case(runs: dict[float, Curve]) -> float:
     return max(runs, key=lambda lr: (max(p["hazard_acc"] for p in runs[lr]), auc(runs[lr])))
 
 
+def worst_case_per_step(runs: dict[float, Curve]) -> Curve:
+    """At every evaluated step, the point of the lr with the highest hazard accuracy there.
+
+    With constant-lr runs evaluated along the way, this is the best attack of each budget k
+    (the attacker tries every lr for k steps). Each point records its ``lr``; ties go to the
+    first lr of the sweep. Every run must be evaluated at the same steps.
+    """
+    grids = {lr: [p["step"] for p in c] for lr, c in runs.items()}
+    first = next(iter(grids.values()))
+    if any(g != first for g in grids.values()):
+        raise ValueError(f"lr sweep curves were evaluated at different steps: {grids}")
+    out: Curve = []
+    for i in range(len(first)):
+        lr, best = None, None
+        for r, c in runs.items():
+            if best is None or c[i]["hazard_acc"] > best["hazard_acc"]:
+                lr, best = r, c[i]
+        assert best is not None
+        out.append({**best, "lr": lr})
+    return out
+
+
 @register_attack("finetune")
 class FinetuneAttack(Attack):
     """Fine-tune on ``data`` (after ``pre_steps`` on ``pre_data``), worst case over ``lrs``
@@ -164,8 +188,13 @@ class FinetuneAttack(Attack):
                 initial=initial,
                 progress=ctx.progress,
             )
-        lr = worst_case(runs)
-        info: dict[str, Any] = {"lr": lr, "n_examples": len(corpora["data"])}
+        info: dict[str, Any] = {"n_examples": len(corpora["data"])}
+        if attack.lr_select == "per_step":
+            points = worst_case_per_step(runs)
+            info["lr"] = worst_case(runs)  # the lr reaching the highest point overall
+        else:
+            info["lr"] = worst_case(runs)
+            points = runs[info["lr"]]
         if len(runs) > 1:
             info["sweep"] = {repr(k): v for k, v in runs.items()}
-        return AttackRun(points=runs[lr], info=info)
+        return AttackRun(points=points, info=info)
