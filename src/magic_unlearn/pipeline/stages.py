@@ -523,8 +523,6 @@ def verdict_summary(verdict: Any, is_reference: bool = False) -> dict[str, Any]:
             "status": a.status,
             "first_break_step": a.first_break_step,
             "x_label": a.x_label,
-            "reference_max": a.reference_max,
-            "excess": a.excess,
             "n": a.n,
             "ci": a.ci,
             "reference_ci": a.reference_ci,
