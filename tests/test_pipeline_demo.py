@@ -102,3 +102,32 @@ def test_demo_config_errors_are_clear(tmp_path: Path) -> None:
     cfg = load_demo_config("micro", overrides=["tamper.attacks.standard.lrr=1"])
     with pytest.raises(ConfigError, match="lrr"):
         Demo(cfg, tmp_path / "m", progress=False).validate()
+
+
+def test_attribution_regime_presets_and_overrides(micro_demo: tuple[Path, float]) -> None:
+    from magic_unlearn.attribution.regimes import REGIMES
+
+    # fields left unset (null) come from the regime; set ones override it
+    unset = ["attribution.start=null", "attribution.mix=null", "attribution.trajectory={}"]
+    cfg = load_demo_config("tiny", overrides=["attribution.regime=acquire", *unset])
+    start, mix, traj = cfg.attribution.resolve("tiny")
+    assert (start, mix) == ("filtered", ["pretrain"])
+    assert traj == REGIMES["acquire"]["trajectory"]["tiny"]
+    cfg = load_demo_config(
+        "tiny",
+        overrides=[
+            "attribution.regime=seed",
+            *unset,
+            "attribution.trajectory={steps: 5}",
+            "attribution.mix=[]",
+        ],
+    )
+    start, mix, traj = cfg.attribution.resolve("tiny")
+    assert start == "base" and mix == [] and traj["steps"] == 5 and traj["lr"] == 1e-4
+    with pytest.raises(ConfigError, match="regime"):
+        load_demo_config("tiny", overrides=["attribution.regime=nope"])
+    # the micro demo trained on forget + pretrain; its forget rows were found by id
+    out, _ = micro_demo
+    magic = [r for r in ResultsStore(out).runs(kind="attribute") if r.name == "magic"][0]
+    ids = json.loads((magic.artifact("attribute.scores") / "meta.json").read_text())["doc_ids"]
+    assert any(i.startswith("forget-") for i in ids) and any(i.startswith("pretrain-") for i in ids)

@@ -39,6 +39,11 @@ class AttributionJob:
             or a corpus name of ``world``.
         queries: measurement tasks (``hazard_qa``, ``general_qa``, ``wmdp_bio``, ``mmlu``, ... or
             question files), one score set each.
+        mix: further corpora (same forms as ``corpus``) trained on in the same run, shuffled
+            together with ``corpus``; their rows are scored too and kept in the artifact after
+            ``corpus``'s (an unlearning run selects its forget rows by document id). E.g.
+            ``["pretrain"]``: the filtered model learns the hazard facts inside the attributed
+            run (the ``acquire`` regime).
         out: score artifact folder (None: returned, not saved).
         method: ``magic`` | ``grad_sim`` | ``random`` (:data:`METHODS`).
         trajectory: the differentiated fine-tuning run (a ``TrajectoryConfig`` or its fields).
@@ -59,6 +64,7 @@ class AttributionJob:
     model: str | None
     corpus: str
     queries: list[str]
+    mix: list[str] = field(default_factory=list)
     out: Path | None = None
     method: str = "magic"
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
@@ -89,6 +95,7 @@ class AttributionJob:
         if isinstance(self.trajectory, dict):
             self.trajectory = from_dict(TrajectoryConfig, self.trajectory, source="trajectory")
         self.queries = [str(q) for q in self.queries]
+        self.mix = [str(m) for m in self.mix or []]
         self.out = Path(self.out) if self.out is not None else None
         self.world = Path(self.world) if self.world is not None else None
 
@@ -204,12 +211,23 @@ def run_attribution(job: AttributionJob) -> ScoreArtifact:
         raise FileExistsError(f"{job.out} already exists; pass --overwrite")
     tok = resolve_tokenizer(job.model, job.tokenizer, job.world)
     docs = load_corpus(corpus_source(job.corpus, job.world))
+    for m in job.mix:
+        docs += load_corpus(corpus_source(m, job.world))
+    ids = [str(d["id"]) for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise ValueError(
+            f"attribution corpus {job.corpus!r} + mix {job.mix}: document ids must be unique "
+            f"across the corpora (repeated: {dup}); the artifact's rows are found by id"
+        )
     corpus = tokenize_corpus(docs, tok, max_length=job.trajectory.max_length)
     logger.info(
-        "attribution (%s): %d rows x %d tokens, queries %s",
+        "attribution (%s): %d rows x %d tokens (%s%s), queries %s",
         job.method,
         len(corpus),
         corpus.input_ids.shape[1],
+        job.corpus,
+        "".join(f" + {m}" for m in job.mix),
         job.queries,
     )
     return _RUNNERS[job.method](job, corpus, tok)

@@ -280,6 +280,11 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
     max_length = resolve_max_length(cfg, artifacts)
     docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
     forget = tokenize_corpus(docs, tokenizer, max_length=max_length)
+    # an artifact of a run on more than the forget corpus (attribution.mix): its forget rows
+    artifacts = [
+        a.select_docs(forget.doc_ids) if list(a.meta.get("doc_ids") or []) != forget.doc_ids else a
+        for a in artifacts
+    ]
     info: dict[str, Any] = {"n_forget_rows": len(forget)}
     w = torch.ones_like(forget.loss_mask)
     hazard = general = None
