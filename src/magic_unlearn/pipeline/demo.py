@@ -61,6 +61,8 @@ from magic_unlearn.world import make_config
 logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests (hidden from --help)
+# keys of a `methods:` entry; family / guidance are metadata (which twins belong together)
+METHOD_KEYS = ("label", "data", "unlearn", "tamper", "family", "guidance")
 
 
 @dataclass
@@ -119,7 +121,10 @@ class DemoConfig:
         analysis: analyze stage fields (``alpha``, ``k_noise``).
         tamper: tamper stage section (suite name and attack overrides).
         unlearn: fields shared by every method's unlearn section (merged under it).
-        methods: one entry per unlearning run: ``{label, data, unlearn: {...}}``.
+        methods: one entry per unlearning run: ``{label, data, unlearn: {...}}``, optionally
+            ``family`` (the method family, e.g. ``undo``) and ``guidance`` (``magic``,
+            ``grad_sim``, ``random``, ``keyword``, ``labels`` or ``none``): metadata that pairs
+            a guided entry with its unguided twins (``configs/methods_tiny.yaml``).
     """
 
     name: str = "demo"
@@ -161,11 +166,11 @@ def load_demo_config(
                 f"demo config: methods[{i}] must be a mapping with an 'unlearn:' "
                 f"section (and optional label, data)"
             )
-        bad = sorted(set(m) - {"label", "data", "unlearn", "tamper"})
+        bad = sorted(set(m) - set(METHOD_KEYS))
         if bad:
             raise ConfigError(
                 f"demo config: methods[{i}] has unknown key(s) {bad}; valid keys "
-                f"are label, data, unlearn, tamper"
+                f"are {', '.join(METHOD_KEYS)}"
             )
     try:
         start, _, _ = cfg.attribution.resolve(_world_preset(cfg))
