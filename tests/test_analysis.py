@@ -519,3 +519,24 @@ def test_ground_truth_first_fact_token_auc():
     assert gt["auc_hazard_first_token_vs_other"] == 1.0
     # all hazard tokens vs rest: the continuation token ties with the rest (AUC < 1)
     assert gt["auc_hazard_vs_rest"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_ground_truth_document_auc_by_brute_force():
+    """Hazard documents (any hazard-fact token) ranked by -sum of their token scores: the AUC
+    is the fraction of (hazard doc, other doc) pairs in the right order."""
+    rng = np.random.default_rng(5)
+    c = _corpus(8, 6)
+    c.labels[:] = 0
+    c.labels[:, 0] = -1
+    for i in (1, 4, 6):
+        c.labels[i, 3] = 2
+    s = torch.tensor(rng.normal(size=(8, 6)))
+    gt = ground_truth([from_tensors(s, c, "hazard_qa", "m")])["per_score_set"]["m:hazard_qa"]
+    teach = [-float((s[i] * c.loss_mask[i]).sum()) for i in range(8)]
+    pos, neg = [teach[i] for i in (1, 4, 6)], [teach[i] for i in (0, 2, 3, 5, 7)]
+    want = np.mean([1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg])
+    assert gt["auc_hazard_doc_vs_rest"] == pytest.approx(want)
+    assert gt["n_hazard_docs"] == 3 and gt["n_docs"] == 8
+    c.labels[:, 3] = 2  # every document a hazard document: undefined
+    gt = ground_truth([from_tensors(s, c, "hazard_qa", "m")])["per_score_set"]["m:hazard_qa"]
+    assert np.isnan(gt["auc_hazard_doc_vs_rest"])

@@ -82,3 +82,33 @@ def test_job_validation(tmp_path: Path) -> None:
     assert job.trajectory.steps == 3
     assert corpus_source("forget", tmp_path) == f"{tmp_path}:forget"
     assert corpus_source("forget", None) == "forget"
+
+
+def test_mix_trains_on_both_corpora_and_rows_are_found_by_id(word_tokenizer, tmp_path) -> None:
+    """``mix`` corpora join the run (rows after the corpus's); ``select_docs`` takes a corpus's
+    rows back by document id, as an unlearning run does with its forget corpus."""
+    from magic_unlearn.attribution import ArtifactMismatchError, run_attribution
+    from magic_unlearn.data import load_corpus, tokenize_corpus
+
+    word_tokenizer.save_pretrained(tmp_path / "tok")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(
+        "".join(json.dumps({"id": f"a{i}", "text": "the red fox"}) + "\n" for i in range(3))
+    )
+    b.write_text(
+        "".join(json.dumps({"id": f"b{i}", "text": "a blue cat is"}) + "\n" for i in range(4))
+    )
+    job = dict(
+        model=None, corpus=str(a), queries=["q"], method="random", trajectory={"max_length": 8}
+    )
+    art = run_attribution(AttributionJob(**job, mix=[str(b)], tokenizer=str(tmp_path / "tok")))
+    assert art.meta["doc_ids"] == ["a0", "a1", "a2", "b0", "b1", "b2", "b3"]
+    sub = art.select_docs(["a2", "a0"])
+    assert sub.meta["doc_ids"] == ["a2", "a0"] and sub.meta["n_docs"] == 2
+    assert (sub.scores["q"][0] == art.scores["q"][2]).all()
+    corpus = tokenize_corpus(load_corpus(str(a)), word_tokenizer, max_length=8).subset([2, 0])
+    sub.check_compatible(corpus, word_tokenizer)  # the forget rows of an unlearning run
+    with pytest.raises(ArtifactMismatchError, match="not scored"):
+        art.select_docs(["a0", "zz"])
+    with pytest.raises(ValueError, match="unique"):
+        run_attribution(AttributionJob(**job, mix=[str(a)], tokenizer=str(tmp_path / "tok")))

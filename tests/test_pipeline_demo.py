@@ -112,5 +112,34 @@ def test_readme_trajectory_is_the_demos() -> None:
     from magic_unlearn.pipeline.demo import config_path, load_demo_config
 
     tour = load_config(TrajectoryConfig, config_path("tiny").with_name("traj_tiny.yaml"))
-    demo = from_dict(TrajectoryConfig, load_demo_config("tiny").attribution.trajectory)
+    demo = from_dict(TrajectoryConfig, load_demo_config("tiny").attribution.resolve("tiny")[2])
     assert tour == demo
+
+
+def test_attribution_regime_presets_and_overrides(micro_demo: tuple[Path, float]) -> None:
+    from magic_unlearn.attribution.regimes import REGIMES
+
+    # fields left unset (null) come from the regime; set ones override it
+    unset = ["attribution.start=null", "attribution.mix=null", "attribution.trajectory={}"]
+    cfg = load_demo_config("tiny", overrides=["attribution.regime=acquire", *unset])
+    start, mix, traj = cfg.attribution.resolve("tiny")
+    assert (start, mix) == ("filtered", ["pretrain"])
+    assert traj == REGIMES["acquire"]["trajectory"]["tiny"]
+    cfg = load_demo_config(
+        "tiny",
+        overrides=[
+            "attribution.regime=seed",
+            *unset,
+            "attribution.trajectory={steps: 5}",
+            "attribution.mix=[]",
+        ],
+    )
+    start, mix, traj = cfg.attribution.resolve("tiny")
+    assert start == "base" and mix == [] and traj["steps"] == 5 and traj["lr"] == 1e-4
+    with pytest.raises(ConfigError, match="regime"):
+        load_demo_config("tiny", overrides=["attribution.regime=nope"])
+    # the micro demo trained on forget + pretrain; its forget rows were found by id
+    out, _ = micro_demo
+    magic = [r for r in ResultsStore(out).runs(kind="attribute") if r.name == "magic"][0]
+    ids = json.loads((magic.artifact("attribute.scores") / "meta.json").read_text())["doc_ids"]
+    assert any(i.startswith("forget-") for i in ids) and any(i.startswith("pretrain-") for i in ids)

@@ -300,3 +300,74 @@ def test_config_dataclass_roundtrip(tmp_path: Path) -> None:
     cfg = micro_cfg()
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(PretrainConfig, tmp_path / "c.yaml") == dataclasses.replace(cfg)
+
+
+def test_pack_rows_carries_token_weights_with_their_tokens() -> None:
+    g = torch.Generator().manual_seed(0)
+    lens = [5, 4, 6, 3, 7, 2]
+    ids = torch.zeros((6, 8), dtype=torch.long)
+    am = torch.zeros((6, 8), dtype=torch.long)
+    for i, n in enumerate(lens):
+        ids[i, :n] = torch.randint(3, 50, (n,), generator=g)
+        ids[i, 0] = 1
+        am[i, :n] = 1
+    # a weight that is a function of the token id, so it can be checked after packing
+    weights = (ids % 3).float() * am
+    pid, pam, plm = pack_rows(ids, am, 12, bos_id=1, pad_id=0, weights=weights)
+    _, _, plain = pack_rows(ids, am, 12, bos_id=1, pad_id=0)
+    torch.testing.assert_close(plm, plain * (pid % 3).float())
+    with pytest.raises(ValueError, match="weights shape"):
+        pack_rows(ids, am, 12, bos_id=1, weights=weights[:, :4])
+
+
+def test_token_weights_mask_tokens_and_are_part_of_the_key(world_dir: Path, tmp_path: Path) -> None:
+    from magic_unlearn.data import tokenize_corpus
+    from magic_unlearn.pretrain import training_rows
+
+    cfg = micro_cfg(steps=4, checkpoint_every=0)
+    w = World.load(world_dir)
+    docs = w.corpus("pretrain")
+    rows = tokenize_corpus(docs, w.tokenizer, max_length=cfg.seq_len)
+    ones = torch.ones(rows.input_ids.shape)
+    # all-ones weights train exactly the unmasked run (a different cache key, same weights)
+    plain = pretrain(world_dir, "base", cfg, out=tmp_path / "plain", progress=False)
+    same = pretrain(
+        world_dir, "base", cfg, out=tmp_path / "ones", progress=False, token_weights=ones
+    )
+    a, b = _state(plain), _state(same)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert default_out(world_dir, "base", cfg) != default_out(
+        world_dir, "base", cfg, token_weights=ones
+    )
+    # masking hazard-fact tokens: the loss mask drops exactly them, and the run differs
+    mask = (rows.labels != 2).float()
+    _, _, lm = training_rows(docs, w.tokenizer, cfg, mask)
+    _, _, lm0 = training_rows(docs, w.tokenizer, cfg)
+    n_hazard = int(((rows.labels == 2) & (rows.loss_mask > 0)).sum())
+    assert n_hazard > 0 and float(lm0.sum() - lm.sum()) == n_hazard
+    masked = pretrain(
+        world_dir, "base", cfg, out=tmp_path / "masked", progress=False, token_weights=mask
+    )
+    m = json.loads((masked / "metrics.json").read_text())
+    assert m["masked_token_frac"] == pytest.approx(n_hazard / float(lm0.sum()))
+    assert any(not torch.equal(a[k], _state(masked)[k]) for k in a)
+    with pytest.raises(ValueError, match="does not match the corpus rows"):
+        training_rows(docs, w.tokenizer, cfg, mask[:, :10])
+
+
+def test_snapshot_then_continue_equals_the_full_run(world_dir: Path, tmp_path: Path) -> None:
+    from magic_unlearn.pretrain import pretrain_snapshot
+
+    cfg = micro_cfg(steps=6, checkpoint_every=0)
+    full = pretrain(world_dir, "base", cfg, out=tmp_path / "full", progress=False)
+    snap = pretrain_snapshot(world_dir, "base", cfg, 3, progress=False)
+    assert json.loads((snap / "ckpt" / "state.json").read_text())["step"] == 3
+    assert pretrain_snapshot(world_dir, "base", cfg, 3, progress=False) == snap  # cached
+    cont = pretrain(world_dir, "base", cfg, out=tmp_path / "cont", progress=False, init=snap)
+    assert json.loads((cont / "metrics.json").read_text())["resumed_from_step"] == 3
+    a, b = _state(full), _state(cont)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="step"):
+        pretrain_snapshot(world_dir, "base", cfg, 6, progress=False)
+    with pytest.raises(FileNotFoundError, match="not a snapshot"):
+        pretrain(world_dir, "base", cfg, out=tmp_path / "x", progress=False, init=tmp_path)

@@ -66,7 +66,9 @@ def setup(tmp_path: Path, word_tokenizer):  # noqa: ANN001, ANN201
     }
     art = ScoreArtifact.from_corpus(c, scores, method="random", tokenizer=word_tokenizer)
     art.save(tmp_path / "scores")
-    other = tokenize_corpus(docs[::-1], word_tokenizer, max_length=MAXLEN)
+    # same document ids, other texts (the texts in reverse order): found by id, refused by hash
+    swapped = [{"id": d["id"], "text": e["text"]} for d, e in zip(docs, docs[::-1], strict=True)]
+    other = tokenize_corpus(swapped, word_tokenizer, max_length=MAXLEN)
     ScoreArtifact.from_corpus(
         other,
         {"hazard_qa": torch.zeros(other.input_ids.shape)},

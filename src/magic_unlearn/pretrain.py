@@ -9,6 +9,11 @@ Runs are cached by (world hash, variant, config hash) and resumable: a checkpoin
 safetensors, optimizer state via ``torch.save``, read back with ``weights_only=True``) is written
 every ``checkpoint_every`` steps into ``<out>.partial/`` and picked up by the next call. The
 batch order is a pure function of (seed, step), so a resumed run equals an uninterrupted one.
+
+Token-level filtering (Rathi & Radford 2026): ``token_weights`` gives every corpus token a loss
+weight (0 masks it out of the loss; the token stays in the context), carried through packing.
+``pretrain_snapshot`` keeps the state of a run at an early step, and ``init=`` continues a run
+from it (the cheaper variant of retraining: the same batches up to the snapshot, masked after).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,6 +40,7 @@ from magic_unlearn.evaluation import evaluate, load_task
 from magic_unlearn.io import (
     atomic_dir,
     atomic_write_json,
+    bytes_hash,
     discard_unless_resumable,
     read_json,
     write_manifest,
@@ -144,6 +151,7 @@ def pack_rows(
     seq_len: int,
     bos_id: int | None,
     pad_id: int = 0,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pack ``[BOS] doc [EOS]`` rows into rows of ``seq_len`` tokens (best-fit decreasing).
 
@@ -152,12 +160,28 @@ def pack_rows(
     in-order packing of ~40-token documents into 64-token rows wastes a third. Loss is not
     taken on a BOS (a separator, not predictable).
 
+    Args:
+        weights: optional (N_docs, seq_len) per-token loss weights aligned with ``input_ids``
+            (column j weighs the loss of token j); they travel with their tokens and multiply
+            the loss mask. The packing itself does not depend on them.
+
     Returns:
-        ids (N, seq_len), attention_mask (N, seq_len), loss_mask (N, seq_len) float.
+        ids (N, seq_len), attention_mask (N, seq_len), loss_mask (N, seq_len) float (times the
+        packed weights when given).
     """
+    if weights is not None and tuple(weights.shape) != tuple(input_ids.shape):
+        raise ValueError(
+            f"pack_rows: weights shape {tuple(weights.shape)} must match the document rows "
+            f"{tuple(input_ids.shape)}"
+        )
     docs = [row[: int(m.sum())] for row, m in zip(input_ids, attention_mask, strict=True)]
+    wdocs = (
+        [w[: len(d)].float() for w, d in zip(weights, docs, strict=True)]
+        if weights is not None
+        else None
+    )
     order = sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i))
-    rows: list[list[torch.Tensor]] = []
+    rows: list[list[int]] = []  # document indices per packed row
     by_room: dict[int, list[int]] = {}  # free room -> rows with exactly that room
     for i in order:
         d = docs[i]
@@ -167,31 +191,55 @@ def pack_rows(
             room, k = seq_len, len(rows) - 1
         else:
             room, k = fit, by_room[fit].pop(0)
-        rows[k].append(d)
+        rows[k].append(i)
         by_room.setdefault(room - len(d), []).append(k)
     n = len(rows)
     ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
     am = torch.zeros((n, seq_len), dtype=torch.long)
+    wp = torch.ones((n, seq_len))
     for i, parts in enumerate(rows):
-        r = torch.cat(parts)
+        r = torch.cat([docs[k] for k in parts])
         ids[i, : len(r)] = r
         am[i, : len(r)] = 1
+        if wdocs is not None:
+            wp[i, : len(r)] = torch.cat([wdocs[k] for k in parts])
     lm = am.clone().float()
     lm[:, 0] = 0.0
     if bos_id is not None:
         lm[ids == bos_id] = 0.0
-    return ids, am, lm
+    return ids, am, lm * wp if wdocs is not None else lm
 
 
 def training_rows(
-    docs: list[dict[str, Any]], tokenizer: Any, cfg: PretrainConfig
+    docs: list[dict[str, Any]],
+    tokenizer: Any,
+    cfg: PretrainConfig,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention_mask, loss_mask) rows of a corpus, packed if ``cfg.pack``."""
+    """(ids, attention_mask, loss_mask) rows of a corpus, packed if ``cfg.pack``.
+
+    Args:
+        token_weights: optional (N_docs, seq_len) loss weights aligned with
+            ``tokenize_corpus(docs, tokenizer, max_length=cfg.seq_len)`` (one document per row);
+            the returned loss mask carries them.
+    """
     tc = tokenize_corpus(docs, tokenizer, max_length=cfg.seq_len)
+    if token_weights is not None and tuple(token_weights.shape) != tuple(tc.input_ids.shape):
+        raise ValueError(
+            f"token_weights shape {tuple(token_weights.shape)} does not match the corpus rows "
+            f"{tuple(tc.input_ids.shape)} (one document per row, max_length = seq_len "
+            f"{cfg.seq_len})"
+        )
     if not cfg.pack:
-        return tc.input_ids, tc.attention_mask, tc.loss_mask
+        lm = tc.loss_mask if token_weights is None else tc.loss_mask * token_weights.float()
+        return tc.input_ids, tc.attention_mask, lm
     return pack_rows(
-        tc.input_ids, tc.attention_mask, cfg.seq_len, tokenizer.bos_token_id, tokenizer.pad_token_id
+        tc.input_ids,
+        tc.attention_mask,
+        cfg.seq_len,
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        weights=token_weights,
     )
 
 
@@ -226,7 +274,8 @@ def lm_loss(
         logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
     )  # (B*(T-1),)
     m = loss_mask[:, 1:].flatten().to(nll.dtype)
-    return (nll * m).sum() / m.sum().clamp(min=1.0)
+    # a weighted mask (token filtering) averages over the kept weight; 0/1 masks as before
+    return (nll * m).sum() / m.sum().clamp(min=1e-8)
 
 
 def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
@@ -237,19 +286,25 @@ def _param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------- checkpoints
 def _save_checkpoint(
-    work: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, history: list[float]
+    work: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    history: list[float],
+    key: str | None = None,
 ) -> None:
     save_checkpoint(
         work / "ckpt",
         model.state_dict(),
         {"optimizer": opt.state_dict()},
-        {"step": step, "loss_history": history},
+        {"step": step, "loss_history": history, "run_key": key},
     )
 
 
 def _load_checkpoint(
     work: Path, model: nn.Module, opt: torch.optim.Optimizer, device: torch.device
 ) -> tuple[int, list[float]]:
+    """Weights, optimiser state, step and loss history from ``work/ckpt`` ((0, []) if none)."""
     # the run key in work/key.json already ties the folder to this run's settings
     ck = load_checkpoint(work / "ckpt", device=device)
     if ck is None:
@@ -300,22 +355,47 @@ def cpu_threads(cfg: PretrainConfig) -> int | None:
     return cfg.threads if cfg.threads > 0 else torch.get_num_threads()
 
 
-def run_key(world_hash: str, variant: str, cfg: PretrainConfig) -> str:
+def run_key(
+    world_hash: str, variant: str, cfg: PretrainConfig, extra: dict[str, Any] | None = None
+) -> str:
     """Hash of everything that determines the trained weights (including the CPU thread count:
-    another count sums in another order, and the weights differ)."""
-    return config_hash(
-        {
-            "world": world_hash,
-            "variant": variant,
-            "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED},
-            "cpu_threads": cpu_threads(cfg),
-        }
-    )
+    another count sums in another order, and the weights differ).
+
+    Args:
+        extra: further inputs (token weights, a snapshot to start from); omitted when None so
+            the keys of ordinary runs are unchanged.
+    """
+    data: dict[str, Any] = {
+        "world": world_hash,
+        "variant": variant,
+        "config": {k: v for k, v in to_dict(cfg).items() if k not in _NOT_HASHED},
+        "cpu_threads": cpu_threads(cfg),
+    }
+    if extra:
+        data["extra"] = extra
+    return config_hash(data)
 
 
-def default_out(world_dir: str | Path, variant: str, cfg: PretrainConfig) -> Path:
-    """``<world>/models/<variant>-<hash of (world hash, variant, config)>``."""
-    key = run_key(World.load(world_dir).hash, variant, cfg)
+def _extra_key(token_weights: torch.Tensor | None, init: str | Path | None) -> dict[str, Any]:
+    """The run-key inputs of a masked or snapshot-started run (empty for an ordinary run)."""
+    extra: dict[str, Any] = {}
+    if token_weights is not None:
+        extra["token_weights"] = bytes_hash(token_weights.float().contiguous().numpy().tobytes())
+    if init is not None:
+        st = read_json(Path(init) / "ckpt" / "state.json")
+        extra["init"] = {"key": st.get("run_key"), "step": st["step"]}
+    return extra
+
+
+def default_out(
+    world_dir: str | Path,
+    variant: str,
+    cfg: PretrainConfig,
+    token_weights: torch.Tensor | None = None,
+    init: str | Path | None = None,
+) -> Path:
+    """``<world>/models/<variant>-<hash of (world hash, variant, config[, mask, init])>``."""
+    key = run_key(World.load(world_dir).hash, variant, cfg, _extra_key(token_weights, init))
     return Path(world_dir) / "models" / f"{variant}-{key}"
 
 
@@ -339,6 +419,8 @@ def pretrain(
     out: str | Path | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    token_weights: torch.Tensor | None = None,
+    init: str | Path | None = None,
 ) -> Path:
     """Train the base or filtered model of a world (cached, resumable).
 
@@ -351,6 +433,12 @@ def pretrain(
         progress: show a tqdm bar.
         max_steps: stop (after checkpointing) once this many steps are done, leaving the
             ``.partial`` folder for a later call to resume; for tests and time-boxed jobs.
+        token_weights: (N_docs, seq_len) loss weights of the variant's corpus, aligned with
+            ``tokenize_corpus(docs, tokenizer, max_length=cfg.seq_len)`` (0 masks a token out
+            of the loss: token-level filtering). Part of the cache key.
+        init: a snapshot folder (:func:`pretrain_snapshot`) to continue from: its weights,
+            optimiser state and step (the run then trains the remaining steps; part of the
+            cache key).
 
     Returns:
         The model folder. If it already exists and is complete, it is returned at once.
@@ -359,7 +447,17 @@ def pretrain(
         raise ValueError(f"unknown variant {variant!r}; use one of {sorted(VARIANTS)}")
     cfg = resolve_pretrain_config(cfg)
     world = World.load(world_dir)
-    out = Path(out) if out is not None else default_out(world_dir, variant, cfg)
+    if init is not None and not (Path(init) / "ckpt" / "state.json").exists():
+        raise FileNotFoundError(
+            f"pretrain init={init}: not a snapshot folder (no ckpt/state.json); make one with "
+            f"pretrain_snapshot()"
+        )
+    extra = _extra_key(token_weights, init)
+    out = (
+        Path(out)
+        if out is not None
+        else default_out(world_dir, variant, cfg, token_weights=token_weights, init=init)
+    )
     if is_complete(out):
         return out
     if out.exists():
@@ -371,7 +469,7 @@ def pretrain(
     device = resolve_device(cfg.device)
     tok = world.tokenizer
     docs = world.corpus(VARIANTS[variant])
-    ids, am, lm = training_rows(docs, tok, cfg)  # (N, T) each
+    ids, am, lm = training_rows(docs, tok, cfg, token_weights)  # (N, T) each
     n = ids.shape[0]
     total = cfg.steps if cfg.steps > 0 else math.ceil(cfg.epochs * math.ceil(n / cfg.batch_size))
 
@@ -387,7 +485,7 @@ def pretrain(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
     )
     work = out.parent / f"{out.name}.partial"
-    key = run_key(world.hash, variant, cfg)
+    key = run_key(world.hash, variant, cfg, extra)
     if (work / "key.json").exists() and read_json(work / "key.json").get("key") != key:
         raise ValueError(
             f"{work} holds a checkpoint of a different run (other world, variant "
@@ -397,6 +495,9 @@ def pretrain(
     save_config(cfg, work / "config.yaml")
     atomic_write_json(work / "key.json", {"key": key, "world_hash": world.hash, "variant": variant})
     start, history = _load_checkpoint(work, model, opt, device)
+    if start == 0 and init is not None:  # a fresh run continuing a snapshot
+        start, history = _load_checkpoint(Path(init), model, opt, device)
+        logger.info("pretrain %s: continuing snapshot %s from step %d", variant, init, start)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -423,6 +524,8 @@ def pretrain(
             tok,
             progress,
             max_steps,
+            key,
+            extra,
         )
     except BaseException:
         discard_unless_resumable(work, what="pretraining")  # kept if a checkpoint was saved
@@ -449,6 +552,8 @@ def _train_and_save(
     tok: Any,
     progress: bool,
     max_steps: int | None,
+    key: str,
+    extra: dict[str, Any],
 ) -> Path:
     """The training loop, final evaluation and atomic save of :func:`pretrain`."""
     n = ids.shape[0]
@@ -494,13 +599,13 @@ def _train_and_save(
                 curve[-1]["general_qa"],
             )
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < total:
-            _save_checkpoint(work, model, opt, done, history)
+            _save_checkpoint(work, model, opt, done, history, key)
     bar.close()
     done = max(start, stop)
     train_seconds = time.perf_counter() - t0
     train_cpu_seconds = time.process_time() - c0
     if done < total:  # time-boxed: leave a resumable checkpoint
-        _save_checkpoint(work, model, opt, done, history)
+        _save_checkpoint(work, model, opt, done, history, key)
         return work
 
     model.eval()
@@ -526,8 +631,15 @@ def _train_and_save(
             "eval_seconds": round(eval_seconds, 2),
             "n_params": sum(p.numel() for p in model.parameters()),
             "device": str(device),
+            "run_key": key,
         }
     )
+    if extra:  # token filtering / snapshot start: what this run changed
+        metrics["token_weights_hash"] = extra.get("token_weights")
+        metrics["init"] = extra.get("init")
+        if "token_weights" in extra:
+            plain = training_rows(world.corpus(VARIANTS[variant]), tok, cfg)[2]
+            metrics["masked_token_frac"] = 1.0 - n_tok / max(1.0, float(plain.sum()))
     with atomic_dir(out) as tmp, quiet_hf_progress():
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
@@ -542,12 +654,51 @@ def _train_and_save(
                 "world_hash": world.hash,
                 "variant": variant,
                 "corpus": VARIANTS[variant],
+                **extra,
             },
             extra={"config_hash": config_hash(cfg, exclude=_NOT_HASHED)},
         )
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(work)
     return out
+
+
+def pretrain_snapshot(
+    world_dir: str | Path,
+    variant: str,
+    cfg: PretrainConfig | str | None,
+    step: int,
+    progress: bool = True,
+) -> Path:
+    """The state of the pretraining run ``(world, variant, cfg)`` after ``step`` steps (cached).
+
+    Trains the first ``step`` steps of exactly that run (same batches, schedule and seed) and
+    keeps weights, optimiser state and loss history as ``<world>/models/<variant>-<key>-step
+    <step>/ckpt``. ``pretrain(..., init=<that folder>)`` continues from it, e.g. with token
+    weights: the cheap variant of retraining with token-level filtering.
+
+    Returns:
+        The snapshot folder.
+    """
+    cfg = resolve_pretrain_config(cfg)
+    world = World.load(world_dir)
+    key = run_key(world.hash, variant, cfg)
+    total = cfg.steps if cfg.steps > 0 else None
+    if step < 1 or (total is not None and step >= total):
+        raise ValueError(f"pretrain_snapshot: step={step} must be in [1, {total})")
+    snap = Path(world_dir) / "models" / f"{variant}-{key}-step{step}"
+    if (snap / "ckpt" / "state.json").exists():
+        return snap
+    scratch = snap.with_name(snap.name + ".run")
+    work = pretrain(world_dir, variant, cfg, out=scratch, progress=progress, max_steps=step)
+    with atomic_dir(snap, overwrite=True) as tmp:
+        os.replace(Path(work) / "ckpt", tmp / "ckpt")
+        atomic_write_json(
+            tmp / "snapshot.json",
+            {"run_key": key, "world_hash": world.hash, "variant": variant, "step": step},
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return snap
 
 
 def load_metrics(model_dir: str | Path) -> dict[str, Any]:
@@ -563,6 +714,7 @@ __all__ = [
     "lr_at",
     "pack_rows",
     "pretrain",
+    "pretrain_snapshot",
     "resolve_dtype",
     "training_rows",
     "world_metrics",

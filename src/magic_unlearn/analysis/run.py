@@ -250,6 +250,13 @@ def ground_truth_one(s: ScoreSet, ks: Sequence[int] = (100,)) -> dict[str, float
     }
     for k in ks:
         out[f"p@{k}_hazard"] = precision_at_k(teach, hz_pos, int(k))
+    # documents: a hazard document holds any hazard-fact token; ranked by total teaching value
+    # (-sum of its token scores = -d f / d w_doc). NaN when every row is one kind (a forget-only
+    # artifact); a run on forget + pretraining data has both (attribution ``mix``)
+    row_lab = np.where(s.mask, s.labels, -1)
+    doc_h = (row_lab == LABEL_HAZARD).any(1)
+    out["auc_hazard_doc_vs_rest"] = roc_auc(-np.where(s.mask, s.scores, 0.0).sum(1), doc_h)
+    out["n_hazard_docs"], out["n_docs"] = int(doc_h.sum()), int(doc_h.size)
     if s.fact_ids is not None and (s.fact_ids >= 0).any():
         # first token of each fact span: the one that carries the fact (later ones are cheap
         # continuations); AUC of those hazard tokens against all non-fact tokens
@@ -339,13 +346,14 @@ def ground_truth_markdown(gt: dict[str, Any]) -> str:
     """Markdown tables of :func:`ground_truth` output."""
     lines = [
         "| score set | AUC hazard-fact vs rest | AUC hazard vs general-fact | P@R hazard | "
-        "AUC general-fact vs rest |",
-        "|---|---|---|---|---|",
+        "AUC general-fact vs rest | AUC hazard doc vs rest |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in gt["per_score_set"].items():
         lines.append(
             f"| {name} | {_f(m['auc_hazard_vs_rest'])} | {_f(m['auc_hazard_vs_general'])} "
-            f"| {_f(m['p@R_hazard'])} | {_f(m['auc_general_vs_rest'])} |"
+            f"| {_f(m['p@R_hazard'])} | {_f(m['auc_general_vs_rest'])} "
+            f"| {_f(m.get('auc_hazard_doc_vs_rest'))} |"
         )
     if gt["combination"]:
         lines += [

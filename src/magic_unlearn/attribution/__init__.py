@@ -5,6 +5,7 @@ Public API::
     TrajectoryConfig, LoraSpec                      # the differentiated run (config.py)
     train_trajectory(model, corpus, cfg, token_weights=None) -> model
     attribute(model, corpus, {name: f}, cfg, per="token", out=None) -> ScoreArtifact
+    attack_metagradient(model, corpus, f, cfg) -> (f(theta_T), d f(theta_T) / d theta_0)
     grad_similarity(...), random_scores(...)        # baselines in the same artifact format
     build_measurements(tokenizer, queries, ...)     # query names -> measurements f(model)
     run_attribution(AttributionJob(...))            # the attribute stage (CLI and pipeline)
@@ -15,7 +16,7 @@ Modules: ``config`` (TrajectoryConfig), ``optim`` (optimiser registry, steps and
 ``trajectory`` (batches, training gradient, ``train_trajectory``), ``replay`` (REPLAY
 checkpointing, drift checks), ``store`` (checkpoint storage), ``reverse`` (the fused reverse
 step), ``resume`` (the saved reverse-pass state), ``magic`` (``attribute``), ``baselines``,
-``measurements``, ``artifact``, ``run`` (``run_attribution``), ``attention`` and ``graphs``
+``metagrad`` (``attack_metagradient``), ``measurements``, ``artifact``, ``run`` (``run_attribution``), ``attention`` and ``graphs``
 (GPU engine pieces).
 """
 
@@ -29,6 +30,7 @@ from magic_unlearn.attribution.baselines import grad_similarity, random_scores
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.magic import attribute
 from magic_unlearn.attribution.measurements import MeasureFn, build_measurements
+from magic_unlearn.attribution.metagrad import attack_metagradient
 from magic_unlearn.attribution.optim import (
     OPTIMIZERS,
     TrajectoryOptimizer,
@@ -59,6 +61,7 @@ __all__ = [
     "TrajectoryConfig",
     "TrajectoryDriftError",
     "TrajectoryOptimizer",
+    "attack_metagradient",
     "attribute",
     "batch_order",
     "build_measurements",

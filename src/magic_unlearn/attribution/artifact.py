@@ -220,6 +220,45 @@ class ScoreArtifact:
             return s
         return (s * self.loss_mask).sum(dim=1)
 
+    def select_docs(self, doc_ids: list[str]) -> ScoreArtifact:
+        """The artifact restricted to the rows of ``doc_ids``, in that order.
+
+        An attribution run may train on more than the corpus an unlearning run uses (e.g. the
+        forget corpus mixed with pretraining data); the unlearning run takes its rows by id.
+
+        Raises:
+            ArtifactMismatchError: a document id was not scored.
+        """
+        src = self.meta.get("_source", "score artifact")
+        have = list(self.meta.get("doc_ids") or [])
+        pos = {d: i for i, d in enumerate(have)}
+        missing = [d for d in doc_ids if d not in pos]
+        if missing:
+            raise ArtifactMismatchError(
+                f"{src}: {len(missing)} of {len(doc_ids)} documents were not scored (e.g. "
+                f"{missing[:3]}); attribute a corpus that contains them"
+            )
+        rows = torch.tensor([pos[d] for d in doc_ids], dtype=torch.long)
+        corpus = self.corpus.subset(rows)
+        meta = {k: v for k, v in self.meta.items() if k not in ("corpus_hash", "n_docs", "doc_ids")}
+        meta.update(
+            corpus_hash=corpus.content_hash(),
+            n_docs=len(rows),
+            doc_ids=list(doc_ids),
+            selected_from=self.meta.get("corpus_hash"),
+        )
+        art = ScoreArtifact(
+            scores={q: s[rows] for q, s in self.scores.items()},
+            input_ids=corpus.input_ids,
+            attention_mask=corpus.attention_mask,
+            loss_mask=corpus.loss_mask,
+            labels=self.labels[rows] if self.labels is not None else None,
+            fact_ids=self.fact_ids[rows] if self.fact_ids is not None else None,
+            meta=meta,
+        )
+        art.validate()
+        return art
+
     # ------------------------------------------------------------------ checks
     def check_compatible(
         self, corpus: TokenizedCorpus | None = None, tokenizer: Any | None = None

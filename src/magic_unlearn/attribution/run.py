@@ -49,6 +49,11 @@ class AttributionJob:
             or a corpus name of ``world``.
         queries: measurement tasks (``hazard_qa``, ``general_qa``, ``wmdp_bio``, ``mmlu``, ... or
             question files), one score set each.
+        mix: further corpora (same forms as ``corpus``) trained on in the same run, shuffled
+            together with ``corpus``; their rows are scored too and kept in the artifact after
+            ``corpus``'s (an unlearning run selects its forget rows by document id). E.g.
+            ``["pretrain"]``: the filtered model learns the hazard facts inside the attributed
+            run (the ``acquire`` regime).
         out: score artifact folder (None: returned, not saved).
         method: ``magic`` | ``grad_sim`` | ``random`` | ``keyword`` (:data:`METHODS`).
         trajectory: the differentiated fine-tuning run (a ``TrajectoryConfig`` or its fields).
@@ -72,6 +77,7 @@ class AttributionJob:
     model: str | None
     corpus: str
     queries: list[str]
+    mix: list[str] = field(default_factory=list)
     out: Path | None = None
     method: str = "magic"
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
@@ -108,6 +114,7 @@ class AttributionJob:
         if isinstance(self.trajectory, dict):
             self.trajectory = from_dict(TrajectoryConfig, self.trajectory, source="trajectory")
         self.queries = [str(q) for q in self.queries]
+        self.mix = [str(m) for m in self.mix or []]
         self.out = Path(self.out) if self.out is not None else None
         self.world = Path(self.world) if self.world is not None else None
 
@@ -137,8 +144,22 @@ def corpus_source(corpus: str, world: Path | None) -> str:
 
 def job_documents(job: AttributionJob) -> list[dict[str, Any]]:
     """The documents a job scores, in row order (the one place they are loaded: the keyword
-    baseline needs their text again, aligned with the rows)."""
-    return load_corpus(corpus_source(job.corpus, job.world))
+    baseline needs their text again, aligned with the rows): the corpus, then each ``mix``.
+
+    Raises:
+        ValueError: a document id repeats across the corpora (rows are found by id).
+    """
+    docs = load_corpus(corpus_source(job.corpus, job.world))
+    for m in job.mix:
+        docs += load_corpus(corpus_source(m, job.world))
+    ids = [str(d["id"]) for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
+        raise ValueError(
+            f"attribution corpus {job.corpus!r} + mix {job.mix}: document ids must be unique "
+            f"across the corpora (repeated: {dup}); the artifact's rows are found by id"
+        )
+    return docs
 
 
 def _model_and_measurements(
@@ -274,10 +295,12 @@ def _run(job: AttributionJob) -> ScoreArtifact:
     tok = resolve_tokenizer(job.model, job.tokenizer, job.world)
     corpus = tokenize_corpus(job_documents(job), tok, max_length=job.trajectory.max_length)
     logger.info(
-        "attribution (%s): %d rows x %d tokens, queries %s",
+        "attribution (%s): %d rows x %d tokens (%s%s), queries %s",
         job.method,
         len(corpus),
         corpus.input_ids.shape[1],
+        job.corpus,
+        "".join(f" + {m}" for m in job.mix),
         job.queries,
     )
     return _RUNNERS[job.method](job, corpus, tok)

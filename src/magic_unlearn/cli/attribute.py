@@ -34,6 +34,12 @@ def register(app: typer.Typer) -> None:
             help="Measurement task (hazard_qa, general_qa, wmdp_bio, mmlu, ... or a question "
             "file); repeat for several.",
         ),
+        mix: list[str] = typer.Option(
+            [],
+            "--mix",
+            help="A further corpus trained on (and scored) in the same run, shuffled with "
+            "--corpus; repeat for several (e.g. --mix pretrain: the acquire regime).",
+        ),
         config: Optional[Path] = typer.Option(None, "--config", help="Trajectory YAML."),
         world: Optional[Path] = typer.Option(None, "--world", help="World folder."),
         method: str = typer.Option(
@@ -77,6 +83,7 @@ def register(app: typer.Typer) -> None:
                 model=model,
                 corpus=corpus,
                 queries=query,
+                mix=mix,
                 config=config,
                 world=world,
                 method=method,
@@ -111,6 +118,7 @@ def run_attribute(
     model: str,
     corpus: str,
     queries: list[str],
+    mix: list[str] | None = None,
     config: Path | None = None,
     world: Path | None = None,
     method: str = "magic",
@@ -134,6 +142,7 @@ def run_attribute(
         model=model,
         corpus=corpus,
         queries=list(queries),
+        mix=list(mix or []),
         out=out,
         method=method,
         trajectory=load_config(TrajectoryConfig, config, overrides),

@@ -7,7 +7,8 @@ Steps (each one a run folder of the results store, so a rerun skips what is done
 3. evaluate and attack both (the reference rows of the results table; the filtered model's attack
    curves are what every verdict compares with);
 4. MAGIC scores of the hazard and general question sets for every token of the forget corpus
-   (the fine-tuning trajectory starts from the filtered model by default), plus the
+   (the differentiated run is the ``attribution.regime``: e.g. ``acquire``, the filtered model
+   learning the hazard facts from the forget and pretraining corpora), plus the
    gradient-similarity and random baselines;
 5. analyse the scores (the 2D map and the four questions, ground truth for every score set);
 6. unlearn the base model with each configured method, evaluate, attack with the tamper suite;
@@ -37,6 +38,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from magic_unlearn.attribution.config import TrajectoryConfig
+from magic_unlearn.attribution.regimes import resolve_regime
 from magic_unlearn.config import (
     ConfigError,
     deep_merge,
@@ -64,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests (hidden from --help)
 BASELINES = ("grad_sim", "random", "keyword")  # attribution baselines next to MAGIC
+# keys of a `methods:` entry; family / guidance are metadata (which twins belong together)
+METHOD_KEYS = ("label", "data", "unlearn", "tamper", "family", "guidance")
 
 
 @dataclass
@@ -71,9 +75,14 @@ class AttributionSettings:
     """What the attribution step computes.
 
     Attributes:
+        regime: a named regime (``attribution.regimes.REGIMES``: ``acquire``, ``filtered``,
+            ``seed``) that sets ``start``, ``mix`` and a trajectory preset for the world
+            preset; fields given here override it (``trajectory`` field by field).
         start: the model the differentiated fine-tuning run starts from (``filtered`` or
-            ``base``).
+            ``base``; default: the regime's, else ``filtered``).
         corpus: the world corpus whose tokens are scored (the forget corpus).
+        mix: further world corpora trained on (and scored) in the same run (default: the
+            regime's, else none).
         queries: the measurements, hazard first.
         fmt: question format of the measurements.
         limit: questions per measurement (None: all).
@@ -85,8 +94,10 @@ class AttributionSettings:
         keyword_level: ``token`` | ``sentence`` | ``example``: what a keyword match marks.
     """
 
-    start: str = "filtered"
+    regime: str | None = None
+    start: str | None = None
     corpus: str = "forget"
+    mix: list[str] | None = None
     queries: list[str] = field(default_factory=lambda: ["hazard_qa", "general_qa"])
     fmt: str = "cloze"
     limit: int | None = None
@@ -94,6 +105,16 @@ class AttributionSettings:
     trajectory: dict[str, Any] = field(default_factory=dict)
     keywords: list[str] | None = None
     keyword_level: str = "sentence"
+
+    def resolve(self, world_preset: str) -> tuple[str, list[str], dict[str, Any]]:
+        """(start, mix, trajectory fields): the regime's preset with this section's fields on
+        top."""
+        base: dict[str, Any] = {"start": "filtered", "mix": [], "trajectory": {}}
+        if self.regime is not None:
+            base = resolve_regime(self.regime, world_preset)
+        start = self.start if self.start is not None else base["start"]
+        mix = list(self.mix) if self.mix is not None else base["mix"]
+        return start, mix, deep_merge(base["trajectory"], self.trajectory or {})
 
 
 @dataclass
@@ -111,7 +132,10 @@ class DemoConfig:
         analysis: analyze stage fields (``alpha``, ``k_noise``).
         tamper: tamper stage section (suite name and attack overrides).
         unlearn: fields shared by every method's unlearn section (merged under it).
-        methods: one entry per unlearning run: ``{label, data, unlearn: {...}}``.
+        methods: one entry per unlearning run: ``{label, data, unlearn: {...}}``, optionally
+            ``family`` (the method family, e.g. ``undo``) and ``guidance`` (``magic``,
+            ``grad_sim``, ``random``, ``keyword``, ``labels`` or ``none``): metadata that pairs
+            a guided entry with its unguided twins (``configs/methods_tiny.yaml``).
     """
 
     name: str = "demo"
@@ -153,18 +177,27 @@ def load_demo_config(
                 f"demo config: methods[{i}] must be a mapping with an 'unlearn:' "
                 f"section (and optional label, data)"
             )
-        bad = sorted(set(m) - {"label", "data", "unlearn", "tamper"})
+        bad = sorted(set(m) - set(METHOD_KEYS))
         if bad:
             raise ConfigError(
                 f"demo config: methods[{i}] has unknown key(s) {bad}; valid keys "
-                f"are label, data, unlearn, tamper"
+                f"are {', '.join(METHOD_KEYS)}"
             )
-    if cfg.attribution.start not in ("base", "filtered"):
+    try:
+        start, _, _ = cfg.attribution.resolve(_world_preset(cfg))
+    except ValueError as e:
+        raise ConfigError(f"demo config: attribution.regime: {e}") from None
+    if start not in ("base", "filtered"):
         raise ConfigError(
-            f"demo config: attribution.start must be 'base' or 'filtered', got "
-            f"{cfg.attribution.start!r}"
+            f"demo config: attribution.start must be 'base' or 'filtered', got {start!r}"
         )
     return cfg
+
+
+def _world_preset(cfg: DemoConfig) -> str:
+    """The world preset name (regime trajectories are per preset; a mapping counts as tiny)."""
+    p = cfg.world.get("preset", "tiny")
+    return p if isinstance(p, str) else "tiny"
 
 
 def _fill(obj: Any, values: dict[str, str]) -> Any:
@@ -292,8 +325,9 @@ class Demo:
                     "attribute": {
                         "method": "magic",
                         "corpus": c.attribution.corpus,
+                        "mix": c.attribution.resolve(_world_preset(c))[1],
                         "queries": c.attribution.queries,
-                        "trajectory": c.attribution.trajectory,
+                        "trajectory": c.attribution.resolve(_world_preset(c))[2],
                         "keywords": c.attribution.keywords,
                         "keyword_level": c.attribution.keyword_level,
                     }
@@ -333,7 +367,7 @@ class Demo:
         traj = to_dict(
             from_dict(
                 TrajectoryConfig,
-                c.attribution.trajectory,
+                c.attribution.resolve(_world_preset(c))[2],
                 source="demo config: attribution.trajectory",
             )
         )
@@ -399,11 +433,13 @@ class Demo:
 
         # attribution: MAGIC + baselines over the same trajectory
         a = c.attribution
+        start, mix, _ = a.resolve(_world_preset(c))
         scores: dict[str, str] = {}
         for method in ["magic", *a.baselines]:
             section: dict[str, Any] = {
                 "method": method,
                 "corpus": a.corpus,
+                "mix": mix,
                 "queries": a.queries,
                 "fmt": a.fmt,
                 "limit": a.limit,
@@ -416,7 +452,7 @@ class Demo:
                 name=method,
                 kind="attribute",
                 world=world,
-                model=models[a.start],
+                model=models[start],
                 stages=["attribute"],
                 params={"attribute": section},
             )

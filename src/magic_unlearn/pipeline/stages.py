@@ -212,6 +212,8 @@ class AttributeStageConfig:
     Attributes:
         method: ``magic``, ``grad_sim``, ``random`` or ``keyword``.
         corpus: the world corpus whose tokens are scored.
+        mix: further world corpora trained on (and scored) in the same run
+            (``AttributionJob.mix``).
         queries: the measurements (question set names), hazard first.
         fmt: question format of the measurements (None: the task's own, cloze for world
             question sets).
@@ -229,6 +231,7 @@ class AttributeStageConfig:
 
     method: str = "magic"
     corpus: str = "forget"
+    mix: list[str] = field(default_factory=list)
     queries: list[str] = field(default_factory=lambda: ["hazard_qa", "general_qa"])
     fmt: str | None = None
     limit: int | None = None
@@ -273,6 +276,7 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
         model=ctx.config.model or None,
         corpus=s.corpus,
         queries=s.queries,
+        mix=s.mix,
         out=dest,
         method=s.method,
         trajectory=s.trajectory,
@@ -303,7 +307,7 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
         if isinstance(v, (int, float, str, bool, dict))
         and k in ("eval_losses", "timings", "n_params_trained", "method")
     }
-    metrics.update(method=s.method, queries=s.queries, n_rows=len(art.input_ids))
+    metrics.update(method=s.method, queries=s.queries, mix=s.mix, n_rows=len(art.input_ids))
     return StageResult(
         metrics=metrics, artifacts={"scores": "scores"}, summary={"attribution_method": s.method}
     )

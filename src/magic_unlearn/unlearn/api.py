@@ -34,12 +34,14 @@ from magic_unlearn.config import (
 )
 from magic_unlearn.data import TokenizedCorpus, load_corpus, tokenize_corpus, world_of
 from magic_unlearn.evaluation import evaluate, load_task
-from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, write_manifest
+from magic_unlearn.io import atomic_dir, atomic_write_json, file_hash, read_json, write_manifest
 from magic_unlearn.models import load_model, load_tokenizer, quiet_hf_progress
+from magic_unlearn.pretrain import VARIANTS, PretrainConfig, pretrain, pretrain_snapshot
 from magic_unlearn.unlearn.edit import find_directions, remove_directions
 from magic_unlearn.unlearn.loop import LoopConfig, LoopResult, full_state_dict, train_loop
-from magic_unlearn.unlearn.methods import METHODS, get_method
-from magic_unlearn.unlearn.methods.tensors import layer_indices
+from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
+from magic_unlearn.unlearn.methods import METHODS, Distill, get_method, perturb_toward_init
+from magic_unlearn.unlearn.methods.tensors import frozen_copy, layer_indices
 from magic_unlearn.unlearn.weights import (
     SEED_CONFIGS,
     WeightConfig,
@@ -48,6 +50,7 @@ from magic_unlearn.unlearn.weights import (
     load_score_pair,
     transform_scores,
 )
+from magic_unlearn.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,65 @@ class EditConfig:
 
 
 @dataclass
+class UndoConfig:
+    """UNDO (Lee et al. 2025, "Distillation Robustifies Unlearning"), run after the main (and
+    stabilisation) phase: the unlearned model becomes a frozen teacher, the model is moved toward
+    a fresh initialisation, ``theta <- (1 - alpha) theta + alpha theta_init``, and trained for
+    ``steps`` to match the teacher's outputs (KL) on ``data``. ``steps = 0`` disables it.
+
+    Attributes:
+        alpha: perturbation toward the fresh initialisation, in [0, 1].
+        steps: distillation steps.
+        lr: distillation learning rate (None: the main loop's).
+        batch_size: distillation rows per step (None: the main loop's).
+        warmup_steps: linear warmup of the distillation lr.
+        data: distillation corpus (a ``load_corpus`` source, e.g. ``WORLD:pretrain``); None:
+            the retain corpus.
+        data_limit: first N documents of ``data``.
+        init_seed: seed of the fresh initialisation.
+        mask: tokens dropped from the distillation data (the attribution-guided UNDO: e.g.
+            MAGIC's hazard-teaching tokens; ``masks.MaskConfig``); None keeps every token.
+    """
+
+    alpha: float = 0.5
+    steps: int = 0
+    lr: float | None = None
+    batch_size: int | None = None
+    warmup_steps: int = 0
+    data: str | None = None
+    data_limit: int | None = None
+    init_seed: int = 0
+    mask: MaskConfig | None = None
+
+
+@dataclass
+class RetrainConfig:
+    """Token-level filtering and retraining (Rathi & Radford 2026): pretrain the world's model
+    again with the masked tokens' loss weight at 0 (``masks.MaskConfig``), from scratch or, the
+    cheaper variant, continuing the original run from its step ``from_step``. The retrained
+    model then goes through the main method (usually ``none``). Cached per world like the base
+    model (``<world>/models``).
+
+    Attributes:
+        enabled: retrain instead of starting from ``model``.
+        world: the world folder (None: the forget corpus's).
+        variant: the pretraining run redone (``base``: the corpus with hazard documents).
+        pretrain: ``PretrainConfig`` fields replacing those the model was trained with (its
+            ``config.yaml``; else the tiny preset).
+        from_step: 0 retrains from scratch; k > 0 continues the original run's snapshot at
+            step k with the mask (steps before k saw every token).
+        mask: the masked tokens of the variant's corpus.
+    """
+
+    enabled: bool = False
+    world: str | None = None
+    variant: str = "base"
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    from_step: int = 0
+    mask: MaskConfig = field(default_factory=MaskConfig)
+
+
+@dataclass
 class UnlearnConfig:
     """Everything one ``magic-unlearn unlearn`` run needs (saved as ``config.yaml``).
 
@@ -115,6 +177,9 @@ class UnlearnConfig:
         curriculum: order forget rows from most purely hazard to most mixed (approach 6).
         keywords: regex blocklist; forget weights are multiplied by its mask.
         eval_tasks: MCQ tasks evaluated before, every ``loop.eval_every`` steps and at the end.
+        undo: UNDO's perturb-and-distill phase after the main one (:class:`UndoConfig`).
+        retrain: token-level filtering: retrain the world model with a token mask instead of
+            starting from ``model`` (:class:`RetrainConfig`).
     """
 
     model: str = ""
@@ -141,6 +206,8 @@ class UnlearnConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     stabilise: PhaseConfig = field(default_factory=PhaseConfig)
     edit: EditConfig = field(default_factory=EditConfig)
+    undo: UndoConfig = field(default_factory=UndoConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     eval_tasks: list[str] = field(default_factory=list)
     eval_world: str | None = None
     eval_fmt: str | None = None
@@ -190,6 +257,25 @@ RECIPES: dict[str, dict[str, Any]] = {
         "retain_weights": {"select": "general_only"},
     },
     "curriculum": {"curriculum": True},  # 6 (any method)
+    # method families that aim at tamper resistance (issue 13), each with its guided twin
+    # UNDO (Lee et al. 2025): unlearn, perturb toward a fresh init, distill on pretraining data;
+    # guided: MAGIC's top hazard-teaching tokens dropped from the distillation data
+    "undo": {"undo": {"alpha": 0.5, "steps": 200}},
+    "undo_guided": {
+        "undo": {"alpha": 0.5, "steps": 200, "mask": {"source": "scores", "frac": 0.1}}
+    },
+    # token-level filtering (Rathi & Radford 2026): retrain with MAGIC's top hazard-teaching
+    # tokens masked; the twins set mask.source to random / keyword (same recipe)
+    "token_filter": {
+        "method": "none",
+        "retrain": {"enabled": True, "mask": {"source": "scores", "frac": 0.1}},
+    },
+    # sharpness-aware unlearning (Fan et al. 2025); weighted: MAGIC hazard-teaching weights
+    "sam": {"method": "sam"},
+    "weighted_sam": {"method": "sam", "weights": _HAZARD_TEACH},
+    # exact-metagradient TAR; weighted: the post-attack loss on hazard-teaching tokens
+    "tar": {"method": "tar"},
+    "weighted_tar": {"method": "tar", "weights": _HAZARD_TEACH},
 }
 
 
@@ -323,6 +409,11 @@ def prepare_data(cfg: UnlearnConfig, tokenizer: Any) -> PreparedData:
     max_length = resolve_max_length(cfg, artifacts)
     docs = load_corpus(cfg.forget, text_field=cfg.text_field, limit=cfg.forget_limit)
     forget = tokenize_corpus(docs, tokenizer, max_length=max_length)
+    # an artifact of a run on more than the forget corpus (attribution.mix): its forget rows
+    artifacts = [
+        a.select_docs(forget.doc_ids) if list(a.meta.get("doc_ids") or []) != forget.doc_ids else a
+        for a in artifacts
+    ]
     info: dict[str, Any] = {"n_forget_rows": len(forget)}
     w = torch.ones_like(forget.loss_mask)
     hazard = general = None
@@ -433,6 +524,10 @@ def unlearn(
     model = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
     method_kwargs = dict(cfg.method_kwargs)
     metrics: dict[str, Any] = {"method": cfg.method, "recipe": cfg.recipe, **prep.info}
+    compute = Compute(pretrain_tokens(cfg.model))
+    if cfg.retrain.enabled:  # token-level filtering: this run's model is a masked retrain
+        model, metrics["retrain"] = retrain_with_mask(cfg, progress)
+        compute.add("retrain", metrics["retrain"]["tokens"])
 
     eval_fn = None
     if cfg.eval_tasks:
@@ -482,6 +577,7 @@ def unlearn(
             f"(overwrite=True) to start over"
         )
     results: list[LoopResult] = []
+    phases: list[str] = []
     if cfg.method != "none":
         method = get_method(cfg.method, **method_kwargs)
         res = train_loop(
@@ -497,6 +593,9 @@ def unlearn(
         )
         model = res.model
         results.append(res)
+        phases.append("main")
+        rows = cfg.loop.batch_size * cfg.loop.grad_accum * len(prep.data)
+        compute.add("main", res.steps_done * rows * prep.data["forget"].input_ids.shape[1])
     if cfg.stabilise.steps > 0:
         sw, _ = transform_scores(
             prep.hazard, prep.scored.loss_mask, prep.general, cfg.stabilise.weights
@@ -521,12 +620,23 @@ def unlearn(
         )
         model = res.model
         results.append(res)
+        phases.append("stabilise")
+        rows = lcfg.batch_size * lcfg.grad_accum * len(sdata)
+        compute.add("stabilise", res.steps_done * rows * prep.scored.input_ids.shape[1])
+    if cfg.undo.steps > 0:
+        res, metrics["undo"] = undo_phase(
+            cfg, model, tokenizer, prep, eval_fn, ckpt / "undo", progress, fingerprint
+        )
+        model = res.model
+        results.append(res)
+        phases.append("undo")
+        compute.add("undo", metrics["undo"]["tokens"])
+    metrics["compute"] = compute.summary()
     if eval_fn is not None and not results and _is_main():
         model.eval()
         with torch.no_grad():
             metrics["after"] = eval_fn(model, 0)
-    for i, r in enumerate(results):
-        phase = "main" if (i == 0 and cfg.method != "none") else "stabilise"
+    for phase, r in zip(phases, results, strict=True):
         metrics.setdefault("phases", []).append(
             {
                 "phase": phase,
@@ -561,6 +671,168 @@ def unlearn(
     return out
 
 
+class Compute:
+    """Training tokens (rows x row length, every corpus of a step) per phase, and their sum as
+    a fraction of the model's pretraining tokens (UNDO's cost is reported this way)."""
+
+    def __init__(self, pretrain: int | None) -> None:
+        self.pretrain = pretrain
+        self.tokens: dict[str, int] = {}
+
+    def add(self, phase: str, tokens: int) -> None:
+        self.tokens[phase] = self.tokens.get(phase, 0) + int(tokens)
+
+    def summary(self) -> dict[str, Any]:
+        total = sum(self.tokens.values())
+        return {
+            "tokens": dict(self.tokens),
+            "total_tokens": total,
+            "pretrain_tokens": self.pretrain,
+            "frac_of_pretraining": total / self.pretrain if self.pretrain else None,
+        }
+
+
+def _pretrain_config(model: str, fields: dict[str, Any], device: str) -> PretrainConfig:
+    """The :class:`PretrainConfig` a world model was trained with (its ``config.yaml``), with
+    ``fields`` on top; the tiny preset when the folder has none."""
+    p = Path(model) / "config.yaml"
+    data = read_yaml_mapping(p) if p.exists() else {}
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    if data and not set(data) <= known:  # not a pretraining config (e.g. an unlearned model)
+        raise ConfigError(
+            f"{p}: not a pretraining config; retrain needs the world's pretrained model as "
+            f"'model' (or give every PretrainConfig field in retrain.pretrain)"
+        )
+    data = {**data, **fields}
+    if device:
+        data["device"] = device
+    return from_dict(PretrainConfig, data, source=f"{p} + retrain.pretrain")
+
+
+def pretrain_tokens(model: str) -> int | None:
+    """Training tokens (steps x batch x row length) of a world model's pretraining, or None."""
+    try:
+        pc = _pretrain_config(model, {}, "")
+    except (ConfigError, ValueError, OSError):
+        return None
+    if not (Path(model) / "config.yaml").exists() or pc.steps <= 0:
+        return None
+    return pc.steps * pc.batch_size * pc.seq_len
+
+
+def retrain_with_mask(
+    cfg: UnlearnConfig, progress: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Token-level filtering: the world's ``retrain.variant`` model pretrained again with the
+    mask's tokens at loss weight 0 (from scratch, or from the original run's step
+    ``retrain.from_step``); returns the loaded model and what was masked and spent."""
+    rc = cfg.retrain
+    world_dir = rc.world or world_of(cfg.forget)
+    if world_dir is None:
+        raise ConfigError(
+            "retrain needs the world: set retrain.world (or a WORLD_DIR:forget corpus)"
+        )
+    pcfg = _pretrain_config(cfg.model, rc.pretrain, cfg.loop.device)
+    if rc.from_step < 0 or (pcfg.steps and rc.from_step >= pcfg.steps):
+        raise ConfigError(f"retrain.from_step={rc.from_step} must be in [0, {pcfg.steps})")
+    world = World.load(world_dir)
+    docs = world.corpus(VARIANTS[rc.variant])
+    corpus = tokenize_corpus(docs, world.tokenizer, max_length=pcfg.seq_len)
+    keep, info = corpus_mask(
+        rc.mask,
+        docs,
+        corpus,
+        world.tokenizer,
+        scores=cfg.token_weights[0] if cfg.token_weights else None,
+    )
+    init = (
+        pretrain_snapshot(world_dir, rc.variant, pcfg, rc.from_step, progress=progress)
+        if rc.from_step
+        else None
+    )
+    path = pretrain(world_dir, rc.variant, pcfg, progress=progress, token_weights=keep, init=init)
+    pm = read_json(Path(path) / "metrics.json")
+    steps = pcfg.steps - rc.from_step
+    info.update(
+        model=str(path),
+        from_step=rc.from_step,
+        steps=steps,
+        tokens=steps * pcfg.batch_size * pcfg.seq_len,
+        hazard_qa=pm.get("hazard_qa", {}).get("acc"),
+        general_qa=pm.get("general_qa", {}).get("acc"),
+    )
+    logger.info(
+        "retrained %s with %.1f%% of its tokens masked (%s): %s",
+        rc.variant,
+        100 * info["masked_frac"],
+        rc.mask.source,
+        path,
+    )
+    return load_model(str(path), dtype=cfg.dtype, device="cpu"), info
+
+
+def undo_phase(
+    cfg: UnlearnConfig,
+    model: nn.Module,
+    tokenizer: Any,
+    prep: PreparedData,
+    eval_fn: Callable[[nn.Module, int], dict[str, float]] | None,
+    out_dir: Path,
+    progress: bool = True,
+    fingerprint: str | None = None,
+) -> tuple[LoopResult, dict[str, Any]]:
+    """UNDO's perturb-and-distill phase (:class:`UndoConfig`): ``model`` (the unlearned one)
+    is the frozen teacher; the model itself is perturbed toward a fresh initialisation and
+    trained to match the teacher on the distillation data (every parameter trains)."""
+    u = cfg.undo
+    source = u.data or cfg.retain
+    if not source:
+        raise ConfigError(
+            "undo needs distillation data: set undo.data (e.g. WORLD_DIR:pretrain) or a retain "
+            "corpus"
+        )
+    max_length = int(prep.data["forget"].input_ids.shape[1])
+    docs = load_corpus(source, text_field=cfg.text_field, limit=u.data_limit)
+    corpus = tokenize_corpus(docs, tokenizer, max_length=max_length)
+    info: dict[str, Any] = {"alpha": u.alpha, "steps": u.steps, "data": source, "rows": len(corpus)}
+    weights = None
+    if u.mask is not None:
+        keep, info["mask"] = corpus_mask(
+            u.mask,
+            docs,
+            corpus,
+            tokenizer,
+            scores=cfg.token_weights[0] if cfg.token_weights else None,
+        )
+        weights = {"distill": keep}
+    teacher = frozen_copy(model)
+    perturb_toward_init(model, u.alpha, seed=u.init_seed)
+    lcfg = dataclasses.replace(
+        cfg.loop,
+        steps=u.steps,
+        lr=u.lr if u.lr is not None else cfg.loop.lr,
+        batch_size=u.batch_size or cfg.loop.batch_size,
+        warmup_steps=u.warmup_steps,
+        ordered=None,
+        lora=None,  # the perturbation moved every weight: all of them are distilled
+        layers=None,
+        target_modules=None,
+    )
+    res = train_loop(
+        model,
+        Distill(corpus="distill", teacher=teacher),
+        {"distill": corpus},
+        lcfg,
+        weights,
+        eval_fn,
+        out_dir=out_dir,
+        progress=progress,
+        fingerprint=fingerprint,
+    )
+    info["tokens"] = res.steps_done * lcfg.batch_size * lcfg.grad_accum * max_length
+    return res, info
+
+
 def _loop_cfg(cfg: UnlearnConfig) -> LoopConfig:
     lcfg = cfg.loop
     if cfg.curriculum:
@@ -572,6 +844,10 @@ __all__ = [
     "UnlearnConfig",
     "PhaseConfig",
     "EditConfig",
+    "RetrainConfig",
+    "UndoConfig",
+    "retrain_with_mask",
+    "undo_phase",
     "RECIPES",
     "unlearn",
     "load_unlearn_config",

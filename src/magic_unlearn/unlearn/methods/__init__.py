@@ -8,6 +8,8 @@ Modules: :mod:`.base` (the :class:`Method` interface and its hooks), :mod:`.regi
 (shared tensor helpers), and one module per family: :mod:`.sft` (fine-tuning),
 :mod:`.ascent` (ga, graddiff, npo, simnpo), :mod:`.representation` (rmu, rr, orth_cb,
 ga_orth), :mod:`.layerwise` (lens, sequential), :mod:`.ablation` (dir_ablate),
+:mod:`.distill` (distill: UNDO's distillation step), :mod:`.sam` (sam: sharpness-aware
+unlearning), :mod:`.tar` (tar: meta-unlearning with exact metagradients),
 :mod:`.regularizers` (l2sp, retain_kl, retain_nll). Importing this package registers them all.
 """
 
@@ -15,6 +17,7 @@ ga_orth), :mod:`.layerwise` (lens, sequential), :mod:`.ablation` (dir_ablate),
 from magic_unlearn.unlearn.methods.ablation import DirAblate
 from magic_unlearn.unlearn.methods.ascent import NPO, GradDiff, GradientAscent, SimNPO
 from magic_unlearn.unlearn.methods.base import Method
+from magic_unlearn.unlearn.methods.distill import Distill, perturb_toward_init
 from magic_unlearn.unlearn.methods.layerwise import Lens, Sequential
 from magic_unlearn.unlearn.methods.registry import (
     METHODS,
@@ -31,7 +34,9 @@ from magic_unlearn.unlearn.methods.representation import (
     OrthCB,
     orthogonality_loss,
 )
+from magic_unlearn.unlearn.methods.sam import SAM
 from magic_unlearn.unlearn.methods.sft import SFT
+from magic_unlearn.unlearn.methods.tar import TAR
 from magic_unlearn.unlearn.methods.tensors import Batch, kl_per_token, token_mean
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "REGULARIZERS",
     "Batch",
     "DirAblate",
+    "Distill",
     "GAOrth",
     "GradDiff",
     "GradientAscent",
@@ -52,13 +58,16 @@ __all__ = [
     "Regularized",
     "RetainKL",
     "RetainNLL",
+    "SAM",
     "SFT",
+    "TAR",
     "Sequential",
     "SimNPO",
     "describe_methods",
     "get_method",
     "kl_per_token",
     "orthogonality_loss",
+    "perturb_toward_init",
     "register_method",
     "token_mean",
 ]

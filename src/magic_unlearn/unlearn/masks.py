@@ -1,0 +1,161 @@
+"""Token masks of a training corpus: which tokens to take out of a training set.
+
+Token-level filtering (Rathi & Radford 2026: masking the loss of hazard tokens during
+pretraining slowed relearning up to 7,000x, against ~30x for document filtering) retrains with
+these tokens' loss weight at 0; the attribution-guided UNDO drops them from the distillation
+data. A mask comes from one of:
+
+- ``scores``: a score artifact that scored every document of the corpus (e.g. the ``acquire``
+  regime's, which trains on forget + pretraining data): the top ``frac`` of the corpus's target
+  tokens by hazard-teaching priority ``t_h - alpha t_g`` (``t = -score``) among the eligible
+  ones (``select``, as in ``weights.WeightConfig``);
+- ``random``: ``frac`` of the target tokens, uniformly (the unguided twin at the same masked
+  fraction);
+- ``keyword``: a regex blocklist (``weights.keyword_mask``);
+- ``labels``: the world's ground-truth hazard-fact tokens (an oracle, for reference only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from magic_unlearn.attribution.artifact import ScoreArtifact
+from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD, TokenizedCorpus
+from magic_unlearn.unlearn.weights import (
+    WeightConfig,
+    keyword_mask,
+    load_score_pair,
+    transform_scores,
+)
+
+SOURCES = ("scores", "random", "keyword", "labels")
+
+
+@dataclass
+class MaskConfig:
+    """Which tokens of a corpus to mask (see the module docstring).
+
+    Attributes:
+        source: ``scores`` | ``random`` | ``keyword`` | ``labels``.
+        scores: the score artifact folder (``source: scores``); None: the unlearning run's first
+            ``token_weights`` artifact.
+        frac: fraction of the corpus's target tokens to mask (``scores``, ``random``).
+        select: which tokens are eligible (``WeightConfig.select``; ``hazard_proponent``:
+            every token that teaches hazard).
+        alpha: general weight of the priority ``t_h - alpha t_g`` (0: hazard teaching alone).
+        hazard_query, general_query: the artifact's query names (None: inferred).
+        keywords: regex blocklist (``source: keyword``).
+        seed: seed of ``random``.
+    """
+
+    source: str = "scores"
+    scores: str | None = None
+    frac: float | None = 0.1
+    select: str = "hazard_proponent"
+    alpha: float = 0.0
+    hazard_query: str | None = None
+    general_query: str | None = None
+    keywords: list[str] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"MaskConfig.source={self.source!r}; choose from {list(SOURCES)}")
+        if self.source in ("scores", "random") and not (
+            self.frac is not None and 0 < self.frac < 1
+        ):
+            raise ValueError(
+                f"MaskConfig.frac={self.frac!r}: source {self.source!r} needs a fraction in (0, 1)"
+            )
+        if self.source == "keyword" and not self.keywords:
+            raise ValueError("MaskConfig.source='keyword' needs keywords (a regex list)")
+
+
+def corpus_mask(
+    cfg: MaskConfig,
+    docs: list[dict[str, Any]],
+    corpus: TokenizedCorpus,
+    tokenizer: Any,
+    scores: str | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Keep-weights of a corpus: 0 on masked target tokens, 1 elsewhere, plus statistics.
+
+    Args:
+        cfg: the mask.
+        docs: the documents ``corpus`` was tokenized from (keyword masks read their text).
+        corpus: the corpus rows (one document per row).
+        tokenizer: the corpus's tokenizer (artifact and keyword checks).
+        scores: the artifact folder when ``cfg.scores`` is None.
+
+    Returns:
+        ``(keep (N, L) float32, info)``; ``info`` holds the masked fraction and, on a world
+        corpus, the share of hazard-fact / general-fact tokens masked.
+
+    Raises:
+        ValueError: no artifact for ``source: scores``, or nothing masked.
+        ArtifactMismatchError: the artifact did not score this corpus's documents.
+    """
+    lm = corpus.loss_mask > 0
+    n_target = int(lm.sum())
+    k = max(1, round((cfg.frac or 0.0) * n_target))
+    if cfg.source == "scores":
+        path = cfg.scores or scores
+        if not path:
+            raise ValueError(
+                "MaskConfig.source='scores' needs a score artifact (mask.scores, or "
+                "token_weights of the unlearning config)"
+            )
+        art = ScoreArtifact.load(path)
+        if list(art.meta.get("doc_ids") or []) != corpus.doc_ids:
+            art = art.select_docs(corpus.doc_ids)
+        needs_g = cfg.alpha != 0 or cfg.select in (
+            "hazard_only",
+            "general_only",
+            "selective",
+            "compatible",
+        )
+        hazard, general, _ = load_score_pair(
+            [art], corpus, tokenizer, cfg.hazard_query, cfg.general_query, need_general=needs_g
+        )
+        w, _ = transform_scores(
+            hazard,
+            corpus.loss_mask,
+            general,
+            WeightConfig(select=cfg.select, alpha=cfg.alpha, top_k=k),
+        )
+        drop = (w != 0) & lm
+    elif cfg.source == "random":
+        g = torch.Generator().manual_seed(cfg.seed)
+        flat = torch.nonzero(lm.flatten()).flatten()
+        pick = flat[torch.randperm(len(flat), generator=g)[:k]]
+        drop = torch.zeros(lm.numel(), dtype=torch.bool)
+        drop[pick] = True
+        drop = drop.view_as(lm)
+    elif cfg.source == "keyword":
+        drop = (keyword_mask(docs, corpus, tokenizer, list(cfg.keywords or [])) > 0) & lm
+    else:
+        if not bool((corpus.labels >= 0).any()):
+            raise ValueError("MaskConfig.source='labels' needs a world corpus (token labels)")
+        drop = (corpus.labels == LABEL_HAZARD) & lm
+    if not bool(drop.any()):
+        raise ValueError(f"mask ({cfg.source}) selects no token of the corpus")
+    info: dict[str, Any] = {
+        "source": cfg.source,
+        "n_target": n_target,
+        "n_masked": int(drop.sum()),
+        "masked_frac": float(drop.sum()) / max(1, n_target),
+    }
+    if bool((corpus.labels >= 0).any()):
+        for name, lab in (("hazard_fact", LABEL_HAZARD), ("general_fact", LABEL_GENERAL)):
+            is_l = (corpus.labels == lab) & lm
+            info[f"{name}_masked_frac"] = float((drop & is_l).sum()) / max(1, int(is_l.sum()))
+        info["masked_hazard_fact_precision"] = float(
+            (drop & (corpus.labels == LABEL_HAZARD)).sum()
+        ) / max(1, int(drop.sum()))
+    return (~drop).float(), info
+
+
+__all__ = ["SOURCES", "MaskConfig", "corpus_mask"]
