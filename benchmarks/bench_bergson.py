@@ -85,7 +85,7 @@ def run_bergson(
     device: torch.device,
     work: str | None = None,
 ) -> dict[str, Any]:
-    """bergson's MAGIC on our workload; returns wall time, peak memory, phases and our-layout scores.
+    """bergson's MAGIC on our workload: wall time, peak memory, phases, scores in our layout.
 
     Args:
         model: the start model (not modified: bergson gets a copy, whose trainable parameters

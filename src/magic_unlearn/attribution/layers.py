@@ -223,8 +223,10 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 
 class FusedLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` that runs as the fused node where ``compiled.fused_nodes_apply`` (same weights,
-    same forward and first backward kernels, hence the same trajectory)."""
+    """``nn.LayerNorm`` that runs as the fused node where ``compiled.fused_nodes_apply``.
+
+    Same weights, same forward and first backward kernels, hence the same trajectory.
+    """
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 - nn.LayerNorm's signature
         if (
