@@ -52,6 +52,11 @@ def nbytes(tensors: list[Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _pin(size: int) -> Tensor:
+    """A new page-locked host buffer of ``size`` bytes (the one place that pins memory)."""
+    return torch.empty(size, dtype=torch.uint8, pin_memory=True)
+
+
 class _PinnedState:
     """Pinned host buffers shaped like one state, packed into chunks from the process pool."""
 
@@ -78,7 +83,7 @@ class _PinnedState:
             buf = pool.pop()
         else:
             t0 = time.perf_counter()
-            buf = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            buf = _pin(size)
             self.pin_s += time.perf_counter() - t0
             logger.debug("pinned %.0f MB of host memory", size / 2**20)
         self.chunks.append(buf)
