@@ -182,14 +182,16 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_kernels_and_compiled_double_backward_match_autograd():
+def test_gpu_kernels_and_compiled_double_backward_match_autograd(monkeypatch):
     """On a GPU: FlashAttention (bf16) and memory-efficient (fp32) forward and deterministic
     backward, and the double backward eager and compiled, against autograd's derivatives of the
-    plain-op attention in float64; the first backward is bit-reproducible."""
+    plain-op attention in float64 and against each other; the first backward is
+    bit-reproducible, and the compiled run really ran compiled code."""
     from magic_unlearn.attribution import attention, compiled
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    monkeypatch.setattr(compiled, "_COMPILED", {})  # no earlier test's compile (or failure)
     torch.backends.cuda.matmul.allow_tf32 = False
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 64, 32)
@@ -215,12 +217,18 @@ def test_gpu_kernels_and_compiled_double_backward_match_autograd():
         for a, b in zip([out, *first], [ref_out, *ref_first], strict=True):
             err = float((a.detach().double().cpu() - b.detach()).norm() / b.norm())
             assert err < tol, (dtype, "first order", err)
+        runs = {}
         for comp in (False, True):
             with attention.compiled_double_backward(comp):
-                got = _double_backward(
+                runs[comp] = _double_backward(
                     causal_attention, *x[:3], x[3], [c.to("cuda", dtype) for c in cot]
                 )
-            for a, b in zip(got, ref, strict=True):
+            assert ("attention" in compiled._COMPILED) == comp  # eager first, then compiled
+            for a, b in zip(runs[comp], ref, strict=True):
                 err = float((a.double().cpu() - b).norm() / b.norm())
                 assert err < tol, (dtype, comp, err)
+        for a, b in zip(runs[True], runs[False], strict=True):  # compiled vs eager node
+            err = float((a.double() - b.double()).norm() / b.double().norm())
+            assert err < tol, (dtype, "compiled vs eager", err)
+        monkeypatch.setattr(compiled, "_COMPILED", {})  # the next dtype starts eager again
     assert "failed" not in compiled._COMPILED

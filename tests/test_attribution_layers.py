@@ -218,11 +218,12 @@ def test_precompile_signatures_match_the_reverse_step(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_nodes_match_plain_ops_and_float64():
+def test_gpu_nodes_match_plain_ops_and_float64(monkeypatch):
     """On a GPU, fp32 and bf16 (as autocast runs them): forward and first backward identical to
     the plain ops, compiled double backwards as accurate as the plain ops' against float64."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    monkeypatch.setattr(compiled, "_COMPILED", {})  # no earlier test's compile (or failure)
     x, w, b = _ln_inputs(torch.float64, seed=6, shape=(4, 33, 256))
     ref_ln = _double_backward(lambda x, w, b: F.layer_norm(x, (256,), w, b, 1e-5), (x, w, b))
     ref_gelu = _double_backward(F.gelu, (x,))
@@ -242,13 +243,17 @@ def test_gpu_nodes_match_plain_ops_and_float64():
             node_gelu = _double_backward(gelu, (xg,))
         plain_ln = _double_backward(lambda x, w, b: F.layer_norm(x, (256,), w, b, 1e-5), ln_in)
         plain_gelu = _double_backward(F.gelu, (xg,))
+        assert {"layer_norm", "gelu"} <= set(compiled._COMPILED)  # compiled code really ran
+        checked = 0
         for node, plain, ref in [(node_ln, plain_ln, ref_ln), (node_gelu, plain_gelu, ref_gelu)]:
             for n, p, r in zip(node, plain, ref, strict=True):
                 if r is None:
                     continue
+                checked += 1
                 e_n = float((n.double().cpu() - r).norm() / r.norm())
                 e_p = float((p.double().cpu() - r).norm() / r.norm())
                 assert e_n < max(3 * e_p, 1e-6), (dtype, e_n, e_p)
+        assert checked == 3 + 2  # LayerNorm: x, w, dy (b enters no derivative); GELU: x, dy
     assert "failed" not in compiled._COMPILED
 
 
