@@ -5,7 +5,8 @@ installed (the device README's prefix; see bench_bergson.py)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:src
-    PYTHONUNBUFFERED=1 python benchmarks/bench_magic.py --out $OUT/bench_magic.json
+    PYTHONUNBUFFERED=1 TQDM_DISABLE=1 timeout 560 python3 benchmarks/bench_magic.py \
+        --out $OUT/bench_magic.json 2>&1 | tee $OUT/bench_magic.log
 
 CPU smoke run of the logic (a few minutes on a busy 2-core machine)::
 
