@@ -235,6 +235,21 @@ def test_dense_tail_checkpointing_matches_every(model, corpus, monkeypatch, n_fi
         assert art.meta["timings"]["max_stored_states"] <= n_fit
 
 
+def test_plan_uses_the_states_every_process_agrees_on(model, corpus, monkeypatch) -> None:
+    """The checkpoint plan follows ``Replay.agree_states_fit`` (a sharded run's minimum over
+    ranks), not the local count (0 on a CPU)."""
+    from magic_unlearn.attribution import replay
+
+    seen = []
+    monkeypatch.setattr(replay.Replay, "agree_states_fit", lambda self, n: seen.append(n) or 5)
+    cfg = cfg_for("sgd", steps=7, checkpointing="auto", checkpoint_k=3, storage="cpu")
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    tops = replay.plan_auto(7, 3, 5)
+    assert seen == [0] and tops != replay.plan_auto(7, 3, 0)
+    gaps = [b - a - 1 for a, b in zip(tops, [*tops[1:], 7], strict=True)]
+    assert art.meta["timings"]["replayed_steps"] == sum(gaps)
+
+
 def test_auto_storage_and_checkpointing_on_a_cpu_are_sqrt_in_memory(model, corpus) -> None:
     cfg = cfg_for("adamw", steps=9, checkpointing="auto", storage="auto")
     art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)

@@ -161,6 +161,14 @@ class Replay:
             return plan_auto(T, k, n_fit)
         return list(range(0, T, math.ceil(T / k)))
 
+    def agree_states_fit(self, n_fit: int) -> int:
+        """The number of states that fit, as every process replaying the run must use it.
+
+        One process: ``n_fit`` itself. A run split over ranks must replay the same steps on
+        every rank (collectives), so its subclass returns the minimum over the ranks.
+        """
+        return n_fit
+
     def _plan(self, step_bytes: int, reserve_bytes: int) -> list[int]:
         """The forward checkpoint positions; sets the GPU budget of "auto" storage."""
         n_fit = 0
@@ -170,6 +178,7 @@ class Replay:
             if self.store.kind == "auto":
                 self.store.set_gpu_budget(budget)
             n_fit = budget // max(1, nbytes(self.live))
+        n_fit = self.agree_states_fit(int(n_fit))
         tops = self._top_positions(n_fit)
         self.plan = {
             "step_gb": step_bytes / _GIB,
