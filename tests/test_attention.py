@@ -75,6 +75,31 @@ def test_double_backward_matches_autograd(which):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_fp32_node_is_as_accurate_as_plain_ops():
+    """The fp32 node (explicit ops on the CPU) against float64 plain-op attention: values, first
+    and second derivatives are as close as fp32 plain-op attention gets (rounding, not math)."""
+    g = torch.Generator().manual_seed(7)
+    shape = (2, 3, 48, 16)
+    base = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4)]
+    cot = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
+    scale = 0.25
+
+    def derivs(fn, dtype):
+        q, k, v, do = [x.to(dtype).requires_grad_() for x in base]
+        out = fn(q, k, v, scale)
+        grads = torch.autograd.grad(out, (q, k, v), do, create_graph=True)
+        second = torch.autograd.grad(grads, (q, k, v, do), [c.to(dtype) for c in cot])
+        return [x.detach() for x in (out, *grads, *second)]
+
+    ref = derivs(reference, torch.float64)
+    node = derivs(causal_attention, torch.float32)
+    plain = derivs(reference, torch.float32)
+    for n, p, r in zip(node, plain, ref, strict=True):
+        e_node = float((n.double() - r).norm() / r.norm())
+        e_plain = float((p.double() - r).norm() / r.norm())
+        assert e_node < max(5 * e_plain, 1e-6) and e_node < 1e-5, (e_node, e_plain)
+
+
 def test_mixed_dtypes_are_refused():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="one dtype"):
@@ -86,13 +111,13 @@ def test_engine_model_skips_the_mask_for_plain_causal_inputs(monkeypatch):
     where transformers may build a full mask), so the fused attention node is used."""
     import transformers.masking_utils as mu
 
-    from magic_unlearn.attribution import TrajectoryConfig, attention, trajectory
+    from magic_unlearn.attribution import TrajectoryConfig, attention, compiled
     from magic_unlearn.attribution.trajectory import _exact_mask, prepare_model
     from magic_unlearn.models import build_model
 
     model = build_model("neox-tiny", vocab_size=32, seed=0, attn_implementation="sdpa")
     model, _ = prepare_model(model, TrajectoryConfig(dtype="float64"))
-    monkeypatch.setattr(trajectory, "_node_applies", lambda dev, dt: True)  # GPU bf16 in life
+    monkeypatch.setattr(compiled, "fused_nodes_apply", lambda dev, dt: True)  # a GPU in life
     calls = {"n": 0}
     orig = attention._Attn.forward
 
@@ -137,14 +162,14 @@ def _double_backward(fn, q, k, v, do, cot):
 
 
 def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
-    from magic_unlearn.attribution import attention
+    from magic_unlearn.attribution import attention, compiled
 
-    monkeypatch.setattr(attention, "_COMPILED", {})
+    monkeypatch.setattr(compiled, "_COMPILED", {})
 
     def broken(*a, **k):
         raise RuntimeError("no compiler here")
 
-    monkeypatch.setattr(attention, "_grad_grad_fn", lambda cuda, want: broken)
+    monkeypatch.setattr(compiled, "_pick", lambda name, fn, cuda, want: broken)
     q, k, v = qkv(t=5, seed=2)
     do = torch.randn(q.shape, dtype=torch.float64).requires_grad_()
     cot = [torch.randn(x.shape, dtype=torch.float64) for x in (q, k, v)]
@@ -153,34 +178,57 @@ def test_failed_compile_falls_back_to_eager_with_a_warning(monkeypatch):
     ref = _double_backward(reference, q, k, v, do, cot)
     for a, b in zip(got, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    assert "failed" in attention._COMPILED
+    assert "failed" in compiled._COMPILED
 
 
 @pytest.mark.gpu
-def test_gpu_flash_and_compiled_double_backward_match_autograd():
-    """FlashAttention forward/backward (bf16) and the compiled double backward (fp32 and bf16)
-    against autograd's derivatives of the plain-op attention in float64."""
-    from magic_unlearn.attribution import attention
+def test_gpu_kernels_and_compiled_double_backward_match_autograd(monkeypatch):
+    """On a GPU: FlashAttention (bf16) and memory-efficient (fp32) forward and deterministic
+    backward, and the double backward eager and compiled, against autograd's derivatives of the
+    plain-op attention in float64 and against each other; the first backward is
+    bit-reproducible, and the compiled run really ran compiled code."""
+    from magic_unlearn.attribution import attention, compiled
 
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+    monkeypatch.setattr(compiled, "_COMPILED", {})  # no earlier test's compile (or failure)
+    torch.backends.cuda.matmul.allow_tf32 = False
     g = torch.Generator().manual_seed(0)
     shape = (2, 3, 64, 32)
     base = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(4)]
     cot = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(3)]
-    for dtype, tol in [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)]:
+    for dtype, kind, tol in [
+        (torch.float32, "efficient", 1e-4),
+        (torch.bfloat16, "flash", 5e-2),
+    ]:
         # the reference sees the same rounded inputs: only the kernels' own rounding is left
         ref_in = [x.to(dtype).double().requires_grad_() for x in base]
+        ref_out = reference(*ref_in[:3], 0.3)
+        ref_first = torch.autograd.grad(ref_out, ref_in[:3], ref_in[3])
         ref = _double_backward(
             reference, *ref_in[:3], ref_in[3], [c.to(dtype).double() for c in cot]
         )
+        x = [t.to("cuda", dtype).requires_grad_() for t in base]
+        assert attention._forward(*x[:3], 0.3)[2][0] == kind
+        out = causal_attention(*x[:3], 0.3)
+        first = torch.autograd.grad(out, x[:3], x[3])
+        again = torch.autograd.grad(causal_attention(*x[:3], 0.3), x[:3], x[3])
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # deterministic
+        for a, b in zip([out, *first], [ref_out, *ref_first], strict=True):
+            err = float((a.detach().double().cpu() - b.detach()).norm() / b.norm())
+            assert err < tol, (dtype, "first order", err)
+        runs = {}
         for comp in (False, True):
-            x = [t.to("cuda", dtype).requires_grad_() for t in base]
             with attention.compiled_double_backward(comp):
-                got = _double_backward(
+                runs[comp] = _double_backward(
                     causal_attention, *x[:3], x[3], [c.to("cuda", dtype) for c in cot]
                 )
-            for a, b in zip(got, ref, strict=True):
+            assert ("attention" in compiled._COMPILED) == comp  # eager first, then compiled
+            for a, b in zip(runs[comp], ref, strict=True):
                 err = float((a.double().cpu() - b).norm() / b.norm())
                 assert err < tol, (dtype, comp, err)
-    assert "failed" not in attention._COMPILED
+        for a, b in zip(runs[True], runs[False], strict=True):  # compiled vs eager node
+            err = float((a.double() - b.double()).norm() / b.double().norm())
+            assert err < tol, (dtype, "compiled vs eager", err)
+        monkeypatch.setattr(compiled, "_COMPILED", {})  # the next dtype starts eager again
+    assert "failed" not in compiled._COMPILED

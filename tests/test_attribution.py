@@ -199,6 +199,67 @@ def test_reverse_microbatches_agree(model, corpus, opt) -> None:
         torch.testing.assert_close(got[q], ref[q], rtol=1e-6, atol=1e-12)
 
 
+def test_plan_auto_fits_the_budget_and_keeps_the_longest_dense_tail() -> None:
+    import math
+
+    from magic_unlearn.attribution.replay import plan_auto
+
+    T, k = 100, 10
+    assert plan_auto(T, k, 100) == list(range(100))  # everything fits: no replay
+    assert plan_auto(T, k, 0) == list(range(0, 100, 10))  # plain sqrt
+    for n_fit in (20, 30, 57, 99):
+        tops = plan_auto(T, k, n_fit)
+        m = len([t for t in range(T) if all(u in tops for u in range(t, T))])  # dense tail
+        assert tops[0] == 0 and sorted(set(tops)) == tops
+        assert math.ceil((T - m) / k) + max(m, k) <= n_fit  # fits
+        # one more dense step would not
+        assert m == T - 1 or math.ceil((T - m - 1) / k) + max(m + 1, k) > n_fit
+
+
+@pytest.mark.parametrize("n_fit", [3, 5, 6, 7])
+def test_dense_tail_checkpointing_matches_every(model, corpus, monkeypatch, n_fit) -> None:
+    """checkpointing "auto" with a GPU budget of n_fit states (forced here on the CPU): the
+    scores of "every", with fewer replayed steps the more states fit."""
+    from magic_unlearn.attribution import replay
+
+    ref = _raw(model, corpus, cfg_for("adamw", steps=7, checkpointing="every"))["f"]
+    cfg = cfg_for("adamw", steps=7, checkpointing="auto", checkpoint_k=3, storage="cpu")
+    tops = replay.plan_auto(7, 3, n_fit)
+    monkeypatch.setattr(replay.Replay, "_plan", lambda self, sb, rb: tops)
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    torch.testing.assert_close(art.scores["f"], ref.float(), rtol=1e-5, atol=1e-9)
+    replayed = art.meta["timings"]["replayed_steps"]
+    gaps = [b - a - 1 for a, b in zip(tops, [*tops[1:], 7], strict=True)]
+    assert replayed == sum(gaps)  # only the steps between checkpoints are recomputed
+    if tops != list(range(0, 7, 3)):  # a dense tail fits the budget (else plain sqrt)
+        assert art.meta["timings"]["max_stored_states"] <= n_fit
+
+
+def test_plan_uses_the_states_every_process_agrees_on(model, corpus, monkeypatch) -> None:
+    """The checkpoint plan follows ``Replay.agree_states_fit`` (a sharded run's minimum over
+    ranks), not the local count (0 on a CPU)."""
+    from magic_unlearn.attribution import replay
+
+    seen = []
+    monkeypatch.setattr(replay.Replay, "agree_states_fit", lambda self, n: seen.append(n) or 5)
+    cfg = cfg_for("sgd", steps=7, checkpointing="auto", checkpoint_k=3, storage="cpu")
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    tops = replay.plan_auto(7, 3, 5)
+    assert seen == [0] and tops != replay.plan_auto(7, 3, 0)
+    gaps = [b - a - 1 for a, b in zip(tops, [*tops[1:], 7], strict=True)]
+    assert art.meta["timings"]["replayed_steps"] == sum(gaps)
+
+
+def test_auto_storage_and_checkpointing_on_a_cpu_are_sqrt_in_memory(model, corpus) -> None:
+    cfg = cfg_for("adamw", steps=9, checkpointing="auto", storage="auto")
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    t = art.meta["timings"]
+    assert t["gpu_states"] == 0 and t["host_states"] > 0
+    assert t["replayed_steps"] == 9 - 3  # sqrt with k = 3: two steps per segment replayed
+    ref = _raw(model, corpus, cfg_for("adamw", steps=9, checkpointing="every"))["f"]
+    torch.testing.assert_close(art.scores["f"], ref.float(), rtol=1e-5, atol=1e-9)
+
+
 def test_kary_stores_logarithmically_many_states(model, corpus) -> None:
     cfg = cfg_for("sgd", steps=16, checkpointing="kary", checkpoint_k=2)
     art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
@@ -607,6 +668,8 @@ def test_gpu_storage_and_modes_agree() -> None:
         ("kary", 2, "cpu"),
         ("kary", 3, "disk"),
         ("sqrt", None, "gpu"),
+        ("auto", None, "auto"),
+        ("sqrt", 3, "auto"),
     ]:
         cfg = TrajectoryConfig(
             optimizer="adamw",
@@ -639,6 +702,87 @@ def test_gpu_storage_and_modes_agree() -> None:
         f"{a16.meta['timings']['max_replay_drift']:.3g}"
     )
     assert corr > 0.9, float(corr)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_storage_keeps_states_on_the_gpu_and_spills_to_the_host(monkeypatch) -> None:
+    """storage/checkpointing "auto": the whole run fits on the card (no replay, no host
+    memory); with a budget of 2 states the rest goes to pinned host memory, same scores."""
+    from magic_unlearn.attribution import replay
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    dev = torch.device("cuda")
+    model = build_model("neox-tiny", vocab_size=V, seed=0, attn_implementation="sdpa").to(dev)
+    corpus = make_corpus()
+    q = {"f": lambda m: per_token_loss(m, HELDOUT.to(dev), None)[:, 1:].mean()}
+    cfg = TrajectoryConfig(optimizer="momentum", lr=0.05, steps=9, batch_size=2)
+    assert (cfg.storage, cfg.checkpointing) == ("auto", "auto")
+    a = attribute(model, corpus, q, cfg, progress=False)
+    t = a.meta["timings"]
+    assert t["gpu_states"] == 9 and t["host_states"] == 0 and t["replayed_steps"] == 0, t
+    state_bytes = int(t["state_gb"] * 2**30)
+    monkeypatch.setattr(replay, "gpu_state_budget", lambda dev, sb, rb=0: 2 * state_bytes + 16)
+    b = attribute(model, corpus, q, cfg, progress=False)
+    t = b.meta["timings"]
+    assert t["gpu_states"] <= 2 and t["host_states"] > 0 and t["replayed_steps"] > 0, t
+    torch.testing.assert_close(b.scores["f"], a.scores["f"], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_fused_nodes_match_float64_and_plain_ops(monkeypatch) -> None:
+    """fp32 on a GPU runs the fused nodes (memory-efficient attention kernels, LayerNorm and
+    GELU nodes, compiled double backwards, precompiled during the forward): its scores match
+    the float64 engine (plain ops, the reference) and the fp32 engine on plain ops."""
+    import warnings
+
+    from magic_unlearn.attribution import attention, compiled, layers
+    from magic_unlearn.attribution.compiled import CompileFallbackWarning
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda")
+    # head size 32: the memory-efficient kernels' fp32 path
+    model = build_model("neox-tiny", vocab_size=V, seed=0, attn_implementation="sdpa").to(dev)
+    corpus = make_corpus()
+    q = {"f": lambda m: per_token_loss(m, HELDOUT.to(dev), None)[:, 1:].mean()}
+    used = {"attn": 0, "ln": 0}
+    orig_attn, orig_ln = attention._Attn.apply, layers._LayerNorm.apply
+
+    def counted(kind, fn):
+        def inner(*a):
+            used[kind] += 1
+            return fn(*a)
+
+        return inner
+
+    monkeypatch.setattr(attention._Attn, "apply", counted("attn", orig_attn))
+    monkeypatch.setattr(layers._LayerNorm, "apply", counted("ln", orig_ln))
+    for kw, tol in [
+        (dict(optimizer="sgd", lr=0.05), 1e-4),
+        (dict(optimizer="adamw", lr=1e-3, eps=1e-4), 1e-3),
+    ]:
+        cfg = TrajectoryConfig(steps=9, batch_size=2, dtype="float32", **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CompileFallbackWarning)
+            fused = attribute(model, corpus, q, cfg, progress=False)
+        assert used["attn"] > 0 and used["ln"] > 0
+        assert fused.meta["timings"].get("precompiled", 0) >= 3
+        ref = attribute(
+            model,
+            corpus,
+            q,
+            TrajectoryConfig(**{**cfg.__dict__, "dtype": "float64"}),
+            progress=False,
+        ).scores["f"]
+        with monkeypatch.context() as m:
+            m.setattr(compiled, "fused_nodes_apply", lambda dev, dt: False)
+            plain = attribute(model, corpus, q, cfg, progress=False).scores["f"]
+        s = fused.scores["f"]
+        for other in (ref, plain):
+            rel = float((s.double() - other.double()).norm() / other.double().norm())
+            assert rel < tol, (kw, rel)
 
 
 def test_dropping_the_mask_of_right_padded_rows_is_exact(model, corpus, monkeypatch) -> None:

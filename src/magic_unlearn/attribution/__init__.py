@@ -16,8 +16,9 @@ Modules: ``config`` (TrajectoryConfig), ``optim`` (optimiser registry, steps and
 ``trajectory`` (batches, training gradient, ``train_trajectory``), ``replay`` (REPLAY
 checkpointing, drift checks), ``store`` (checkpoint storage), ``reverse`` (the fused reverse
 step), ``resume`` (the saved reverse-pass state), ``magic`` (``attribute``), ``baselines``,
-``metagrad`` (``attack_metagradient``), ``measurements``, ``artifact``, ``run`` (``run_attribution``), ``attention`` and ``graphs``
-(GPU engine pieces).
+``metagrad`` (``attack_metagradient``), ``measurements``, ``artifact``, ``run``
+(``run_attribution``), ``attention``, ``layers``, ``compiled`` and ``graphs`` (GPU engine pieces:
+fused nodes, their compiled double backwards, CUDA graphs).
 """
 
 from magic_unlearn.attribution.artifact import (

@@ -6,10 +6,12 @@ ordinary eager attention, autograd then replays the backward of every op of the 
 (B, H, T, T) tensors per layer, most of a reverse step's time on a GPU. Here the attention core
 ``O = softmax(scale * Q K^T + causal) V`` is one autograd node:
 
-- forward and first backward: FlashAttention kernels on a GPU in half precision (the backward in
-  its deterministic mode, so replays reproduce the recorded run bit for bit), explicit math
-  elsewhere (CPU, float32/float64; the engine itself uses the node only for half-precision GPU
-  runs, see ``trajectory.exact_eager_attention``);
+- forward and first backward: on a GPU, FlashAttention kernels in half precision and the
+  memory-efficient kernels in float32 (whose fp32 path multiplies with 3xTF32 tensor-core
+  products, accurate to fp32), both backwards in their deterministic mode, so replays reproduce
+  the recorded run bit for bit; explicit math elsewhere (CPU, float64, unsupported shapes). The
+  engine uses the node for GPU runs in half precision and fp32; float64 (the reference) and CPU
+  runs keep plain ops, see ``trajectory.exact_eager_attention``;
 - the backward is itself one node, whose backward (the double backward) is written out below,
   from (Q, K, V, O, lse, dO) and the cotangents of (dQ, dK, dV).
 
@@ -35,49 +37,21 @@ against autograd's own derivatives in float64 (``gradcheck``, ``gradgradcheck``)
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import warnings
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import torch
 import torch.utils.deterministic as det
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-# torch.compile of the double backward on GPUs (see ``compiled_double_backward``)
-_COMPILE: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "magic_compile_attention", default=False
+from magic_unlearn.attribution.compiled import (
+    CompileFallbackWarning,
+    TensorSpec,
+    compile_wanted,
+    compiled_double_backward,
+    note_double_backward,
+    run_double_backward,
 )
-_COMPILED: dict[str, Any] = {}
-
-
-class CompileFallbackWarning(UserWarning):
-    """``torch.compile`` of the attention double backward failed; it runs eagerly (same math)."""
-
-
-@contextlib.contextmanager
-def compiled_double_backward(enabled: bool = True) -> Iterator[None]:
-    """Attention nodes created inside run their double backward through ``torch.compile`` on a GPU.
-
-    Inductor fuses the ~25 elementwise passes over (B, H, T, T) tensors and their casts around
-    the matmuls: a Pythia-160m reverse step at batch 8 x 512 went from 84 to 63 ms on an H200.
-    Compiling takes ~10 s once per process and shape; if it fails, a warning is given and the
-    eager version runs (same math). CPUs always run eagerly.
-    """
-    token = _COMPILE.set(enabled)
-    try:
-        yield
-    finally:
-        _COMPILE.reset(token)
-
-
-def _grad_grad_fn(cuda: bool, want: bool) -> Callable[..., tuple[Tensor, ...]]:
-    if not (cuda and want) or "failed" in _COMPILED:
-        return _grad_grad
-    if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(_grad_grad, dynamic=False)
-    return _COMPILED["fn"]
 
 
 def _flash_ok(q: Tensor, k: Tensor) -> bool:
@@ -124,15 +98,32 @@ def _probs(q: Tensor, k: Tensor, lse: Tensor, scale: float) -> Tensor:
     return s.exp_()
 
 
+def _mem_efficient_ok(q: Tensor, k: Tensor) -> bool:
+    """The memory-efficient kernels apply: CUDA, float32, equal lengths, a supported head size."""
+    return (
+        q.is_cuda
+        and q.dtype == torch.float32
+        and q.shape[-1] % 4 == 0
+        and q.shape[-1] <= 128
+        and q.shape[-2] == k.shape[-2]
+    )
+
+
 def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor, tuple]:
-    """(O (B, H, T, hd), lse (B, H, T), flash extras for the backward)."""
+    """(O (B, H, T, hd), lse (B, H, T), kernel extras for the backward: () for explicit math)."""
     if _flash_ok(q, k):
         o, lse, cq, ck, mq, mk, seed, offset, _ = (
             torch.ops.aten._scaled_dot_product_flash_attention(
                 q, k, v, 0.0, True, False, scale=scale
             )
         )
-        return o, lse, (cq, ck, mq, mk, seed, offset)
+        return o, lse, ("flash", cq, ck, mq, mk, seed, offset)
+    if _mem_efficient_ok(q, k):
+        o, lse_pad, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q, k, v, None, True, 0.0, True, scale=scale
+        )
+        # the kernel pads lse to a multiple of 32 rows; its backward wants it as returned
+        return o, lse_pad[..., : q.shape[-2]], ("efficient", lse_pad, seed, offset)
     acc = torch.promote_types(q.dtype, torch.float32)
     s = torch.matmul(q, k.transpose(-1, -2)).to(acc).mul_(scale)  # (B, H, T, S)
     t_q, t_k = s.shape[-2], s.shape[-1]
@@ -147,8 +138,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Ten
 def _backward(
     q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor, scale: float, extras: tuple
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if extras:
-        cq, ck, mq, mk, seed, offset = extras
+    if extras and extras[0] == "flash":
+        cq, ck, mq, mk, seed, offset = extras[1:]
         with _deterministic():
             dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
                 do.contiguous(),
@@ -165,6 +156,26 @@ def _backward(
                 True,
                 seed,
                 offset,
+                scale=scale,
+            )
+        return dq, dk, dv
+    if extras and extras[0] == "efficient":
+        lse_pad, seed, offset = extras[1:]
+        # deterministic mode: one key split, no atomics (replays stay bit-exact)
+        with _deterministic():
+            dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+                do.contiguous(),
+                q,
+                k,
+                v,
+                None,
+                o,
+                lse_pad,
+                seed,
+                offset,
+                0.0,
+                [True, True, True, False],
+                True,
                 scale=scale,
             )
         return dq, dk, dv
@@ -264,21 +275,9 @@ class _AttnGrad(torch.autograd.Function):
         ctx, gq: Tensor | None, gk: Tensor | None, gv: Tensor | None
     ) -> tuple[Tensor | None, ...]:
         q, k, v, do, o, lse = ctx.saved_tensors
-        args = (q, k, v, o, lse, do, gq, gk, gv, ctx.scale)
-        fn = _grad_grad_fn(q.is_cuda, ctx.compile_gg)
-        try:
-            qbar, kbar, vbar, dobar = fn(*args)
-        except Exception as e:  # noqa: BLE001 - any compile failure means "run eagerly"
-            if fn is _grad_grad:
-                raise
-            _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
-            warnings.warn(
-                f"torch.compile of the attention double backward failed "
-                f"({_COMPILED['failed']}); running it eagerly (same math, slower)",
-                CompileFallbackWarning,
-                stacklevel=2,
-            )
-            qbar, kbar, vbar, dobar = _grad_grad(*args)
+        qbar, kbar, vbar, dobar = run_double_backward(
+            "attention", _grad_grad, ctx.compile_gg, q, k, v, o, lse, do, gq, gk, gv, ctx.scale
+        )
         return qbar, kbar, vbar, dobar, None, None, None, None, None
 
 
@@ -290,6 +289,10 @@ class _Attn(torch.autograd.Function):
         o, lse, extras = _forward(q, k, v, scale)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.scale, ctx.extras, ctx.compile_gg = scale, extras, compile_gg
+        # the double backward a reverse step will compile (compiled.precompile)
+        t = TensorSpec(tuple(q.shape), q.dtype, q.device)
+        tl = TensorSpec(tuple(lse.shape), lse.dtype, q.device)
+        note_double_backward("attention", _grad_grad, t, t, t, t, tl, t, t, t, t, scale)
         return o
 
     @staticmethod
@@ -310,8 +313,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     """
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"causal_attention needs one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    # read here: backward nodes run on autograd's worker threads, which see no context vars
-    return _Attn.apply(q, k, v, float(scale), _COMPILE.get())
+    return _Attn.apply(q, k, v, float(scale), compile_wanted())
 
 
 __all__ = ["CompileFallbackWarning", "causal_attention", "compiled_double_backward"]

@@ -12,8 +12,8 @@ from magic_unlearn.attribution.optim import OPTIMIZERS
 from magic_unlearn.lora import LoraSpec
 from magic_unlearn.schedules import SCHEDULES
 
-CHECKPOINTING = ("every", "sqrt", "kary")
-STORAGE = ("gpu", "cpu", "disk")
+CHECKPOINTING = ("auto", "every", "sqrt", "kary")
+STORAGE = ("auto", "gpu", "cpu", "disk")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -38,10 +38,16 @@ class TrajectoryConfig:
         dtype: parameter dtype the run uses ("float32", "float64", "bfloat16"; null keeps it).
         precision: "fp32" or "bf16" (autocast of the model forward; trajectory and reverse alike).
         lora: LoRA adapters, or None for full-parameter training.
-        checkpointing: "every" (store every state) | "sqrt" (store every k-th, replay segments;
-            k = ceil(sqrt(T)) by default) | "kary" (k-ary REPLAY, O(k log_k T) states).
-        checkpoint_k: k for sqrt (segment length) / kary (branching factor, default 2).
-        storage: where checkpoints live: "gpu" (model device), "cpu", or "disk".
+        checkpointing: "auto" (sqrt, except that the last steps store every state, as many as
+            fit in GPU memory: every state, no replay at all, when the whole run fits; plain
+            sqrt with "cpu"/"disk" storage or on a CPU) | "every" (store every state) | "sqrt"
+            (store every k-th, replay segments; k = ceil(sqrt(T)) by default) | "kary" (k-ary
+            REPLAY, O(k log_k T) states).
+        checkpoint_k: k for sqrt/auto (segment length) / kary (branching factor, default 2).
+        storage: where checkpoints live: "auto" (GPU memory while states fit in a budget of
+            free memory planned from the measured size of a training step, then pinned host
+            memory; host memory on a CPU), "gpu" (model device), "cpu" (pinned host memory on
+            a GPU), or "disk".
         resume_every: save the reverse-pass state every this many reverse steps (needs out=).
         drift_tol: max difference of a replayed state from the recorded one, in units of one
             training update (random projections). None: 0.05, or 0.5 with bf16 autocast, where
@@ -54,9 +60,10 @@ class TrajectoryConfig:
             (each has fixed shapes) and replay them; removes the Python and kernel-launch
             overhead that dominates small and mid-size models. Falls back to eager execution,
             with a warning, when capture fails. Same scores either way.
-        compile_attention: on a GPU, run the attention double backward of the reverse step
-            through ``torch.compile`` (fused kernels; ~25% faster reverse steps, ~10 s of
-            compiling once per process and shape). Falls back to eager, with a warning.
+        compile_attention: on a GPU, run the hand-derived double backwards of the reverse step
+            (attention, LayerNorm, GELU) through ``torch.compile`` (fused kernels; ~5-10 s of
+            compiling the first time, then loaded from the on-disk cache,
+            ``compiled.compile_cache_dir``). Falls back to eager, with a warning.
     """
 
     optimizer: str = "sgd"
@@ -76,9 +83,9 @@ class TrajectoryConfig:
     dtype: str | None = "float32"
     precision: str = "fp32"
     lora: LoraSpec | None = None
-    checkpointing: str = "sqrt"
+    checkpointing: str = "auto"
     checkpoint_k: int | None = None
-    storage: str = "cpu"
+    storage: str = "auto"
     resume_every: int = 25
     drift_tol: float | None = None
     reverse_microbatch: int | None = None
@@ -153,7 +160,7 @@ class TrajectoryConfig:
 
     @property
     def segment_k(self) -> int:
-        """sqrt: checkpoint spacing; kary: branching factor."""
+        """sqrt/auto: checkpoint spacing; kary: branching factor."""
         if self.checkpointing == "kary":
             return self.checkpoint_k or 2
         return self.checkpoint_k or max(1, math.ceil(math.sqrt(self.steps)))

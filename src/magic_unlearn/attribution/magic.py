@@ -260,9 +260,13 @@ def attribute(
         with torch.no_grad():
             before = {q: float(fn(model)) for q, fn in measurements.items()}
 
-        # forward: train the trajectory, recording checkpoints and fingerprints
+        # forward: train the trajectory, recording checkpoints and fingerprints; the adjoints
+        # of the reverse pass (per query: theta, g_t and the optimiser buffers) stay out of the
+        # checkpoints' GPU budget
+        adj_bytes = sum(p.numel() * adjoint_dtype(p).itemsize for p in params)
+        n_adj = len(measurements) * (2 + len(opt.buffer_names)) + int(opt.vjp_needs_grad)
         with timings.span("forward_s", sync=True):
-            replay.forward(progress)
+            replay.forward(progress, reserve_bytes=n_adj * adj_bytes)
         with timings.span("hash_wait_s"):
             mhash = mhash_result()
         logger.info("MAGIC forward: %d steps in %.1f s", cfg.steps, timings["forward_s"])
@@ -279,7 +283,10 @@ def attribute(
             replayed_steps=replay.replayed,
             max_replay_drift=replay.max_drift,
             max_stored_states=store.peak,
+            gpu_states=store.peak_gpu_states,
+            host_states=store.host_states,
             pin_s=store.pin_s,
+            **replay.plan,
             total_s=time.perf_counter() - t_start,
         )
         if device.type == "cuda":

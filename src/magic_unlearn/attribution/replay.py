@@ -8,7 +8,10 @@ the whole trajectory once, storing the states at the "top" positions of the chec
 - ``sqrt``: every k-th state; a segment is replayed from its start when the reverse pass
   reaches it (k = ceil(sqrt(T)): O(sqrt T) states, one extra forward pass);
 - ``kary``: k top states; each segment is split k ways recursively (O(k log_k T) states,
-  O(log_k T) extra forward passes).
+  O(log_k T) extra forward passes);
+- ``auto``: sqrt, but the last m steps keep every state, m as large as GPU memory allows
+  (``plan_auto``); m = T (no replay at all) when the whole run fits. The budget is planned after
+  the first training step, from the device memory that step took.
 
 Every replayed state is checked against a fingerprint of the recorded one, so a replay that is
 not the recorded run (dropout on, changed data, nondeterministic kernels) raises
@@ -25,12 +28,47 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from magic_unlearn.attribution.compiled import Precompile, clear_noted
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.optim import TrajectoryOptimizer
-from magic_unlearn.attribution.store import StateStore
+from magic_unlearn.attribution.store import StateStore, nbytes
 from magic_unlearn.attribution.trajectory import Batches, StepGrads, iter_steps
 
 logger = logging.getLogger(__name__)
+
+
+# The reverse step (forward, backward with graph, double backward) holds a few times the memory
+# of a training step (measured: ~2x for Pythia-160m, bf16 and fp32); the budget keeps 4x free
+_REVERSE_MEMORY_FACTOR = 4.0
+_GIB = 2**30
+
+
+def gpu_state_budget(device: torch.device, step_bytes: int, reserve_bytes: int = 0) -> int:
+    """Bytes of free device memory that checkpoints may use.
+
+    Free memory minus the reverse step's working set (``_REVERSE_MEMORY_FACTOR`` x the measured
+    training step), ``reserve_bytes`` (adjoints) and a margin of max(2 GiB, 10% of the card).
+    """
+    free, total = torch.cuda.mem_get_info(device)
+    keep = _REVERSE_MEMORY_FACTOR * step_bytes + reserve_bytes + max(2 * _GIB, 0.1 * total)
+    return max(0, int(free - keep))
+
+
+def plan_auto(T: int, k: int, n_fit: int) -> list[int]:
+    """Forward checkpoint positions of "auto": every k-th step, then every step of a dense tail.
+
+    The tail has the largest length m with ceil((T - m) / k) + max(m, k) <= n_fit: the sparse
+    checkpoints plus either the tail (at the start of the reverse pass, whose dense states are
+    freed as it walks back) or one replayed segment (later). Every step when n_fit >= T.
+    """
+    if n_fit >= T:
+        return list(range(T))
+    m = 0
+    for cand in range(T - 1, 0, -1):
+        if math.ceil((T - cand) / k) + max(cand, k) <= n_fit:
+            m = cand
+            break
+    return sorted(set(range(0, T - m, k)) | set(range(T - m, T)))
 
 
 class TrajectoryDriftError(RuntimeError):
@@ -110,19 +148,50 @@ class Replay:
         self.top: list[tuple[int, int]] = []  # (position, store key) of forward checkpoints
         self.replayed = 0
         self.max_drift = 0.0
+        self.plan: dict[str, float] = {}
         self.grads = StepGrads(model, params, cfg)
 
     def make_fingerprint(self, params: list[Tensor]) -> Fingerprint:
         """The state checksum of the trained tensors (``sharded.py`` sums it over ranks)."""
         return Fingerprint(params, seed=self.cfg.seed)
 
-    def _top_positions(self) -> list[int]:
+    def _top_positions(self, n_fit: int = 0) -> list[int]:
         mode, T, k = self.cfg.checkpointing, self.T, self.cfg.segment_k
         if mode == "every":
             return list(range(T))
         if mode == "sqrt":
             return list(range(0, T, k))
+        if mode == "auto":
+            return plan_auto(T, k, n_fit)
         return list(range(0, T, math.ceil(T / k)))
+
+    def agree_states_fit(self, n_fit: int) -> int:
+        """The number of states that fit, as every process replaying the run must use it.
+
+        One process: ``n_fit`` itself. A run split over ranks must replay the same steps on
+        every rank (collectives), so its subclass returns the minimum over the ranks.
+        """
+        return n_fit
+
+    def _plan(self, step_bytes: int, reserve_bytes: int) -> list[int]:
+        """The forward checkpoint positions; sets the GPU budget of "auto" storage."""
+        n_fit = 0
+        dev = self.params[0].device
+        if dev.type == "cuda" and self.store.kind in ("auto", "gpu"):
+            budget = gpu_state_budget(dev, step_bytes, reserve_bytes)
+            if self.store.kind == "auto":
+                self.store.set_gpu_budget(budget)
+            n_fit = budget // max(1, nbytes(self.live))
+        n_fit = self.agree_states_fit(int(n_fit))
+        tops = self._top_positions(n_fit)
+        self.plan = {
+            "step_gb": step_bytes / _GIB,
+            "state_gb": nbytes(self.live) / _GIB,
+            "states_fit_gpu": int(n_fit),
+            "checkpoints": len(tops),
+        }
+        logger.debug("checkpoint plan: %s", self.plan)
+        return tops
 
     def _seg_len(self, a: int, b: int) -> int:
         if self.cfg.checkpointing == "kary":
@@ -143,13 +212,52 @@ class Replay:
             grad_fn=self.grads,
         )
 
-    def forward(self, progress: bool) -> None:
-        """The recorded trajectory: run all T steps, keep fingerprints and top checkpoints."""
-        top = set(self._top_positions())
+    def forward(self, progress: bool, reserve_bytes: int = 0) -> None:
+        """The recorded trajectory: run all T steps, keep fingerprints and top checkpoints.
+
+        The checkpoint positions are planned once the first training step has run (its memory
+        sets the GPU budget); state 0 is stored then, before that step's update.
+        ``reserve_bytes``: device memory the reverse pass will need besides the reverse step
+        itself (adjoints), kept out of the checkpoint budget.
+        """
+        dev = self.params[0].device
+        cuda = dev.type == "cuda"
+        a0 = torch.cuda.memory_allocated(dev) if cuda else 0
+        m0 = torch.cuda.max_memory_allocated(dev) if cuda else 0
         self.fps = [self.fingerprint(self.params)]
-        if 0 in top:
-            self.top.append((0, self.store.put(self.live)))
-        it = self._steps(0, self.T)
+        clear_noted()  # the nodes of this run's first step note what the reverse will compile
+        top: set[int] = set()
+        planned = False
+        pre: Precompile | None = None
+
+        def before_update() -> None:
+            nonlocal top, planned, pre
+            if not planned:  # step 0's gradient has run, the parameters are still theta_0
+                planned = True
+                m1 = torch.cuda.max_memory_allocated(dev) if cuda else 0
+                # a new high-water mark is this step's own; otherwise an upper bound
+                step_bytes = max(0, (m1 if m1 > m0 else m0) - a0)
+                top = set(self._plan(step_bytes, reserve_bytes))
+                if 0 in top:
+                    self.top.append((0, self.store.put(self.live)))
+                if cuda and self.cfg.compile_attention and self.grads.graphs.enabled:
+                    # the training step is a captured graph now: compile the reverse step's
+                    # double backwards on a worker thread while the forward replays it
+                    pre = Precompile(self.cfg.reverse_microbatch)
+            self.store.before_write()
+
+        it = iter_steps(
+            self.model,
+            self.params,
+            self.bufs,
+            self.opt,
+            self.batches,
+            self.cfg,
+            0,
+            self.T,
+            before_update=before_update,
+            grad_fn=self.grads,
+        )
         if progress:
             it = tqdm(it, total=self.T, desc="magic forward", leave=False)
         for t, loss in it:
@@ -157,6 +265,9 @@ class Replay:
             self.fps.append(self.fingerprint(self.params))
             if t + 1 in top:
                 self.top.append((t + 1, self.store.put(self.live)))
+        if pre is not None:
+            pre.join()
+            self.plan.update(precompiled=pre.n, precompile_s=pre.seconds)
         logger.debug("forward pass: %d steps, %d stored states", self.T, len(self.top))
 
     def _drift(self, t: int) -> Tensor:
@@ -199,8 +310,8 @@ class Replay:
             b = self.top[i + 1][0] if i + 1 < len(self.top) else self.T
             b = min(b, t_hi + 1)
             nxt = self.top[i - 1][1] if i > 0 else None
-            if b > a:
-                yield from self._rev(a, b, key, owned=False, next_key=nxt)
+            if b > a:  # the state is not needed again once its segment is done: free it
+                yield from self._rev(a, b, key, owned=True, next_key=nxt)
 
     def _rev(self, a: int, b: int, key: int, owned: bool, next_key: int | None) -> Iterator[int]:
         """Reverse segment [a, b) from its stored start state; ``next_key`` is loaded after it."""

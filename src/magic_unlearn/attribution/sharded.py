@@ -78,6 +78,13 @@ class ShardedReplay(Replay):
     def make_fingerprint(self, params: list[torch.Tensor]) -> ShardedFingerprint:
         return ShardedFingerprint(params, self.cfg.seed, self.sg)
 
+    def agree_states_fit(self, n_fit: int) -> int:
+        """The minimum over the ranks: every rank must replay the same steps (collectives in
+        the forward), though each plans from its own free GPU memory."""
+        dev = self.params[0].device
+        t = torch.tensor([n_fit], dtype=torch.int64, device=dev if dev.type == "cuda" else None)
+        return int(_all_reduce_(t, self.sg, dist.ReduceOp.MIN).item())
+
 
 def _broadcast_str(value: str | None, sg: ShardGroup, device: torch.device) -> str:
     """Rank 0's string on every rank."""

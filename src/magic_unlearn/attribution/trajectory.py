@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
+from magic_unlearn.attribution import compiled
 from magic_unlearn.attribution.attention import causal_attention
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.graphs import GraphCache
+from magic_unlearn.attribution.layers import use_fused_layers
 from magic_unlearn.attribution.optim import TrajectoryOptimizer, make_optimizer
 from magic_unlearn.data import TokenizedCorpus, per_token_nll
 from magic_unlearn.lora import apply_lora
@@ -55,11 +57,6 @@ def per_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
         _PLAIN_CAUSAL.reset(token)
 
 
-def _node_applies(device_type: str, dtype: torch.dtype) -> bool:
-    """The attention node runs half-precision GPU attention (see ``exact_eager_attention``)."""
-    return device_type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-
-
 def exact_eager_attention(
     module: nn.Module,
     query: Tensor,
@@ -73,7 +70,8 @@ def exact_eager_attention(
     """Exact, twice-differentiable, graph-safe attention for MAGIC ("eager_exact").
 
     Plain causal attention (``attention_mask`` None, or the engine's right-padded rows, see
-    ``_PLAIN_CAUSAL``) in half precision on a GPU is the ``causal_attention`` node. Otherwise
+    ``_PLAIN_CAUSAL``) on a GPU in half precision or fp32 is the ``causal_attention`` node
+    (``compiled.fused_nodes_apply``). Otherwise
     plain ops: ``attention_mask`` is a boolean (True = attend) or additive float mask, or None
     (causal, applied with device-side kernels only), and the softmax runs in float32 (float64
     for float64 inputs: transformers' eager attention always uses float32, which caps float64
@@ -93,15 +91,16 @@ def exact_eager_attention(
         dt = torch.promote_types(torch.promote_types(query.dtype, key.dtype), value.dtype)
     if (
         plain
-        and _node_applies(dev, dt)
+        and compiled.fused_nodes_apply(dev, dt)
         and getattr(module, "is_causal", True)
         and not (dropout and module.training)
         and not kwargs.get("output_attentions")
     ):
-        # half precision on a GPU: one node, FlashAttention forward/backward and a fused double
-        # backward. fp32/float64 keep the plain ops below: same math, but MAGIC through AdamW's
-        # first step is ill-conditioned in fp32 (docs/benchmarks.md), and the node's different
-        # rounding measurably moved fp32 CPU scores (tiny-world LDS 0.89 -> 0.61)
+        # a GPU in half precision or fp32: one node, FlashAttention (half) or memory-efficient
+        # (fp32) kernels forward and backward, and a fused double backward. CPUs and float64
+        # keep the plain ops below: same math, but MAGIC through AdamW's first step is
+        # ill-conditioned in fp32 (docs/benchmarks.md), and the node's different rounding moved
+        # fp32 CPU scores by chance (tiny-world LDS 0.89 -> 0.61), so CPU runs stay as measured
         out = causal_attention(query.to(dt), key.to(dt), value.to(dt), scaling)
         return out.transpose(1, 2).contiguous(), None  # (B, T, H, hd)
     attn = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
@@ -208,6 +207,7 @@ def prepare_model(
     model.eval()  # dropout off: the trajectory must replay exactly
     if exact_attention:
         use_exact_attention(model)
+        use_fused_layers(model)  # LayerNorm / GELU nodes (GPU, half precision and fp32)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
     if cfg.lora is not None:
