@@ -172,10 +172,12 @@ def stored_states(steps: int, checkpointing: str, k: int | None = None) -> tuple
     ``every`` stores every state; ``sqrt`` every k-th (k = ceil(sqrt T)) plus the states of the
     segment being reversed; ``kary`` k top states, each segment split k ways recursively.
     """
+    if checkpointing == "auto":  # at most sqrt's states when they do not all fit on the GPU
+        checkpointing = "sqrt"
     if checkpointing == "every":
         return steps, 0
     if checkpointing not in ("sqrt", "kary"):
-        raise ValueError(f"checkpointing={checkpointing!r}; use every | sqrt | kary")
+        raise ValueError(f"checkpointing={checkpointing!r}; use auto | every | sqrt | kary")
     kary = checkpointing == "kary"
     kk = (k or 2) if kary else (k or max(1, math.ceil(math.sqrt(steps))))
     top = list(range(0, steps, math.ceil(steps / kk) if kary else kk))
@@ -195,7 +197,8 @@ def stored_states(steps: int, checkpointing: str, k: int | None = None) -> tuple
             live -= 1
 
     for i in reversed(range(len(top))):
-        rev(top[i], top[i + 1] if i + 1 < len(top) else steps, owned=False)
+        # a top state is freed once its segment is reversed (replay.Replay.reverse_states)
+        rev(top[i], top[i + 1] if i + 1 < len(top) else steps, owned=True)
     return peak, replayed
 
 
@@ -252,6 +255,8 @@ def magic_memory(
     rows = math.ceil(batch_size / W)
     if reverse_microbatch:
         rows = min(rows, reverse_microbatch)
+    if storage == "auto":  # GPU while the planned budget lasts, then pinned host: count as cpu
+        storage = "cpu"
     n_states, replayed = stored_states(steps, checkpointing, checkpoint_k)
     state = (1 + nb) * shard * pb
     gpu = {
