@@ -8,6 +8,7 @@ stores them, as cheaply as the storage allows.
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import tempfile
@@ -25,8 +26,14 @@ from magic_unlearn.attribution.config import STORAGE
 logger = logging.getLogger(__name__)
 
 # Flat pinned host buffers kept for reuse by later runs in this process: page-locking costs
-# ~0.3-0.5 s per GB (measured on an H200 host), about as long as the attribution itself.
+# ~0.3-0.5 s per GB (measured on an H200 host), about as long as the attribution itself. Only one
+# state layout is kept idle: a run with another layout frees the others before it pins its own
+# (issue 19: on 2 H200s the SGD run's pinned checkpoints, 56 GiB/rank after rounding, stayed
+# pinned while the AdamW run pinned 80 GiB/rank more, and the host's 256 GiB ran out).
 _PINNED_POOL: dict[tuple, list[dict[torch.dtype, Tensor]]] = {}
+# data_ptr -> the buffers this module page-locked with cudaHostRegister. Held here so that their
+# memory is never freed while registered: only ``_unpin`` unregisters and lets them go.
+_REGISTERED: dict[int, Tensor] = {}
 
 
 def _pool_key(sizes: dict[torch.dtype, int]) -> tuple:
@@ -34,9 +41,82 @@ def _pool_key(sizes: dict[torch.dtype, int]) -> tuple:
     return tuple(sorted((str(d), n) for d, n in sizes.items()))
 
 
+def _pin_flat(n: int, dtype: torch.dtype) -> Tensor:
+    """A page-locked host tensor of exactly ``n`` elements.
+
+    ``torch.empty(..., pin_memory=True)`` goes through the CUDA caching host allocator, which
+    rounds every block up to a power of two (a 6.4 GiB state takes 8 GiB) and keeps freed blocks
+    pinned until its cache is emptied. So the buffer is ordinary host memory page-locked with
+    ``cudaHostRegister`` (what the allocator's ``pinned_use_cuda_host_register`` option does);
+    where that is not available the caching allocator's buffer is used.
+    """
+    t = torch.empty(n, dtype=dtype)
+    nbytes = t.numel() * t.element_size()
+    if nbytes > 0 and torch.cuda.is_available():
+        try:
+            rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 0)
+            if int(rc) == 0 and t.is_pinned():
+                _REGISTERED[t.data_ptr()] = t
+                return t
+            if int(rc) == 0:
+                torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
+        except (AttributeError, RuntimeError, TypeError) as e:
+            logger.debug("cudaHostRegister unavailable (%s): caching host allocator", e)
+    return torch.empty(n, dtype=dtype, pin_memory=True)
+
+
+def _unpin(flats: dict[torch.dtype, Tensor]) -> None:
+    """Unregister the page-locked buffers of one state (before the memory is freed)."""
+    for t in flats.values():
+        if _REGISTERED.pop(t.data_ptr(), None) is not None:
+            torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
+
+
+def _unpin_all() -> None:
+    """Unregister every buffer this module page-locked (no store may be using one)."""
+    for ptr in list(_REGISTERED):
+        del _REGISTERED[ptr]
+        torch.cuda.cudart().cudaHostUnregister(ptr)
+
+
+def _empty_host_cache() -> None:
+    """Return the CUDA caching host allocator's free pinned blocks to the operating system."""
+    if not torch.cuda.is_available():
+        return
+    fn = getattr(getattr(torch, "accelerator", None), "empty_host_cache", None)
+    fn = fn or getattr(torch._C, "_host_emptyCache", None)
+    if fn is not None:
+        fn()
+
+
+def _drop_pool(keep: tuple | None = None) -> None:
+    """Free the pooled buffers of every layout except ``keep``."""
+    for key in [k for k in _PINNED_POOL if k != keep]:
+        for flats in _PINNED_POOL.pop(key):
+            _unpin(flats)
+
+
+def pinned_pool_bytes() -> int:
+    """Bytes of pinned host memory idle in the pool (kept for the next run of the same layout)."""
+    return sum(
+        t.numel() * t.element_size()
+        for pool in _PINNED_POOL.values()
+        for flats in pool
+        for t in flats.values()
+    )
+
+
 def release_pinned_memory() -> None:
-    """Free the pinned host buffers that MAGIC keeps for reuse across runs in this process."""
-    _PINNED_POOL.clear()
+    """Free the pinned host buffers that MAGIC keeps for reuse across runs in this process, and
+    give the CUDA caching host allocator's free pinned blocks back to the operating system.
+
+    Call it between runs (no :class:`StateStore` open): buffers of a store that was never closed
+    are unregistered too.
+    """
+    _drop_pool()
+    _unpin_all()
+    gc.collect()
+    _empty_host_cache()
 
 
 class StateStore:
@@ -99,12 +179,17 @@ class StateStore:
         for t in tensors:
             layout.append((t.dtype, sizes.get(t.dtype, 0), t.numel(), t.shape))
             sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
-        pool = _PINNED_POOL.setdefault(_pool_key(sizes), [])
+        key = _pool_key(sizes)
+        pool = _PINNED_POOL.setdefault(key, [])
         if pool:
             flats = pool.pop()
         else:
+            if len(_PINNED_POOL) > 1:  # idle buffers of another layout: free them first
+                _drop_pool(keep=key)
+                gc.collect()
+                _empty_host_cache()
             t0 = time.perf_counter()
-            flats = {d: torch.empty(n, dtype=d, pin_memory=True) for d, n in sizes.items()}
+            flats = {d: _pin_flat(n, d) for d, n in sizes.items()}
             self.pin_s += time.perf_counter() - t0
             logger.debug("pinned %.1f MB of host memory", sum(sizes.values()) / 2**20)
         self.owned.append(flats)
@@ -206,4 +291,4 @@ class StateStore:
             self.free.append(bufs)
 
 
-__all__ = ["StateStore", "release_pinned_memory"]
+__all__ = ["StateStore", "pinned_pool_bytes", "release_pinned_memory"]
