@@ -43,6 +43,9 @@ class Method(abc.ABC):
             gradient in a step (e.g. only some layers' hidden states enter the loss).
         ref: the frozen reference copy made in :meth:`setup`, if the method keeps one (the
             ``retain_kl`` regulariser shares it instead of copying the model again).
+        shard_frozen: under FSDP the loop shards the frozen copies (:meth:`frozen_models`) like
+            the trained model, so no rank holds a whole extra model; False for methods that call
+            parts of a frozen copy outside its forward (a lens on its final norm and head).
     """
 
     name: ClassVar[str] = "method"
@@ -50,6 +53,7 @@ class Method(abc.ABC):
     trainable_modules: list[str] | None = None
     find_unused_parameters: bool = False
     ref: nn.Module | None = None
+    shard_frozen: bool = True
 
     def setup(  # noqa: B027 - an optional hook: a no-op unless overridden
         self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: LoopConfig
@@ -59,6 +63,10 @@ class Method(abc.ABC):
 
     def on_train_start(self, model: nn.Module) -> None:  # noqa: B027 - optional, no-op
         """Called after adapters / freezing / sharding, before the optimizer is built."""
+
+    def frozen_models(self) -> list[nn.Module]:
+        """The frozen model copies this method runs (default: :attr:`ref`, if any)."""
+        return [self.ref] if self.ref is not None else []
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Extra tensors the optimizer trains besides the model's (default none)."""
