@@ -66,6 +66,7 @@ from magic_unlearn.attribution import (
     TrajectoryConfig,
     attribute,
     per_token_loss,
+    pinned_pool_bytes,
     release_pinned_memory,
 )
 from magic_unlearn.attribution import magic as magic_mod
@@ -149,6 +150,41 @@ def host_available() -> float:
             if line.startswith("MemAvailable:"):
                 return float(line.split()[1]) * 1024
     return float("inf")
+
+
+def _status_kb(field: str) -> float:
+    """A ``/proc/self/status`` field in kB (VmRSS: resident now, VmHWM: peak resident)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    return float("nan")
+
+
+def host_mem(stage: str, res: dict, dev: torch.device) -> dict:
+    """Host memory of every rank now: resident (VmRSS), peak resident so far (VmHWM), MAGIC's
+    idle pinned pool; and the host's MemAvailable. Logged by rank 0, kept in ``res["host"]``."""
+    mine = torch.tensor(
+        [_status_kb("VmRSS") / 2**20, _status_kb("VmHWM") / 2**20, pinned_pool_bytes() / GB],
+        dtype=torch.float64,
+        device=dev,
+    )
+    W = dist.get_world_size() if dist.is_initialized() else 1
+    rows = [torch.empty_like(mine) for _ in range(W)] if W > 1 else [mine]
+    if W > 1:
+        dist.all_gather(rows, mine)
+    out = {
+        "rss_gb": [round(float(r[0]), 2) for r in rows],
+        "peak_rss_gb": [round(float(r[1]), 2) for r in rows],
+        "pinned_pool_gb": [round(float(r[2]), 2) for r in rows],
+        "available_gb": round(host_available() / GB, 1),
+    }
+    res.setdefault("host", {})[stage] = out
+    log(
+        f"[host] {stage}: RSS GiB/rank {out['rss_gb']}, peak RSS {out['peak_rss_gb']}, "
+        f"pinned pool {out['pinned_pool_gb']}, available {out['available_gb']} GiB"
+    )
+    return out
 
 
 def build_neox(shape: dict, layers: int, dev: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -971,10 +1007,14 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
     budget = Budget(args.budget_s, dev)
     W = dist.get_world_size()
     res["world_size"] = W
+    only = set(args.only.split(","))
+    if not only <= {"small", "magic", "loops"}:
+        sys.exit(f"--only {args.only}: use a comma-separated subset of small,magic,loops")
+    host_mem("start", res, dev)
 
     # (a) sharded MAGIC on W GPUs equals one GPU (small shape, fp32 and bf16)
     ref_path = out.parent / "small_ref.pt"
-    if ref_path.exists() and budget.allows("small shape equality", 60 * args.est):
+    if "small" in only and ref_path.exists() and budget.allows("small shape", 60 * args.est):
         ref = torch.load(ref_path, weights_only=True)
         runs = guarded(res, "small_dist", small_runs, args, dev) or {}
         rows = []
@@ -999,8 +1039,9 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
         res["small_equality"] = rows
         log(f"\nSharded MAGIC on {W} GPUs vs one GPU (small shape):")
         log(table(rows, list(rows[0]) if rows else ["case"]))
+        host_mem("after small shape", res, dev)
         save(res, out)
-    elif not ref_path.exists():
+    elif "small" in only and not ref_path.exists():
         log(f"[skip] small shape equality: no {ref_path} (run --mode small-ref first)")
 
     # (b) the 6.9B shape, full-parameter MAGIC sharded over W GPUs, and plain FSDP training
@@ -1012,18 +1053,19 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
     gpu_total = (
         torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else 64 * GB
     )
-    host = torch.tensor([host_available()], dtype=torch.float64, device=dev)
-    dist.all_reduce(host, op=dist.ReduceOp.MIN)
-    gpu_budget, host_budget = args.gpu_frac * gpu_total, args.host_frac * float(host) / W
+    gpu_budget = args.gpu_frac * gpu_total
     c_rev = args.c_layer or C_LAYER_REVERSE
-    res["budgets"] = {
-        "gpu_gb": gpu_budget / GB,
-        "host_gb_per_rank": host_budget / GB,
-        "c_layer": c_rev,
-    }
-    for opt in ("sgd", "adamw"):
+    res["budgets"] = {"gpu_gb": gpu_budget / GB, "c_layer": c_rev}
+    for opt in ("sgd", "adamw") if "magic" in only else ():
+        # what is free now, after the last run's pinned checkpoints were given back
+        host = torch.tensor([host_available()], dtype=torch.float64, device=dev)
+        dist.all_reduce(host, op=dist.ReduceOp.MIN)
+        host_budget = args.host_frac * float(host) / W
+        res["budgets"][f"host_gb_per_rank_{opt}"] = host_budget / GB
         L, kw, pred = choose_layers(args, opt, c_rev, gpu_budget, host_budget, world=W)
         res[f"dist_full_{opt}_choice"] = {"layers": L, **kw, "predicted": pred}
+        if not L:
+            log(f"[skip] dist_full_magic_{opt}: no depth fits {host_budget / GB:.0f} GiB host/rank")
         est = (50 if opt == "sgd" else 70) * L / L0 + PIN_S_PER_GB * pred.get("host_total", 0)
         if not L or not budget.allows(f"dist_full_magic_{opt}", args.est * (20 + est)):
             continue
@@ -1041,6 +1083,7 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
             log(f"dist_full_magic_{opt} (L={L}, {W} ranks): {r}")
         del model
         clean(dev)
+        host_mem(f"after dist_full_magic_{opt} (pinned checkpoints released)", res, dev)
         # plain FSDP training of the same shape in the same run
         model = build_neox(args.shape, L, dev, args.torch_dtype)
         for layer in model.gpt_neox.layers:
@@ -1065,13 +1108,17 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
             r["fwd/plain"] = r["forward_step_s"] / p
         del model
         clean(dev)
+        host_mem(f"after dist_plain_fsdp_{opt}", res, dev)
         save(res, out)
 
-    # (c) the unlearning loop and the standard attack with FSDP, 10 steps each
-    model = build_neox(args.shape, L0, dev, args.torch_dtype)
+    # (c) the unlearning loop and the standard attack with FSDP, 10 steps each. Each run gets a
+    # fresh model built on its GPU (no host copy, no second copy to deep-copy from); the loop
+    # shards it and rr's frozen reference.
     forget, retain = make_corpus(64, S, V, seed=2), make_corpus(64, S, V, seed=3)
     b = max(1, B // W)
-    if budget.allows("dist_unlearn_rr_full", 40 * args.est):
+    if "loops" in only and budget.allows("dist_unlearn_rr_full", 40 * args.est):
+        model = build_neox(args.shape, L0, dev, args.torch_dtype)
+        host_mem("built the model for dist_unlearn_rr_full", res, dev)
         guarded(
             res,
             "dist_unlearn_rr_full",
@@ -1082,14 +1129,18 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
             {"forget": forget, "retain": retain},
             unlearn_cfg(args, False, args.loop_steps, b, distributed="fsdp"),
             dev,
-            copy_model=True,
+            copy_model=False,
         )
         log(f"dist_unlearn_rr_full: {res['dist_unlearn_rr_full']}")
+        del model
+        clean(dev)
+        host_mem("after dist_unlearn_rr_full", res, dev)
         save(res, out)
-    if budget.allows("dist_attack_standard", 30 * args.est):
+    if "loops" in only and budget.allows("dist_attack_standard", 30 * args.est):
         ab = max(1, (args.attack_batch or 16) // W)
         lcfg, max_len = attack_cfg(args, "standard", args.loop_steps, ab, distributed="fsdp")
         data = {"data": make_corpus(64, min(max_len, S), V, seed=4)}
+        model = build_neox(args.shape, L0, dev, args.torch_dtype)
         guarded(
             res,
             "dist_attack_standard",
@@ -1100,12 +1151,13 @@ def mode_dist(args: Any, dev: torch.device, res: dict, out: Path) -> None:
             data,
             lcfg,
             dev,
-            copy_model=True,
+            copy_model=False,
         )
         log(f"dist_attack_standard: {res['dist_attack_standard']}")
+        del model
+        clean(dev)
+        host_mem("after dist_attack_standard", res, dev)
         save(res, out)
-    del model
-    clean(dev)
     rows = []
     for opt in ("sgd", "adamw"):
         r = res.get(f"dist_full_magic_{opt}") or {}
@@ -1164,6 +1216,12 @@ def main() -> None:
         "random model makes updates below bf16 resolution, so the drift unit is ~0)",
     )
     ap.add_argument("--compile", action="store_true", help="torch.compile the attention node")
+    ap.add_argument(
+        "--only",
+        default="small,magic,loops",
+        help="dist mode: comma-separated sections to run: small (sharded = one GPU, small "
+        "shape), magic (6.9B sharded MAGIC and plain FSDP), loops (unlearning loop and attack)",
+    )
     args = ap.parse_args()
 
     if args.budget_s is None:
@@ -1200,6 +1258,8 @@ def main() -> None:
     sharded.model_hash_async = _shape_hash
     out_dir = Path(args.out)
     name = {"one": "bench_scale", "small-ref": "small_ref", "dist": "bench_scale_2gpu"}[args.mode]
+    if args.mode == "dist" and set(args.only.split(",")) != {"small", "magic", "loops"}:
+        name += "_" + "_".join(sorted(set(args.only.split(","))))  # a partial rerun
     out = out_dir / f"{name}.json"
     res: dict[str, Any] = {
         "args": {k: v for k, v in vars(args).items() if k != "torch_dtype"},

@@ -8,6 +8,9 @@
 # Results: $OUT/small_ref.{json,pt,log}, $OUT/bench_scale_2gpu.{json,log}, $OUT/card_2gpu.txt.
 # Extra arguments go to the 2-GPU run, e.g. --c-layer 120: the activation coefficient the one-GPU
 # run fitted on full SGD (memory_fit.c_layer_reverse_full in bench_scale.json; default: a priori).
+# --only loops (or small / magic, comma-separated) reruns only those sections of the 2-GPU run
+# (loops: the unlearning loop and the attack with FSDP, about 2-3 minutes; no small-ref then).
+# Every stage prints host memory per rank ("[host] ..."; res["host"] in the JSON).
 # Leave NCCL_NVLS_ENABLE=0 and the machine's other NCCL settings as they are.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -16,8 +19,18 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card_2gpu.txt"
 env | grep -E '^NCCL_' | tee -a "$OUT/card_2gpu.txt"
-CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_scale.py --mode small-ref --out "$OUT" 2>&1 \
-  | grep -v -E 'Warning|warnings.warn|return func' | tee "$OUT/small_ref.log"
+only=small,magic,loops
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case ${args[i]} in
+    --only) only=${args[i + 1]:-} ;;
+    --only=*) only=${args[i]#--only=} ;;
+  esac
+done
+if [[ ,$only, == *,small,* ]]; then
+  CUDA_VISIBLE_DEVICES=0 python3 benchmarks/bench_scale.py --mode small-ref --out "$OUT" 2>&1 \
+    | grep -v -E 'Warning|warnings.warn|return func' | tee "$OUT/small_ref.log"
+fi
 python3 -m torch.distributed.run --standalone --nproc-per-node 2 benchmarks/bench_scale.py \
   --mode dist --out "$OUT" "$@" 2>&1 \
   | grep -v -E 'Warning|warnings.warn|return func' | tee "$OUT/bench_scale_2gpu.log"

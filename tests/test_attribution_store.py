@@ -62,6 +62,7 @@ def test_released_chunks_are_reused_without_pinning_again(pool) -> None:
     first.release()
     assert first.chunks == [] and first.views == []
     assert sum(len(v) for v in store._PINNED_POOL.values()) == n
+    assert store.pinned_pool_bytes() == sum(pool)  # every chunk is idle, in bytes
     second = store._PinnedState(_state())
     assert len(pool) == n  # every chunk came from the pool
     assert sum(len(v) for v in store._PINNED_POOL.values()) == 0
@@ -70,7 +71,7 @@ def test_released_chunks_are_reused_without_pinning_again(pool) -> None:
         assert torch.equal(v, t)
     second.release()
     store.release_pinned_memory()
-    assert store._PINNED_POOL == {}
+    assert store._PINNED_POOL == {} and store.pinned_pool_bytes() == 0
     store._PinnedState(_state())
     assert len(pool) == 2 * n  # after release_pinned_memory, chunks are pinned anew
 

@@ -41,7 +41,7 @@ from magic_unlearn.attribution.optim import (
 )
 from magic_unlearn.attribution.replay import TrajectoryDriftError
 from magic_unlearn.attribution.run import AttributionJob, run_attribution
-from magic_unlearn.attribution.store import release_pinned_memory
+from magic_unlearn.attribution.store import pinned_pool_bytes, release_pinned_memory
 from magic_unlearn.attribution.trajectory import (
     batch_order,
     per_token_loss,
@@ -70,6 +70,7 @@ __all__ = [
     "lr_at",
     "make_optimizer",
     "per_token_loss",
+    "pinned_pool_bytes",
     "prepare_model",
     "random_scores",
     "register_optimizer",

@@ -47,6 +47,12 @@ def release_pinned_memory() -> None:
         empty()  # torch's caching host allocator keeps freed pinned blocks too
 
 
+def pinned_pool_bytes() -> int:
+    """Bytes of idle pinned chunks the pool holds for reuse (what ``release_pinned_memory``
+    would free)."""
+    return sum(c.numel() for cs in _PINNED_POOL.values() for c in cs)
+
+
 def nbytes(tensors: list[Tensor]) -> int:
     """Total bytes of a state."""
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -296,4 +302,4 @@ class StateStore:
             self.free.append(self.pinned.pop(k))
 
 
-__all__ = ["CHUNK_BYTES", "StateStore", "nbytes", "release_pinned_memory"]
+__all__ = ["CHUNK_BYTES", "StateStore", "nbytes", "pinned_pool_bytes", "release_pinned_memory"]

@@ -19,7 +19,9 @@ accumulation averages micro-batch means. ``batch_size`` is per device.
 FSDP: set ``cfg.distributed="fsdp"`` (or launch with an accelerate config that has
 ``distributed_type: FSDP``, which exports ``ACCELERATE_USE_FSDP=true``); each decoder layer and
 then the root are sharded with ``torch.distributed.fsdp.fully_shard`` (FSDP2) before the optimizer
-is built. Under FSDP, mid-run checkpoints and LoRA merging are not supported, and the returned
+is built; so are the method's frozen reference copies (``Method.frozen_models``; frozen, so they
+cost 1/W of a model per rank and their forward all-gathers layer by layer). Under FSDP, mid-run
+checkpoints and LoRA merging are not supported, and the returned
 model is sharded: :func:`full_state_dict` gathers it (every rank must call it).
 """
 
@@ -279,12 +281,27 @@ class MethodStep(nn.Module):
         return self.method(self.model, batch, step, total_steps)
 
 
-def _apply_fsdp(model: nn.Module) -> nn.Module:
-    # deferred: torch.distributed.fsdp takes seconds to import and only FSDP runs need it
-    from torch.distributed.fsdp import fully_shard
+def _apply_fsdp(model: nn.Module, frozen: bool = False) -> nn.Module:
+    """Shard ``model`` with FSDP2: each decoder layer, then the root.
 
+    ``frozen``: a copy that only runs forwards. FSDP2 keeps the root's parameters gathered after
+    its forward (they are needed again by the backward), and a frozen copy has no backward to
+    reshard them; so its (untied) input embedding and output head become units of their own,
+    which reshard after their forward, leaving the root only its final norm.
+    """
+    # deferred: torch.distributed.fsdp takes seconds to import and only FSDP runs need it
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(model, FSDPModule):  # already sharded (a frozen copy shared by two terms)
+        return model
     for block in get_decoder_layers(model):
         fully_shard(block)
+    if frozen:
+        emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+        if head is None or emb.weight is not head.weight:  # tied: both stay with the root
+            for m in (emb, head):
+                if m is not None:
+                    fully_shard(m)
     fully_shard(model)
     return model
 
@@ -485,6 +502,9 @@ def train_loop(
     inner = model  # peft or plain model; hooks and saving go through this one
     if dist_info.mode == "fsdp":  # shard before the optimizer sees the parameters
         model = inner = _apply_fsdp(model)
+        if method.shard_frozen:  # the frozen reference too: a whole copy per rank otherwise
+            for ref in method.frozen_models():
+                _apply_fsdp(ref, frozen=True)
     method.on_train_start(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

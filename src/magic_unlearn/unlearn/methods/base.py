@@ -48,6 +48,9 @@ class Method(abc.ABC):
             given score artifacts but no ``weights`` setting. ``hazard_teach`` (the default):
             the forget loss applies to hazard proponents in proportion to how much they teach
             hazard. None: the method has no sensible default and the run must set ``weights``.
+        shard_frozen: under FSDP the loop shards the frozen copies (:meth:`frozen_models`) like
+            the trained model, so no rank holds a whole extra model; False for methods that call
+            parts of a frozen copy outside its forward (a lens on its final norm and head).
     """
 
     name: ClassVar[str] = "method"
@@ -56,6 +59,7 @@ class Method(abc.ABC):
     find_unused_parameters: bool = False
     ref: nn.Module | None = None
     default_weights: ClassVar[str | None] = "hazard_teach"
+    shard_frozen: bool = True
 
     def setup(  # noqa: B027 - an optional hook: a no-op unless overridden
         self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: LoopConfig
@@ -65,6 +69,10 @@ class Method(abc.ABC):
 
     def on_train_start(self, model: nn.Module) -> None:  # noqa: B027 - optional, no-op
         """Called after adapters / freezing / sharding, before the optimizer is built."""
+
+    def frozen_models(self) -> list[nn.Module]:
+        """The frozen model copies this method runs (default: :attr:`ref`, if any)."""
+        return [self.ref] if self.ref is not None else []
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Extra tensors the optimizer trains besides the model's (default none)."""

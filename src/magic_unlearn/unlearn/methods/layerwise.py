@@ -48,6 +48,7 @@ class Lens(Method):
     """
 
     find_unused_parameters = True
+    shard_frozen = False  # the lens calls the reference's final norm and head directly
 
     def __init__(
         self,

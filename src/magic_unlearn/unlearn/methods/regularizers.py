@@ -112,6 +112,16 @@ class Regularized(Method):
     def ref(self) -> nn.Module | None:  # type: ignore[override]
         return self.method.ref
 
+    @property
+    def shard_frozen(self) -> bool:  # type: ignore[override]
+        return self.method.shard_frozen and all(r.shard_frozen for r in self.regs)
+
+    def frozen_models(self) -> list[nn.Module]:
+        out: dict[int, nn.Module] = {}
+        for obj in (self.method, *self.regs):
+            out.update({id(m): m for m in obj.frozen_models()})
+        return list(out.values())  # a shared copy once
+
     def setup(self, model: nn.Module, data: dict[str, TokenizedCorpus], cfg: LoopConfig) -> None:
         self.method.setup(model, data, cfg)
         for r in self.regs:
