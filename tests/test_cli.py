@@ -210,3 +210,23 @@ def test_help_shows_no_bool_metavars() -> None:
     for cmd in (["eval"], ["attribute"], ["unlearn"], ["demo"], ["tamper"]):
         r = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "140"})
         assert r.exit_code == 0 and "<bool>" not in r.output, r.output
+
+
+def test_cli_imports_with_a_typer_that_lacks_the_help_hook() -> None:
+    """Older Typer versions (the GPU image's) have no ``TyperOption.display_type_rich``: the CLI
+    must still import and run (it broke every command there once)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import typer.core as c\n"
+        "if hasattr(c.TyperOption, 'display_type_rich'):\n"
+        "    del c.TyperOption.display_type_rich\n"
+        "from typer.testing import CliRunner\n"
+        "from magic_unlearn.cli import app\n"
+        "r = CliRunner().invoke(app, ['unlearn', '--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -112,9 +112,11 @@ def _flag_display_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
     return _typer_display_type(self, ctx)
 
 
-# Typer shows ``<bool>`` after flags such as ``--overwrite`` though they take no value
-_typer_display_type = typer.core.TyperOption.display_type_rich
-typer.core.TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
+# Typer versions with this hook show ``<bool>`` after flags such as ``--overwrite`` though they
+# take no value; versions without it (the GPU image's) print none: leave them alone
+_typer_display_type = getattr(typer.core.TyperOption, "display_type_rich", None)
+if _typer_display_type is not None:
+    typer.core.TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="magic-unlearn",
