@@ -139,15 +139,17 @@ class Replay:
             grad_fn=self.grads,
         )
 
-    def forward(self, progress: bool) -> None:
-        """The recorded trajectory: run all T steps, keep fingerprints and top checkpoints."""
+    def forward(self, progress: bool, stop: int | None = None) -> None:
+        """The recorded trajectory: run the T steps (or the first ``stop``), keep fingerprints
+        and top checkpoints."""
         top = set(self._top_positions())
         self.fps = [self.fingerprint(self.params)]
         if 0 in top:
             self.top.append((0, self.store.put(self.live)))
-        it = self._steps(0, self.T)
+        n = self.T if stop is None else min(stop, self.T)
+        it = self._steps(0, n)
         if progress:
-            it = tqdm(it, total=self.T, desc="magic forward", leave=False)
+            it = tqdm(it, total=n, desc="magic forward", leave=False)
         for t, loss in it:
             self.losses.append(loss)
             self.fps.append(self.fingerprint(self.params))
