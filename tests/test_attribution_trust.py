@@ -183,19 +183,25 @@ def test_float64_prefix_fixes_adamw_fp32_scores(model) -> None:
     s64 = attribute(model, corpus, {"f": f_heldout}, cfg_for("adamw", **kw), progress=False)
     assert s64.scores["f"].dtype == torch.float64  # float64 runs keep float64 scores
     assert s64.meta["trust"]["checks"]["precision"]["status"] is None  # nothing to check
-    errs = {}
+    errs, pears = {}, {}
+    mask = corpus.loss_mask > 0
     for k in (0, 2):
         cfg = cfg_for("adamw", dtype="float32", float64_prefix=k, **kw)
         art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
         assert art.scores["f"].dtype == torch.float32
-        a, b = art.scores["f"].double(), s64.scores["f"]
+        a, b = art.scores["f"].double()[mask], s64.scores["f"][mask]
         errs[k] = float((a - b).norm() / b.norm())
+        pears[k] = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     prec = art.meta["trust"]["checks"]["precision"]
     assert prec["steps"] == 2 and prec["status"] == "reliable"
     step_err = prec["queries"]["f"]["step_rel_err"]
-    # measured: step 0 in fp32 is off by 5%, step 1 by 7e-5; total 3e-2 -> 2e-5
+    # measured: total error 5.3e-2 -> 1.2e-4, 1 - Pearson 3.5e-8 -> 2e-13; the optimiser
+    # VJP in float64 alone leaves 5.3e-2 (docs/benchmarks.md, Issue 14)
     assert step_err[0] > 1e-2 and step_err[1] < 1e-3
     assert errs[0] > 1e-2 and errs[2] < 1e-3, errs
+    # the issue's target, Pearson >= 0.99 against float64; here fp32's error is mostly a
+    # scale error (Pearson 0.99999 before the prefix), so the distance to 1 is what shrinks
+    assert pears[2] >= 0.99 and 1 - pears[2] < 1e-2 * max(1 - pears[0], 1e-10), pears
     assert prec["queries"]["f"]["total_rel_change"] == pytest.approx(errs[0], rel=0.1)
 
 
