@@ -7,6 +7,10 @@ scores against float64 per query, and the per-step errors the precision check me
 ``--vjp-variants`` (CPU) also runs the optimiser VJP in float64 and in a cancellation-free
 (eps-aware) form, prefix off: the candidate fixes that do not help.
 
+The tests' 6-step model, CPU (seconds)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/bench_precision.py --toy
+
 CPU, tiny world (about 10 min on 2 idle cores)::
 
     PYTHONPATH=src python benchmarks/bench_precision.py --vjp-variants
@@ -89,9 +93,44 @@ def _vjp_variant(kind: str):
     return vjp
 
 
+def toy(eps_values: list[float]) -> None:
+    """The tests' 6-step AdamW model (``tests/test_attribution.py``), fp32 against float64:
+    plain, optimiser VJP in float64, eps-aware VJP, float64 prefix of 1 and 2 steps."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from magic_unlearn.attribution import attribute
+    from magic_unlearn.attribution.optim import AdamW
+    from magic_unlearn.models import build_model
+    from test_attribution import TINY, V, cfg_for, f_heldout, make_corpus
+
+    model = build_model(TINY, vocab_size=V, seed=0, dtype=torch.float64)
+    corpus = make_corpus()
+    mask = corpus.loss_mask > 0
+    legacy = AdamW.vjp
+    print("| eps | run | Pearson | rel. L2 error |\n|---|---|---|---|")
+    for eps in eps_values:
+        kw = dict(steps=6, checkpointing="sqrt", storage="cpu", eps=eps)
+        ref = attribute(model, corpus, {"f": f_heldout}, cfg_for("adamw", **kw), progress=False)
+        for name, k, vjp in (
+            ("fp32", 0, None),
+            ("fp32, VJP in float64", 0, "f64"),
+            ("fp32, eps-aware VJP", 0, "eps_aware"),
+            ("fp32, float64 prefix 1", 1, None),
+            ("fp32, float64 prefix 2", 2, None),
+        ):
+            AdamW.vjp = legacy if vjp is None else _vjp_variant(vjp)
+            try:
+                cfg = cfg_for("adamw", dtype="float32", float64_prefix=k, **kw)
+                art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+            finally:
+                AdamW.vjp = legacy
+            c = corr(art.scores["f"], ref.scores["f"], mask)
+            print(f"| {eps:g} | {name} | {c['pearson']:.8f} | {c['rel_l2']:.2e} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_args(ap)
+    ap.add_argument("--toy", action="store_true", help="only the tests' model (seconds, CPU)")
     ap.add_argument("--variants", default="filtered", help="start models, comma-separated")
     ap.add_argument("--traj", default="adamw1e-4-wu8,adamw1e-3", help=f"of {list(TRAJ)}")
     ap.add_argument("--steps", type=int, default=24)
@@ -101,6 +140,9 @@ def main() -> None:
     ap.add_argument("--trust-timing", action="store_true", help="time one default trust report")
     ap.add_argument("--budget-s", type=float, default=0, help="skip what starts after this")
     args = ap.parse_args()
+    if args.toy:
+        toy([1e-8, 1e-10])
+        return
     t_start = time.time()
     from magic_unlearn.attribution import attribute
     from magic_unlearn.attribution.optim import AdamW

@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--units", default="doc,token")
     ap.add_argument("--heldout-seed", type=int, default=99, help="-1: skip")
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument(
+        "--sets", default="ensemble,frozen,grad_sim", help="score sets besides MAGIC (main only)"
+    )
     args = ap.parse_args()
     from magic_unlearn.analysis.lds import lds
     from magic_unlearn.analysis.removal import removal_curves, removal_markdown
@@ -93,8 +96,9 @@ def main() -> None:
                 ),
             )
         }
+        sets = set(args.sets.split(","))
         if tname == args.main:
-            if args.ensemble > 1:
+            if args.ensemble > 1 and "ensemble" in sets:
                 arts[f"ensemble{args.ensemble}"] = cached(
                     run / f"scores_ensemble{args.ensemble}",
                     lambda p, cfg=cfg: attribute_ensemble(
@@ -107,7 +111,7 @@ def main() -> None:
                         progress=False,
                     ),
                 )
-            if cfg.optimizer == "adamw":
+            if cfg.optimizer == "adamw" and "frozen" in sets:
                 fcfg = dataclasses.replace(cfg, adam_denominator="frozen")
                 arts["frozen"] = cached(
                     run / "scores_frozen",
@@ -115,10 +119,11 @@ def main() -> None:
                         base, S.corpus, S.measurements, fcfg, out=p, progress=False
                     ),
                 )
-            arts["grad_sim"] = cached(
-                run / "scores_grad_sim",
-                lambda p, cfg=cfg: grad_similarity(base, S.corpus, S.measurements, cfg, out=p),
-            )
+            if "grad_sim" in sets:
+                arts["grad_sim"] = cached(
+                    run / "scores_grad_sim",
+                    lambda p, cfg=cfg: grad_similarity(base, S.corpus, S.measurements, cfg, out=p),
+                )
         scores = {f"{m}:{q}": a.token_scores(q) for m, a in arts.items() for q in queries}
         smap = {n: n.split(":")[1] for n in scores}
         sums = {
