@@ -5,7 +5,7 @@ next to which others, shapes its score, and so does the run's noise at O(1) weig
 Averaging over seeds estimates the derivative of the seed-averaged eval loss, E_seed f(w), which
 is the quantity an unlearning method that retrains on its own data order can hope to move
 (Ilyas & Engstrom 2025, "MAGIC", average over training randomness; Park et al. 2023, "TRAK",
-ensembles). docs/benchmarks.md ("Trusting the scores") measures whether it helps.
+ensembles). docs/benchmarks.md ("Issue 14") measures whether it helps.
 """
 
 from __future__ import annotations

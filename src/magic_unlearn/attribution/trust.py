@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 VERDICTS = ("reliable", "doubtful", "unreliable")
 UNCHECKED = "unchecked"  # no check ran (trust off, float64 run without replays)
-# (a) smoothness, two numbers (docs/benchmarks.md, "Trusting the scores", has the measurements):
+# (a) smoothness, two numbers (docs/benchmarks.md, "Issue 14", has the measurements):
 # - the worst relative error of the first-order prediction over directions and queries at the
 #   smallest step size (default h = 0.01: a 1% down-weighting of 10% of the documents). Even a
 #   smooth AdamW run is not linear below it (eps-sized gradient coordinates saturate): on the
