@@ -15,7 +15,7 @@ Tiny world, CPU (about 5 min on 2 idle cores)::
 Small world, one H200 (under 5 min; the lead runs it)::
 
     PYTHONPATH=src python benchmarks/bench_trust.py --preset small --device cuda --steps 48 \\
-        --max-length 80 --reference --bf16 --budget-s 240 --work /tmp/bench_trust \\
+        --max-length 80 --reference --bf16 --budget-s 200 --work /tmp/bench_trust \\
         --runs filtered:adamw1e-4-wu8,filtered:adamw1e-3,filtered:sgd3e-2,base:adamw1e-4-wu8,filtered:sgd0.3
 
 Writes ``trust.json`` (rewritten after every trajectory) and ``trust.log`` to ``$OUT`` when set,
@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,7 +78,7 @@ def main() -> None:
     res: dict = {"device": str(S.device), "args": vars(args), "pretrain_s": S.pretrain_s}
     if S.device.type == "cuda":
         res["card"] = torch.cuda.get_device_name(S.device)
-    res["runs"], res["precision"] = [], []
+    res["runs"], res["precision"], res["errors"] = [], [], []
     log(f"setup {time.time() - t_start:.1f} s (pretraining {S.pretrain_s:.1f} s) on {S.device}")
 
     def run(variant: str, tname: str, **kw):
@@ -91,18 +92,7 @@ def main() -> None:
         res["wall_s"] = time.time() - t_start
         (out_dir / "trust.json").write_text(json.dumps(res, indent=1, default=str))
 
-    head = (
-        "| start | trajectory | verdict | error h=0.01 / 0.1 / 1 (worst query) | param sign "
-        "agreement | linear up to h | hazard actual/predicted at h=1 | precision per-step error "
-        "| trust s / run s |"
-    )
-    log(head + "\n|---|---|---|---|---|---|---|---|---|")
-    prec_lines = []
-    for variant, tname in runs:
-        if args.budget_s and time.time() - t_start > args.budget_s:
-            log(f"budget {args.budget_s:g} s reached: skipping {variant}:{tname}")
-            continue
-        art, secs = run(variant, tname, dtype="float32")
+    def trust_row(variant: str, tname: str, art, secs: float) -> None:
         tr = art.meta["trust"]
         sm = tr["checks"]["smoothness"]
         pq = sm["per_query"]
@@ -135,25 +125,52 @@ def main() -> None:
             + ("-" if prec is None else f"{prec:.1e}")
             + f" | {extra:.1f} / {secs - extra:.1f} |"
         )
+
+    head = (
+        "| start | trajectory | verdict | error h=0.01 / 0.1 / 1 (worst query) | param sign "
+        "agreement | linear up to h | hazard actual/predicted at h=1 | precision per-step error "
+        "| trust s / run s |"
+    )
+    log(head + "\n|---|---|---|---|---|---|---|---|---|")
+    prec_lines = []
+    for variant, tname in runs:
+        if args.budget_s and time.time() - t_start > args.budget_s:
+            log(f"budget {args.budget_s:g} s reached: skipping {variant}:{tname}")
+            continue
+        try:
+            art, secs = run(variant, tname, dtype="float32")
+            trust_row(variant, tname, art, secs)
+        except Exception:  # keep going: the lead gets the other rows
+            res["errors"].append(f"{variant}:{tname} fp32 + trust: {traceback.format_exc()}")
+            log(f"| {variant} | {tname} | FAILED (trust.json 'errors') |")
+            art = None
         if args.reference:
-            ref, ref_s = run(variant, tname, dtype="float64", trust={"enabled": False})
-            todo = {"fp32, prefix 2": art}
-            for name, kw in (
-                ("fp32, prefix 0", dict(dtype="float32", float64_prefix=0)),
-                *(
-                    (
-                        (
-                            "bf16, prefix 0",
-                            dict(dtype="float32", precision="bf16", float64_prefix=0),
-                        ),
-                        ("bf16, prefix 2", dict(dtype="float32", precision="bf16")),
-                    )
-                    if args.bf16
-                    else ()
-                ),
-            ):
-                todo[name], _ = run(variant, tname, trust={"enabled": False}, **kw)
-            for name, a in todo.items():
+            try:
+                ref, ref_s = run(variant, tname, dtype="float64", trust={"enabled": False})
+            except Exception:
+                res["errors"].append(f"{variant}:{tname} float64: {traceback.format_exc()}")
+                log(f"{variant}:{tname}: the float64 reference failed (trust.json 'errors')")
+                save()
+                continue
+            fp32 = dict(dtype="float32")
+            bf16 = dict(dtype="float32", precision="bf16")
+            todo = [
+                ("fp32, prefix 2", art, fp32),
+                ("fp32, prefix 0", None, dict(fp32, float64_prefix=0)),
+            ]
+            if args.bf16:
+                todo += [
+                    ("bf16, prefix 0", None, dict(bf16, float64_prefix=0)),
+                    ("bf16, prefix 2", None, bf16),
+                ]
+            for name, a, kw in todo:
+                try:
+                    if a is None:
+                        a, _ = run(variant, tname, trust={"enabled": False}, **kw)
+                except Exception:
+                    res["errors"].append(f"{variant}:{tname} {name}: {traceback.format_exc()}")
+                    log(f"{variant}:{tname} {name}: failed (trust.json 'errors')")
+                    continue
                 for q in S.measurements:
                     c = corr(a.scores[q], ref.scores[q], mask)
                     res["precision"].append(
