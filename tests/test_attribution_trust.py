@@ -218,6 +218,8 @@ def test_strict_refuses_and_writes_nothing(model, tmp_path: Path, monkeypatch) -
     cfg.trust.strict = False
     art = attribute(model, corpus, {"f": f_heldout}, cfg, out=out, progress=False)
     loaded = ScoreArtifact.load(out)
+    assert loaded.scores["f"].dtype == torch.float64  # a float64 run keeps float64 on disk
+    torch.testing.assert_close(loaded.scores["f"], art.scores["f"], rtol=0, atol=0)
     assert loaded.meta["trust"]["verdict"] in tr.VERDICTS
     assert loaded.meta["trust"] == art.meta["trust"]
     sem = loaded.meta["semantics"]
