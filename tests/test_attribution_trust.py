@@ -117,6 +117,12 @@ def test_verdict_is_the_worst_check_and_unchecked_without_checks() -> None:
     with pytest.raises(tr.UntrustworthyScoresError, match="DOUBTFUL"):
         tr.enforce(tr.trust_report(smooth([0.7, 0.9]), None, 0, 0, 0.05), TrustConfig(strict=True))
     tr.enforce(tr.trust_report(smooth([0.7, 0.9]), None, 0, 0, 0.05), TrustConfig())  # warns
+    # the message names what failed: a precision failure points at the precision, not at lr
+    with pytest.raises(tr.UntrustworthyScoresError, match="in fp32") as e:
+        tr.enforce(
+            tr.trust_report(smooth([0.05, 0.1]), prec_bad, 0, 4, 0.05), TrustConfig(strict=True)
+        )
+    assert "smoother trajectories" not in str(e.value)
 
 
 def test_trust_config_validation() -> None:

@@ -450,11 +450,23 @@ def enforce(report: dict[str, Any], cfg: TrustConfig) -> None:
     if report["verdict"] in ("reliable", UNCHECKED):
         logger.info("%s", report["summary"])
         return
+    hints = {
+        "smoothness": f"a first-order error above {LINEAR_TOL} means the scores do not predict "
+        "what retraining does at that weight change; smoother trajectories (lower lr, warmup) "
+        "give more linear runs",
+        "precision": "the run precision's reverse steps disagree with float64; bf16 errors are "
+        "in every step: run the trajectory in fp32 (the float64 prefix fixes AdamW's step 0) "
+        "or float64",
+        "drift": "replays drift from the recorded run (nondeterministic kernels); use "
+        "checkpointing=every or deterministic attention",
+    }
+    bad = [
+        hints[k] for k, c in report["checks"].items() if c.get("status") not in (None, "reliable")
+    ]
     msg = (
-        f"MAGIC scores are {report['verdict'].upper()}: {report['summary']}. A first-order "
-        f"error above {LINEAR_TOL} means the scores do not predict what retraining does at that "
-        f"weight change; smoother trajectories (lower lr, warmup) give more linear runs "
-        f"(README: 'Trusting the scores')"
+        f"MAGIC scores are {report['verdict'].upper()}: {report['summary']}. "
+        + "; ".join(bad)
+        + " (README: 'Trusting the scores')"
     )
     if cfg.strict:
         raise UntrustworthyScoresError(msg + "; refused (trust.strict)")
