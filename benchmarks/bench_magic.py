@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from magic_unlearn.attribution import LoraSpec, TrajectoryConfig, attribute, per_token_loss
+from magic_unlearn.attribution.config import TrustConfig
 from magic_unlearn.attribution.trajectory import batch_order, prepare_model
 from magic_unlearn.data import TokenizedCorpus
 from magic_unlearn.models import build_model
@@ -278,6 +279,10 @@ def setup(args: Any) -> tuple[torch.device, TokenizedCorpus, dict, TrajectoryCon
         max_length=args.seq,
         reverse_microbatch=args.microbatch,
         drift_tol=args.drift_tol,
+        # the engine alone: the trust report (retrains) and the float64 prefix are extra work
+        # that issue 14 measures (bench_trust.py); the issue-15 ratios are MAGIC's own
+        trust=TrustConfig(enabled=False),
+        float64_prefix=0,
     )
     return dev, corpus, qs, cfg
 

@@ -70,6 +70,7 @@ from magic_unlearn.attribution import (
     release_pinned_memory,
 )
 from magic_unlearn.attribution import magic as magic_mod
+from magic_unlearn.attribution.config import TrustConfig
 from magic_unlearn.attribution.memory import (
     C_LAYER_REVERSE,
     C_LAYER_TRAIN,
@@ -327,6 +328,9 @@ def traj_cfg(args: Any, opt: str, lora: bool, **kw: Any) -> TrajectoryConfig:
         drift_tol=args.drift_tol,
         checkpointing="sqrt",
         storage="cpu",
+        # the engine alone (the trust report's retrains and the float64 prefix are issue 14's)
+        trust=TrustConfig(enabled=False),
+        float64_prefix=0,
     )
     base.update(kw)
     return TrajectoryConfig(**base)

@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from magic_unlearn.analysis.stats import bootstrap_ci, pearson, spearman
+from magic_unlearn.attribution.config import REVERSE_ONLY
 from magic_unlearn.attribution.measurements import MeasureFn
 from magic_unlearn.attribution.trajectory import train_trajectory
 from magic_unlearn.config import config_hash
@@ -176,7 +177,8 @@ def lds(
     cache = Path(out) / "cache" if out is not None else None
     key = {
         "corpus_hash": corpus.content_hash(),
-        "traj": config_hash(traj_cfg),
+        # fields that change only the reverse pass do not change a retrain
+        "traj": config_hash(traj_cfg, exclude=REVERSE_ONLY),
         "unit": unit,
         "alpha": alpha,
         "seed": seed,

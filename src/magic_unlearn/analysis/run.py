@@ -26,6 +26,7 @@ from magic_unlearn.analysis.stats import (
     roc_auc,
     spearman,
 )
+from magic_unlearn.attribution.trust import trust_markdown
 from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD
 from magic_unlearn.io import atomic_dir, atomic_write_json, atomic_write_text
 
@@ -402,6 +403,17 @@ def _jsonable(o: Any) -> Any:
     return o
 
 
+def trust_reports(sets: Sequence[ScoreSet]) -> dict[str, Any]:
+    """The trust reports of the score artifacts behind ``sets`` (``attribution/trust.py``),
+    keyed by the score set names they cover (one report per artifact)."""
+    groups: dict[int, tuple[list[str], dict[str, Any]]] = {}
+    for s in sets:
+        t = s.meta.get("trust")
+        if isinstance(t, dict):
+            groups.setdefault(id(t), ([], t))[0].append(s.name)
+    return {", ".join(names): t for names, t in groups.values()}
+
+
 def _decode(tokenizer: Any, tid: int) -> str:
     s = tokenizer.decode([int(tid)])
     return s.replace("|", "\\|").replace("\n", "\\n").replace("`", "'")
@@ -512,6 +524,7 @@ def analyze(
         "per_position": pos,
         "per_token_id": tok,
         "ground_truth": gt,
+        "trust": trust_reports([hz, gn]),
         "n_tokens": int(h.size),
     }
 
@@ -535,6 +548,23 @@ def analyze(
     return metrics
 
 
+def _trust_section(reports: dict[str, Any]) -> list[str]:
+    if not reports:
+        return []
+    lines = [
+        "## Can these scores be trusted?",
+        "",
+        "Trust report of the attribution run (first-order predictions against retraining along "
+        "random drop-directions, a float64 recomputation of the first reverse steps, replay "
+        "drift; thresholds in `attribution/trust.py`):",
+        "",
+    ]
+    for names, t in reports.items():
+        lines += trust_markdown(t, names)
+        lines.append("")
+    return lines
+
+
 def _markdown(
     m: dict[str, Any], hz: ScoreSet, gn: ScoreSet, tokenizer: Any, n_top: int, world: bool
 ) -> str:
@@ -550,6 +580,7 @@ def _markdown(
         f"Noise thresholds (k = {m['k_noise']} x median|score|): hazard {_f(nt['hazard'])}, "
         f"general {_f(nt['general'])}.",
         "",
+        *_trust_section(m.get("trust") or {}),
         "## 1. How separated are the two attributions?",
         "",
         "| level | Pearson | Spearman |",

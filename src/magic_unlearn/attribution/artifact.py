@@ -2,12 +2,15 @@
 
 Folder layout::
 
-    scores.safetensors   scores.<query> (N, L) float32 per query (per="token"),
-                         or (N,) float32 (per="example"); input_ids, attention_mask,
+    scores.safetensors   scores.<query> (N, L) per query (per="token"), or (N,)
+                         (per="example"): float64 for float64 runs, else float32;
+                         input_ids, attention_mask,
                          loss_mask, and labels / fact_ids when the corpus has them
     meta.json            method, per, queries, hashes (``scores_file_hash``: of
                          scores.safetensors, checked on load), tokenizer, trajectory config,
-                         sign convention, eval losses before/after training, doc_ids, timings
+                         sign convention, eval losses before/after training, doc_ids, timings;
+                         MAGIC adds ``semantics`` (what a score means exactly) and ``trust``
+                         (the trust report: verdict, smoothness, precision, replay drift)
     manifest.json        stage "attribute" (``magic_unlearn.io.write_manifest``)
 
 Sign convention (``magic_unlearn.SIGN_CONVENTION``): score = d(eval loss)/d(token weight) at
@@ -45,6 +48,11 @@ SCORES_FILE = "scores.safetensors"
 META_FILE = "meta.json"
 
 
+def _score_dtype(s: torch.Tensor) -> torch.Tensor:
+    """Scores are stored in float64 when computed in float64, else in float32."""
+    return s if s.dtype == torch.float64 else s.float()
+
+
 class ArtifactMismatchError(ValueError):
     """A score artifact was used with a corpus or tokenizer other than the one it scored."""
 
@@ -78,7 +86,8 @@ class ScoreArtifact:
     """Attribution scores of a tokenized corpus for named queries, plus provenance.
 
     Attributes:
-        scores: query name -> (N, L) float32 per-token scores (per="token") or (N,) per-example.
+        scores: query name -> (N, L) per-token scores (per="token") or (N,) per-example;
+            float64 when the run was float64, else float32.
         input_ids, attention_mask, loss_mask: the scored corpus rows, (N, L).
         labels, fact_ids: (N, L) ground truth when the corpus has it (else None).
         meta: JSON metadata (see module docstring); ``meta["per"]``, ``meta["method"]``,
@@ -142,7 +151,7 @@ class ScoreArtifact:
             else:
                 base[k] = v
         art = cls(
-            scores={q: s.detach().float().cpu() for q, s in scores.items()},
+            scores={q: _score_dtype(s.detach()).cpu() for q, s in scores.items()},
             input_ids=corpus.input_ids.cpu(),
             attention_mask=corpus.attention_mask.cpu(),
             loss_mask=corpus.loss_mask.cpu().float(),
@@ -303,7 +312,7 @@ class ScoreArtifact:
         self.validate()
         out = Path(out)
         tensors: dict[str, torch.Tensor] = {
-            f"scores.{q}": s.float().contiguous() for q, s in self.scores.items()
+            f"scores.{q}": _score_dtype(s).contiguous() for q, s in self.scores.items()
         }
         tensors.update(
             input_ids=self.input_ids.contiguous(),

@@ -15,6 +15,61 @@ from magic_unlearn.schedules import SCHEDULES
 CHECKPOINTING = ("auto", "every", "sqrt", "kary")
 STORAGE = ("auto", "gpu", "cpu", "disk")
 PRECISIONS = ("fp32", "bf16")
+TRUST_UNITS = ("doc", "token")
+# fields that change only the reverse pass or the trust report, never the trained trajectory
+# (retraining caches such as LDS ignore them)
+REVERSE_ONLY = (
+    "float64_prefix",
+    "trust",
+    "adam_denominator",
+    "reverse_microbatch",
+    "compile_attention",
+)
+ADAM_DENOMINATORS = ("exact", "frozen")
+
+
+@dataclass
+class TrustConfig:
+    """The trust report that ``attribute`` adds to every MAGIC artifact (``attribution/trust.py``).
+
+    Attributes:
+        enabled: compute the report (costs ``directions * len(step_sizes)`` retrains of the
+            trajectory, without reverse passes).
+        directions: random drop-directions of the smoothness check; direction v is -1 on a
+            random ``fraction`` of the ``unit``s (0 elsewhere), so step size h down-weights them
+            by h and h = 1 drops them.
+        step_sizes: the step sizes h at which the first-order prediction h <scores, v> is
+            compared with the retrained change of each eval loss.
+        fraction, unit: share of ``doc``s or ``token``s a direction touches.
+        seed: seed of the directions.
+        strict: refuse (raise ``UntrustworthyScoresError``, write nothing) unless the verdict is
+            ``reliable``. CLI: ``magic-unlearn attribute --strict``.
+    """
+
+    enabled: bool = True
+    directions: int = 2
+    step_sizes: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    fraction: float = 0.1
+    unit: str = "doc"
+    seed: int = 0
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.directions < 1:
+            raise ValueError(f"TrustConfig.directions={self.directions!r}: use an integer >= 1")
+        self.step_sizes = [float(h) for h in self.step_sizes]
+        if not self.step_sizes or any(not 0 < h <= 1 for h in self.step_sizes):
+            raise ValueError(
+                f"TrustConfig.step_sizes={self.step_sizes!r}: use one or more numbers in (0, 1]"
+            )
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"TrustConfig.fraction={self.fraction!r}: use a number in (0, 1)")
+        if self.unit not in TRUST_UNITS:
+            raise ValueError(f"TrustConfig.unit={self.unit!r}: use one of {TRUST_UNITS}")
+        if self.strict and not self.enabled:
+            raise ValueError(
+                "TrustConfig.strict=true needs trust.enabled=true (there is nothing to enforce)"
+            )
 
 
 @dataclass
@@ -27,6 +82,11 @@ class TrajectoryConfig:
         lr: peak learning rate.
         momentum: heavy-ball coefficient (optimizer="momentum").
         betas, eps, bias_correction: AdamW moments.
+        adam_denominator: AdamW's reverse pass. "exact": differentiate through the
+            normalisation by sqrt(v_hat) + eps (the true derivative; mean-relative, the scores
+            sum to ~0). "frozen": hold each step's sqrt(v_hat) + eps at its recorded value, i.e.
+            differentiate the recorded preconditioned momentum steps (absolute semantics; an
+            approximation of the derivative, not the derivative).
         weight_decay: coupled L2 for sgd/momentum (torch SGD), decoupled for adamw.
         schedule: "constant" | "warmup" (linear warmup then constant) | "linear" | "cosine"
             (warmup then decay to ``min_lr_ratio * lr`` at the last step).
@@ -64,6 +124,13 @@ class TrajectoryConfig:
             (attention, LayerNorm, GELU) through ``torch.compile`` (fused kernels; ~5-10 s of
             compiling the first time, then loaded from the on-disk cache,
             ``compiled.compile_cache_dir``). Falls back to eager, with a warning.
+        float64_prefix: recompute the reverse steps of the first this many training steps in
+            float64 and use those (0: off; float64 runs need nothing). AdamW's first steps
+            are ill-conditioned: the derivative of g / (sqrt(v) + eps) reaches ~1/(4 eps) where
+            |g| ~ eps, so the score of step 0 depends on g_0 to ~1e-10, which fp32 and bf16
+            cannot resolve (``attribution/prefix.py``, docs/benchmarks.md).
+        trust: the trust report (:class:`TrustConfig`); ``trust.strict`` refuses scores whose
+            verdict is not ``reliable``.
     """
 
     optimizer: str = "sgd"
@@ -71,6 +138,7 @@ class TrajectoryConfig:
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    adam_denominator: str = "exact"
     weight_decay: float = 0.0
     bias_correction: bool = True
     schedule: str = "constant"
@@ -91,6 +159,8 @@ class TrajectoryConfig:
     reverse_microbatch: int | None = None
     cuda_graphs: bool = True
     compile_attention: bool = True
+    float64_prefix: int = 2
+    trust: TrustConfig = field(default_factory=TrustConfig)
 
     def __post_init__(self) -> None:
         def bad(name: str, val: object, valid: object) -> ValueError:
@@ -104,6 +174,8 @@ class TrajectoryConfig:
             raise bad("checkpointing", self.checkpointing, CHECKPOINTING)
         if self.storage not in STORAGE:
             raise bad("storage", self.storage, STORAGE)
+        if self.adam_denominator not in ADAM_DENOMINATORS:
+            raise bad("adam_denominator", self.adam_denominator, ADAM_DENOMINATORS)
         if self.precision not in PRECISIONS:
             raise bad("precision", self.precision, PRECISIONS)
 
@@ -149,6 +221,12 @@ class TrajectoryConfig:
             raise bad("checkpoint_k", self.checkpoint_k, "an integer >= 2 for kary")
         if isinstance(self.lora, dict):
             self.lora = LoraSpec(**self.lora)
+        if self.float64_prefix < 0:
+            raise bad("float64_prefix", self.float64_prefix, "an integer >= 0")
+        if isinstance(self.trust, dict):
+            self.trust = TrustConfig(**self.trust)
+        elif self.trust is None:
+            self.trust = TrustConfig(enabled=False)
         if self.lora is not None and self.lora.dropout:
             raise bad("lora.dropout", self.lora.dropout, "0 (a replayed trajectory has no dropout)")
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,14 @@ from magic_unlearn.attribution.artifact import PERS, ScoreArtifact, model_hash_a
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.measurements import MeasureFn, queries_info
 from magic_unlearn.attribution.optim import TrajectoryOptimizer, adjoint_dtype, make_optimizer
+from magic_unlearn.attribution.prefix import PrefixRecorder, float64_prefix, prefix_steps
 from magic_unlearn.attribution.replay import Replay
 from magic_unlearn.attribution.resume import ReverseCheckpoint, resume_key, work_folder
 from magic_unlearn.attribution.reverse import ReverseState, ReverseStep
+from magic_unlearn.attribution.semantics import score_semantics
 from magic_unlearn.attribution.store import StateStore
 from magic_unlearn.attribution.trajectory import Batches, check_corpus, prepare_model
+from magic_unlearn.attribution.trust import enforce, run_checks
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
 
@@ -145,12 +148,15 @@ def _reverse(
     t_next: int,
     ckpt: ReverseCheckpoint | None,
     progress: bool,
+    before_step: Callable[[int, ReverseState], None] | None = None,
 ) -> None:
     """Reverse steps t_next, ..., 0; the state is saved every ``resume_every`` steps."""
     step = ReverseStep(replay)
     bar = tqdm(total=t_next + 1, desc="magic reverse", leave=False) if progress else None
     done = 0
     for t in replay.reverse_states(t_next):
+        if before_step is not None:
+            before_step(t, state)
         step(t, state)
         done += 1
         if bar is not None:
@@ -163,15 +169,17 @@ def _reverse(
 
 def _package(
     corpus: TokenizedCorpus,
-    state: ReverseState,
+    scores: dict[str, Tensor],
     per: str,
     meta: dict[str, Any],
     tokenizer: Any | None,
+    keep_float64: bool,
 ) -> ScoreArtifact:
-    """The score artifact: masked per-token scores (or their per-document sums)."""
+    """The score artifact: masked per-token scores (or their per-document sums); float64 for
+    float64 runs, else float32."""
+    dt = torch.float64 if keep_float64 else torch.float32
     final = {
-        q: (s * corpus.loss_mask.to(s.device, s.dtype)).float().cpu()
-        for q, s in state.scores.items()
+        q: (s * corpus.loss_mask.to(s.device, s.dtype)).to(dt).cpu() for q, s in scores.items()
     }
     if per == "example":
         final = {q: s.sum(dim=1) for q, s in final.items()}
@@ -267,6 +275,8 @@ def attribute(
         n_adj = len(measurements) * (2 + len(opt.buffer_names)) + int(opt.vjp_needs_grad)
         with timings.span("forward_s", sync=True):
             replay.forward(progress, reserve_bytes=n_adj * adj_bytes)
+        # theta_T for the trust report's parameter check (a host copy)
+        theta_end = [p.detach().to("cpu", copy=True) for p in params] if cfg.trust.enabled else None
         with timings.span("hash_wait_s"):
             mhash = mhash_result()
         logger.info("MAGIC forward: %d steps in %.1f s", cfg.steps, timings["forward_s"])
@@ -277,8 +287,18 @@ def attribute(
         # reverse: from the saved state when resuming
         key = resume_key(cfg, chash, mhash, queries, per)
         ckpt, t_next = _resume_point(work, key, replay, state, resume)
+        k = prefix_steps(cfg, params[0].dtype)
+        prefix_note = None
+        if k and device.type == "cuda":
+            # the float64 copy holds the model, its trained state and adjoints: skip (with a
+            # note in the trust report) where that cannot fit beside this run (large models)
+            need = 8 * 4 * sum(p.numel() for p in model.parameters())
+            if need > torch.cuda.mem_get_info(device)[0]:
+                k, prefix_note = 0, f"float64 prefix skipped: needs ~{need / 2**30:.0f} GiB"
+                logger.warning("%s of free GPU memory", prefix_note)
+        rec = PrefixRecorder(k) if k else None
         with timings.span("reverse_s", sync=True):
-            _reverse(replay, state, t_next, ckpt, progress)
+            _reverse(replay, state, t_next, ckpt, progress, rec.before_step if rec else None)
         timings.update(
             replayed_steps=replay.replayed,
             max_replay_drift=replay.max_drift,
@@ -299,6 +319,18 @@ def attribute(
             replay.max_drift,
         )
 
+        # the first steps in float64 (AdamW's ill-conditioned start), then the trust report
+        scores, precision = dict(state.scores), None
+        notes = [prefix_note] if prefix_note else []
+        if rec is not None and rec.complete:
+            with timings.span("float64_prefix_s", sync=True):
+                scores, precision = float64_prefix(replay, rec, state)
+        elif rec is not None:
+            notes.append("float64 prefix skipped: the run resumed after its first steps")
+        with timings.span("trust_s", sync=True):
+            trust = run_checks(replay, measurements, scores, after, precision, notes, theta_end)
+        timings["total_s"] = time.perf_counter() - t_start
+
         # package: the score artifact
         meta = {
             "queries": queries_info(measurements, query_info),
@@ -308,8 +340,16 @@ def attribute(
             "train_losses": [float(x) for x in replay.losses],
             "timings": dict(timings),
             "n_params_trained": sum(p.numel() for p in params),
+            "semantics": score_semantics(cfg),
+            "trust": trust,
         }
-        art = _package(corpus, state, per, meta, tokenizer)
+        art = _package(corpus, scores, per, meta, tokenizer, params[0].dtype == torch.float64)
+    try:
+        enforce(trust, cfg.trust)
+    except ValueError:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     if out_p is not None:
         art.save(out_p, overwrite=overwrite)
         shutil.rmtree(work, ignore_errors=True)

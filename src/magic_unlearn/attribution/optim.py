@@ -217,7 +217,11 @@ class Momentum(TrajectoryOptimizer):
 
 @register_optimizer("adamw")
 class AdamW(TrajectoryOptimizer):
-    """torch.optim.AdamW: decoupled weight decay, bias-corrected moments (``cfg.betas, eps``)."""
+    """torch.optim.AdamW: decoupled weight decay, bias-corrected moments (``cfg.betas, eps``).
+
+    ``cfg.adam_denominator="frozen"`` makes ``vjp`` hold sqrt(v_hat) + eps constant (an
+    approximation with absolute semantics, see ``TrajectoryConfig``); the default is exact.
+    """
 
     buffer_names = ("m", "v")
     vjp_needs_grad = True
@@ -265,6 +269,7 @@ class AdamW(TrajectoryOptimizer):
         lr, wd = lr_at(cfg, t), cfg.weight_decay
         b1, b2 = cfg.betas
         bc1, bc2 = self._bias(t)
+        frozen = cfg.adam_denominator == "frozen"
         gbar: list[Tensor] = []
         for i, (m, v, g, ap, am, av) in enumerate(
             zip(bufs[0], bufs[1], grads, adj_p, adj_b[0], adj_b[1], strict=True)
@@ -283,8 +288,12 @@ class AdamW(TrajectoryOptimizer):
             inv2s = torch.where(
                 sv > 0, 0.5 / sv.clamp_min(torch.finfo(sv.dtype).tiny), torch.zeros_like(sv)
             )
-            big_v = av.add_(ubar * (-(m1 / bc1) / (d * d)) * inv2s / bc2)
-            gb = big_m * (1.0 - b1) + big_v * g * (2.0 * (1.0 - b2))
+            if frozen:  # sqrt(v_hat) + eps held at its recorded value: no path through v
+                gb = big_m * (1.0 - b1)
+                big_v = av
+            else:
+                big_v = av.add_(ubar * (-(m1 / bc1) / (d * d)) * inv2s / bc2)
+                gb = big_m * (1.0 - b1) + big_v * g * (2.0 * (1.0 - b2))
             if out is not None:
                 gb = out[i].copy_(gb)
             gbar.append(gb)

@@ -212,14 +212,16 @@ class Replay:
             grad_fn=self.grads,
         )
 
-    def forward(self, progress: bool, reserve_bytes: int = 0) -> None:
-        """The recorded trajectory: run all T steps, keep fingerprints and top checkpoints.
+    def forward(self, progress: bool, reserve_bytes: int = 0, stop: int | None = None) -> None:
+        """The recorded trajectory: run the T steps (or the first ``stop``), keep fingerprints
+        and top checkpoints.
 
         The checkpoint positions are planned once the first training step has run (its memory
         sets the GPU budget); state 0 is stored then, before that step's update.
         ``reserve_bytes``: device memory the reverse pass will need besides the reverse step
         itself (adjoints), kept out of the checkpoint budget.
         """
+        n = self.T if stop is None else min(stop, self.T)
         dev = self.params[0].device
         cuda = dev.type == "cuda"
         a0 = torch.cuda.memory_allocated(dev) if cuda else 0
@@ -254,12 +256,12 @@ class Replay:
             self.batches,
             self.cfg,
             0,
-            self.T,
+            n,
             before_update=before_update,
             grad_fn=self.grads,
         )
         if progress:
-            it = tqdm(it, total=self.T, desc="magic forward", leave=False)
+            it = tqdm(it, total=n, desc="magic forward", leave=False)
         for t, loss in it:
             self.losses.append(loss)
             self.fps.append(self.fingerprint(self.params))
@@ -268,7 +270,7 @@ class Replay:
         if pre is not None:
             pre.join()
             self.plan.update(precompiled=pre.n, precompile_s=pre.seconds)
-        logger.debug("forward pass: %d steps, %d stored states", self.T, len(self.top))
+        logger.debug("forward pass: %d steps, %d stored states", n, len(self.top))
 
     def _drift(self, t: int) -> Tensor:
         """|fingerprint(live) - recorded fp_t| in units of a training update, on the device."""

@@ -41,6 +41,7 @@ NON_SEMANTIC = (
     "reverse_microbatch",
     "cuda_graphs",
     "compile_attention",
+    "trust",
 )
 
 

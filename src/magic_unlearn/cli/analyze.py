@@ -72,6 +72,10 @@ def analyze_cmd(
     if m["ground_truth"]:
         for name, g in m["ground_truth"]["per_score_set"].items():
             typer.echo(f"  {name}: AUC hazard-fact {g['auc_hazard_vs_rest']:.3f}")
+    for names, t in (m.get("trust") or {}).items():
+        typer.echo(f"  {names}: {t.get('summary', t.get('verdict'))}")
+        if t.get("verdict") in ("doubtful", "unreliable"):
+            logger.warning("the scores of %s are %s (see report.md)", names, t["verdict"])
     logger.info("wrote %s/report.md", out)
 
 

@@ -76,8 +76,18 @@ def register(app: typer.Typer) -> None:
             "(.<out>.magic-work next to --out).",
         ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+        strict: bool = typer.Option(
+            False,
+            "--strict",
+            help="Refuse (write nothing, exit 3) unless the trust verdict of the MAGIC scores "
+            "is 'reliable' (sets trust.strict).",
+        ),
     ) -> None:
         """Per-token attribution scores of a training corpus for eval losses (MAGIC)."""
+        from magic_unlearn.attribution.trust import UntrustworthyScoresError
+
+        if strict:
+            set_ = [*set_, "trust.strict=true"]
         try:
             art = run_attribute(
                 model=model,
@@ -99,6 +109,9 @@ def register(app: typer.Typer) -> None:
                 resume=resume,
                 progress=progress,
             )
+        except UntrustworthyScoresError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(3) from None
         except (ValueError, FileNotFoundError, FileExistsError, ImportError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
@@ -111,6 +124,9 @@ def register(app: typer.Typer) -> None:
                 f"doc scores mean {float(s.mean()):+.3e} min {float(s.min()):+.3e} "
                 f"max {float(s.max()):+.3e}"
             )
+        trust = art.meta.get("trust")
+        if isinstance(trust, dict):
+            typer.echo(trust.get("summary", f"trust: {trust.get('verdict')}"))
         typer.echo(f"wrote {out}")
 
 

@@ -308,9 +308,12 @@ def attribute_stage(ctx: RunContext, out: Path) -> StageResult:
         and k in ("eval_losses", "timings", "n_params_trained", "method")
     }
     metrics.update(method=s.method, queries=s.queries, mix=s.mix, n_rows=len(art.input_ids))
-    return StageResult(
-        metrics=metrics, artifacts={"scores": "scores"}, summary={"attribution_method": s.method}
-    )
+    summary = {"attribution_method": s.method}
+    trust = art.meta.get("trust")
+    if isinstance(trust, dict):
+        metrics["trust"] = {k: trust.get(k) for k in ("verdict", "summary")}
+        summary["trust"] = trust.get("verdict")
+    return StageResult(metrics=metrics, artifacts={"scores": "scores"}, summary=summary)
 
 
 # ------------------------------------------------------------------------------ analyze

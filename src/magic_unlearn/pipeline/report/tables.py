@@ -376,6 +376,18 @@ def auc_comparison(gt: dict[str, Any], query_hint: str = "hazard") -> str | None
     )
 
 
+def trust_lines(reports: Any) -> list[str]:
+    """One line per score artifact: its trust verdict and numbers (``attribution/trust.py``)."""
+    if not isinstance(reports, dict) or not reports:
+        return []
+    lines = []
+    for names, t in reports.items():
+        if isinstance(t, dict):
+            flag = "" if t.get("verdict") in ("reliable", "unchecked") else " ⚠"
+            lines.append(f"- Trust of {cell(names)}{flag}: {cell(t.get('summary', '-'))}")
+    return [*lines, ""] if lines else []
+
+
 def analysis_section(analyses: list[RunRecord], out_dir: Path) -> list[str]:
     """Per analyze run: links, its 2D-map PNGs and the four-question table."""
     lines: list[str] = []
@@ -396,6 +408,7 @@ def analysis_section(analyses: list[RunRecord], out_dir: Path) -> list[str]:
             "",
         ]
         lines += [f"Sign convention: {m.get('sign_convention', '-')}", ""]
+        lines += trust_lines(m.get("trust"))
         for png, alt in (
             ("tokens_hexbin.png", "attribution 2D map (tokens)"),
             ("tokens_by_label.png", "tokens by ground-truth label"),

@@ -1,0 +1,188 @@
+"""The first reverse steps recomputed in float64: AdamW's ill-conditioned start, fixed where it is.
+
+Why. AdamW's first update is g / (|g| + eps) per coordinate (m = v = 0 before it), whose
+derivative eps / (|g| + eps)^2 reaches 1 / (4 eps) = 2.5e7 where |g_0| ~ eps = 1e-8. The few
+coordinates with |g_0| ~ eps dominate the score of step 0, and there the exact metagradient depends
+on g_0 to ~1e-10 absolute: fp32 (and bf16) recompute g_0 with more error than that. Computing the
+optimiser VJP itself in float64, or in a cancellation-free (eps-aware) form, changes nothing
+measurable (docs/benchmarks.md): the error is in g_0, i.e. in the model's forward and backward.
+So the reverse steps of the first k training steps are recomputed in float64, from float64
+copies of the model and the data, and replace the run-precision ones.
+
+How. The run-precision reverse pass records (:class:`PrefixRecorder`) the adjoint state when it
+reaches theta_k and the score table before each of the steps k-1..0. Once it ends, the live model
+is at theta_0: it is copied in float64, the first k training steps are rerun in float64 and
+reversed in float64 from the recorded adjoints (upcast). The scores of steps >= k are the run's;
+those of steps < k are float64. Each recomputed step also measures the run precision's error on
+that step, the precision check of the trust report (``trust.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from magic_unlearn.attribution.config import TrajectoryConfig, TrustConfig
+from magic_unlearn.attribution.optim import make_optimizer
+from magic_unlearn.attribution.replay import Replay
+from magic_unlearn.attribution.reverse import ReverseState, ReverseStep
+from magic_unlearn.attribution.store import StateStore
+from magic_unlearn.attribution.trajectory import Batches
+
+logger = logging.getLogger(__name__)
+
+
+def prefix_steps(cfg: TrajectoryConfig, dtype: torch.dtype) -> int:
+    """How many first steps get a float64 reverse step: 0 for float64 runs."""
+    if dtype == torch.float64:
+        return 0
+    return min(cfg.float64_prefix, cfg.steps)
+
+
+class PrefixRecorder:
+    """Copies what the float64 prefix needs out of the run-precision reverse pass.
+
+    Pass :meth:`before_step` to the reverse loop; it runs before reverse step t.
+
+    Attributes:
+        k: number of first training steps to recompute.
+        adj_params, adj_buffers: per query, the adjoints of theta_k and of the buffers at k.
+        before: t -> per query, the (N, L) score table before reverse step t (t < k).
+    """
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.adj_params: dict[str, list[Tensor]] | None = None
+        self.adj_buffers: dict[str, list[list[Tensor]]] | None = None
+        self.before: dict[int, dict[str, Tensor]] = {}
+
+    def before_step(self, t: int, state: ReverseState) -> None:
+        if t >= self.k:
+            return
+        if t == self.k - 1:
+            self.adj_params = {q: [a.clone() for a in v] for q, v in state.adj_params.items()}
+            self.adj_buffers = {
+                q: [[a.clone() for a in bl] for bl in v] for q, v in state.adj_buffers.items()
+            }
+        self.before[t] = {q: s.clone() for q, s in state.scores.items()}
+
+    @property
+    def complete(self) -> bool:
+        """False when the run resumed past theta_k (the adjoints there were not seen)."""
+        return self.adj_params is not None and len(self.before) == self.k
+
+
+def _masked_stats(a: Tensor, b: Tensor, mask: Tensor) -> tuple[float, float]:
+    """(relative L2 error of a against b, Pearson of a and b) over the scored tokens."""
+    a, b = a[mask].double(), b[mask].double()
+    nb = float(b.norm())
+    rel = float((a - b).norm()) / nb if nb > 0 else (0.0 if float(a.norm()) == 0 else float("inf"))
+    if a.numel() < 2 or float(a.std()) == 0 or float(b.std()) == 0:
+        return rel, float("nan")
+    return rel, float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+
+@torch.no_grad()
+def _float64_copy(replay: Replay) -> tuple[torch.nn.Module, list[Tensor]]:
+    """The live model (at theta_0 once the reverse pass is done) and its trained tensors, float64."""
+    names = {id(p): n for n, p in replay.model.named_parameters()}
+    missing = [i for i, p in enumerate(replay.params) if id(p) not in names]
+    if missing:
+        raise RuntimeError(f"float64 prefix: trained tensors {missing} are not model parameters")
+    m64 = copy.deepcopy(replay.model).to(torch.float64)
+    by_name = dict(m64.named_parameters())
+    return m64, [by_name[names[id(p)]] for p in replay.params]
+
+
+def float64_prefix(
+    replay: Replay, rec: PrefixRecorder, state: ReverseState
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The first ``rec.k`` reverse steps in float64, after the run-precision reverse pass.
+
+    Args:
+        replay: the run's replay, its live state at s_0 (the reverse pass is done).
+        rec: what the reverse pass recorded.
+        state: the finished run-precision reverse state (its scores hold every step).
+
+    Returns:
+        ``(scores, report)``: per query the (N, L) float64 scores with steps < k from float64,
+        and the precision report: per query and recomputed step, the run precision's relative
+        L2 error and Pearson correlation against float64 (``step_rel_err``,
+        ``step_pearson``), and how much the replacement changed the total scores
+        (``total_rel_change``, ``total_pearson``).
+    """
+    k, cfg = rec.k, replay.cfg
+    if not rec.complete or rec.adj_params is None or rec.adj_buffers is None:
+        raise RuntimeError("float64 prefix: the reverse pass did not record the prefix state")
+    device = replay.params[0].device
+    cfg64 = dataclasses.replace(
+        cfg,
+        dtype="float64",
+        precision="fp32",
+        checkpointing="every",
+        storage="gpu",
+        cuda_graphs=False,
+        compile_attention=False,
+        float64_prefix=0,
+        trust=TrustConfig(enabled=False),
+    )
+    m64, p64 = _float64_copy(replay)
+    corpus = replay.batches.corpus
+    mask = corpus.loss_mask.to(device) > 0
+    queries = state.queries
+    with StateStore("gpu", device, None) as store:
+        rp = Replay(
+            m64,
+            p64,
+            make_optimizer(cfg64),
+            Batches(corpus, cfg64, device, torch.float64),
+            cfg64,
+            store,
+        )
+        rp.forward(progress=False, stop=k)
+        s64 = ReverseState(
+            {q: [a.to(torch.float64) for a in rec.adj_params[q]] for q in queries},
+            {q: [[a.to(torch.float64) for a in bl] for bl in rec.adj_buffers[q]] for q in queries},
+            {q: torch.zeros_like(state.scores[q], dtype=torch.float64) for q in queries},
+        )
+        step = ReverseStep(rp)
+        before64: dict[int, dict[str, Tensor]] = {}
+        for t in rp.reverse_states(k - 1):
+            before64[t] = {q: s.clone() for q, s in s64.scores.items()}
+            step(t, s64)
+    del m64, p64, rp, step
+
+    def inc(before: dict[int, dict[str, Tensor]], final: dict[str, Tensor], t: int, q: str):
+        after = before[t - 1][q] if t > 0 else final[q]
+        return after.double() - before[t][q].double()
+
+    scores: dict[str, Tensor] = {}
+    report: dict[str, Any] = {"steps": k, "queries": {}}
+    for q in queries:
+        run_total = state.scores[q].double()
+        fixed = rec.before[k - 1][q].double() + s64.scores[q]
+        scores[q] = fixed
+        rels, pears = [], []
+        for t in range(k):
+            r, p = _masked_stats(
+                inc(rec.before, state.scores, t, q), inc(before64, s64.scores, t, q), mask
+            )
+            rels.append(r)
+            pears.append(p)
+        tr, tp = _masked_stats(run_total, fixed, mask)
+        report["queries"][q] = {
+            "step_rel_err": rels,
+            "step_pearson": pears,
+            "total_rel_change": tr,
+            "total_pearson": tp,
+        }
+        logger.debug("float64 prefix %s: step errors %s, total change %.3g", q, rels, tr)
+    return scores, report
+
+
+__all__ = ["PrefixRecorder", "float64_prefix", "prefix_steps"]
