@@ -84,9 +84,9 @@ def _raw_scores(run) -> dict[str, torch.Tensor]:
     raw: dict[str, torch.Tensor] = {}
     real = magic._package
 
-    def keep(corpus, state, per, meta, tokenizer):
-        raw.update({q: s.detach().clone() for q, s in state.scores.items()})
-        return real(corpus, state, per, meta, tokenizer)
+    def keep(corpus, scores, per, meta, tokenizer, keep_float64):
+        raw.update({q: s.detach().clone() for q, s in scores.items()})
+        return real(corpus, scores, per, meta, tokenizer, keep_float64)
 
     magic._package = keep
     try:
@@ -158,8 +158,8 @@ def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
                 assert ref[q].dtype == torch.float64 and ref[q].abs().max() > 1e-4
                 for got in ranks:
                     torch.testing.assert_close(got[case][q], ref[q], rtol=0, atol=1e-10)
-                # the artifact rank 0 wrote holds the same scores (float32)
-                torch.testing.assert_close(art.scores[q], ref[q].float(), rtol=1e-6, atol=1e-9)
+                # the artifact rank 0 wrote holds the same scores (float64: a float64 run)
+                torch.testing.assert_close(art.scores[q], ref[q], rtol=0, atol=1e-10)
 
 
 def test_flat_shards_cover_the_tensor() -> None:

@@ -197,8 +197,9 @@ def stored_states(steps: int, checkpointing: str, k: int | None = None) -> tuple
             live -= 1
 
     for i in reversed(range(len(top))):
-        # a top state is freed once its segment is reversed (replay.Replay.reverse_states)
-        rev(top[i], top[i + 1] if i + 1 < len(top) else steps, owned=True)
+        # a top state is freed once its segment is reversed, but s_0 (the trust report's
+        # start) stays (replay.Replay.reverse_states)
+        rev(top[i], top[i + 1] if i + 1 < len(top) else steps, owned=i > 0)
     return peak, replayed
 
 

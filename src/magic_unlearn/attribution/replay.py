@@ -312,8 +312,9 @@ class Replay:
             b = self.top[i + 1][0] if i + 1 < len(self.top) else self.T
             b = min(b, t_hi + 1)
             nxt = self.top[i - 1][1] if i > 0 else None
-            if b > a:  # the state is not needed again once its segment is done: free it
-                yield from self._rev(a, b, key, owned=True, next_key=nxt)
+            if b > a:  # a top state is freed once its segment is done, except s_0: the trust
+                # report and the float64 prefix retrain from it after the reverse pass
+                yield from self._rev(a, b, key, owned=i > 0, next_key=nxt)
 
     def _rev(self, a: int, b: int, key: int, owned: bool, next_key: int | None) -> Iterator[int]:
         """Reverse segment [a, b) from its stored start state; ``next_key`` is loaded after it."""

@@ -45,6 +45,7 @@ from magic_unlearn.attribution.optim import TrajectoryOptimizer, make_optimizer
 from magic_unlearn.attribution.replay import Replay
 from magic_unlearn.attribution.resume import ReverseCheckpoint, resume_key, work_folder
 from magic_unlearn.attribution.reverse import ReverseState
+from magic_unlearn.attribution.semantics import score_semantics
 from magic_unlearn.attribution.shard import (
     ShardedBatches,
     ShardedFingerprint,
@@ -53,6 +54,7 @@ from magic_unlearn.attribution.shard import (
 )
 from magic_unlearn.attribution.store import StateStore
 from magic_unlearn.attribution.trajectory import Batches, prepare_model
+from magic_unlearn.attribution.trust import trust_report
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
 
@@ -277,8 +279,21 @@ def attribute_sharded(
             "train_losses": [float(x) for x in losses],
             "timings": dict(timings),
             "n_params_trained": n_trained,
+            "semantics": score_semantics(cfg),
+            # the smoothness and precision checks (retrains, a float64 copy) are not run
+            # sharded; the replay drift is
+            "trust": trust_report(
+                None,
+                None,
+                replay.max_drift,
+                replay.replayed,
+                cfg.drift_limit,
+                notes=["sharded run: smoothness and precision checks not run"],
+            ),
         }
-        art = _magic._package(corpus, state, per, meta, tokenizer)
+        art = _magic._package(
+            corpus, dict(state.scores), per, meta, tokenizer, shards[0].dtype == torch.float64
+        )
     if sg.world_size > 1:
         dist.barrier(group=sg.group)  # every rank is done with its work files
     if out_p is not None and main:
