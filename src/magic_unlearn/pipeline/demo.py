@@ -73,6 +73,7 @@ BASELINES = ("grad_sim", "random", "keyword")  # attribution baselines next to M
 # keys of a `methods:` entry; family / guidance are metadata (which twins belong together);
 # attribution: overrides of the attribution section for the score sets this entry reads
 METHOD_KEYS = ("label", "data", "unlearn", "tamper", "family", "guidance", "attribution")
+SCORE_PLACEHOLDER = re.compile(r"\{scores\.([A-Za-z0-9_]+)\}")  # a score set's placeholder
 
 
 @dataclass
@@ -445,15 +446,23 @@ class Demo:
         return section
 
     def _attribution_steps(
-        self, a: AttributionSettings, world: str, models: dict[str, str], tag: str = ""
+        self,
+        a: AttributionSettings,
+        world: str,
+        models: dict[str, str],
+        tag: str = "",
+        only: set[str] | None = None,
     ) -> tuple[list[DemoStep], dict[str, str]]:
-        """The attribution runs of settings ``a`` (MAGIC and every baseline) and their score
-        folders; ``tag`` names a method entry's extra set (``attribute:<method>@<tag>``)."""
+        """The attribution runs of settings ``a`` (MAGIC and every baseline, or those in
+        ``only``) and their score folders; ``tag`` names a method entry's extra set
+        (``attribute:<method>@<tag>``)."""
         start, _, _ = a.resolve(_world_preset(self.cfg))
         steps: list[DemoStep] = []
         scores: dict[str, str] = {}
         at = f"@{tag}" if tag else ""
         for method in ["magic", *a.baselines]:
+            if only is not None and method not in only:
+                continue
             s = self._spec(
                 name=f"{method}-{tag}" if tag else method,
                 kind="attribute",
@@ -546,17 +555,21 @@ class Demo:
             "filtered_curves": filt_curves,
             **{f"scores.{k}": v for k, v in scores.items()},
         }
-        # a method entry's own attribution settings: one extra set of runs per distinct setting
-        extra: dict[str, dict[str, str]] = {}
+        # a method entry's own attribution settings: one extra set of runs per distinct
+        # setting, with the score sets its entries read (the study's set also feeds the analysis)
+        used: dict[str, set[str]] = {}
+        settings: dict[str, AttributionSettings] = {}
         for i, m in enumerate(c.methods):
             a = method_attribution(c, m.get("attribution"), f"demo config: methods[{i}]")
-            if a == c.attribution:
-                continue
-            key = config_hash(to_dict(a))
-            if key not in extra:
-                tag = (a.regime or "attr") + "-" + key[:6]
-                att_steps, extra[key] = self._attribution_steps(a, world, models, tag)
-                steps += att_steps
+            if a != c.attribution:
+                key = config_hash(to_dict(a))
+                settings[key] = a
+                used.setdefault(key, set()).update(SCORE_PLACEHOLDER.findall(repr(m["unlearn"])))
+        extra: dict[str, dict[str, str]] = {}
+        for key, a in settings.items():
+            tag = (a.regime or "attr") + "-" + key[:6]
+            att_steps, extra[key] = self._attribution_steps(a, world, models, tag, used[key])
+            steps += att_steps
         for i, m in enumerate(c.methods):
             a = method_attribution(c, m.get("attribution"), f"demo config: methods[{i}]")
             mvalues = values
@@ -667,6 +680,7 @@ def run_demo(
 
 __all__ = [
     "BASELINES",
+    "SCORE_PLACEHOLDER",
     "AttributionSettings",
     "Demo",
     "DemoConfig",

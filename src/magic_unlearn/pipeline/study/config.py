@@ -33,6 +33,7 @@ from typing import Any
 from magic_unlearn.config import ConfigError, config_hash, deep_merge, load_config, to_dict
 from magic_unlearn.pipeline.demo import (
     BASELINES,
+    SCORE_PLACEHOLDER,
     DemoConfig,
     check_attribution,
     method_attribution,
@@ -41,7 +42,6 @@ from magic_unlearn.pipeline.demo import (
 TWIN_KINDS = ("unguided", *BASELINES)
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_SCORES = re.compile(r"\{scores\.([A-Za-z0-9_]+)\}")
 _METHOD_KEYS = {
     "name",
     "label",
@@ -180,7 +180,7 @@ def load_study_config(
 
 
 def _guidance(unlearn: dict[str, Any], where: str) -> str:
-    used = sorted(set(_SCORES.findall(repr(unlearn))))
+    used = sorted(set(SCORE_PLACEHOLDER.findall(repr(unlearn))))
     if len(used) > 1:
         raise ConfigError(
             f"{where}: the unlearn section reads several score sets {used}; a study method is "
