@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU small-world study (issue 13), one seed per device call. On the device:
-#   SEED=0 [METHODS=name,...] [WORKERS=4] [BUDGET_S=510] OUT=/some/dir bash benchmarks/study_small_gpu.sh
+#   SEED=0 [METHODS=name,...] [TWINS=unguided,random] [WORKERS=4] [BUDGET_S=510] OUT=/some/dir \
+#     bash benchmarks/study_small_gpu.sh
 # (PRESET=micro DEVICE=cpu DIR=/tmp/x [PYTHON=...] checks the same logic on a CPU.)
 # Runs or resumes seed $SEED of `magic-unlearn study --preset small --device cuda` in
 # runs/study_small (git-ignored: it survives between calls while the machine stays warm, so a
@@ -16,6 +17,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee
 args=(study --preset "${PRESET:-small}" --device "${DEVICE:-cuda}" --seeds "$SEED" --out "$DIR"
       --workers "${WORKERS:-4}")
 [ -n "${METHODS:-}" ] && args+=(--methods "$METHODS")
+[ -n "${TWINS:-}" ] && args+=(--twins "$TWINS")
 t0=$(date +%s)
 # SIGINT first (the study marks its unfinished runs and exits; a rerun resumes them), KILL later
 timeout --signal=INT --kill-after=20 "${BUDGET_S:-510}" \

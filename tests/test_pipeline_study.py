@@ -12,7 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from magic_unlearn.analysis.stats import mean_ci
-from magic_unlearn.config import ConfigError
+from magic_unlearn.attribution.regimes import resolve_regime
+from magic_unlearn.config import ConfigError, config_hash
+from magic_unlearn.pipeline.demo import method_attribution
 from magic_unlearn.pipeline.study import (
     Study,
     build_leaderboard,
@@ -53,6 +55,129 @@ def test_twins_are_generated_and_selected() -> None:
         select_methods(list(ms.values()), ["nope"])
     with pytest.raises(ConfigError, match="twin kind"):
         select_methods(list(ms.values()), ["rr"], ["cousin"])
+
+
+# the tamper-resistance families of the shipped presets: (name, guidance, unguided twin)
+FAMILIES = [
+    ("undo", "none", None),
+    ("undo_guided", "magic", "undo"),
+    ("token_filter", "magic", None),
+    ("sam", "none", None),
+    ("weighted_sam", "magic", "sam"),
+    ("tar", "none", None),
+    ("weighted_tar", "magic", "tar"),
+]
+
+
+@pytest.mark.parametrize("preset", ["micro", "tiny", "small"])
+def test_presets_carry_the_tamper_resistance_families(preset: str) -> None:
+    ms = {m.name: m for m in expand_methods(load_study_config(preset, device="cpu"))}
+    for name, guidance, unguided in FAMILIES:
+        m = ms[name]
+        assert m.guidance == guidance and m.family, name
+        if guidance == "magic":  # the score twins swap the scores the method really reads
+            assert m.twins.get("unguided") == unguided
+            tw = ms[f"{name}.random"]
+            assert "{scores.random}" in repr(tw.unlearn) and "{scores.magic}" not in repr(
+                tw.unlearn
+            )
+            assert tw.attribution == m.attribution
+    # the masks of the pretraining corpus read scores of a run that trained on it
+    for name in ("undo_guided", "token_filter"):
+        a = ms[name].attribution
+        assert a.get("regime") == "acquire" or "pretrain" in a.get("mix", []), name
+    for name in ("sam", "weighted_sam", "tar", "undo"):
+        assert not ms[name].attribution
+    sel = select_methods(
+        list(ms.values()),
+        [n for n, _, _ in FAMILIES] + (["rr", "magic_rr"] if preset != "micro" else []),
+        ["unguided"],
+    )
+    assert {m.name for m in sel} >= {n for n, _, _ in FAMILIES}
+
+
+def test_a_method_may_read_scores_of_its_own_attribution_run(tmp_path: Path) -> None:
+    """undo_guided and token_filter read scores of an attribution run over forget + pretraining
+    data: one extra set of runs per seed (MAGIC and each baseline), shared by both methods and
+    their twins; the other methods and the study's own attribution runs are unchanged."""
+    cfg = load_study_config("micro")
+    plain = Study(cfg, tmp_path, methods=["ga"]).demo(0).plan()
+    study = Study(
+        cfg, tmp_path, methods=["ga", "undo_guided", "token_filter"], twin_kinds=["random"]
+    )
+    plan = study.demo(0).plan()
+    att = {st.role: st.spec for st in plan.steps if st.role.startswith("attribute:")}
+    main = {r: s for r, s in att.items() if "@" not in r}
+    extra = {r: s for r, s in att.items() if "@" in r}
+    assert {r: s.run_id for r, s in main.items()} == {
+        st.role: st.spec.run_id for st in plain.steps if st.role.startswith("attribute:")
+    }
+    # one extra set, of the score sets the methods read (MAGIC, and random for the twins)
+    assert sorted(r.split("@")[0] for r in extra) == ["attribute:magic", "attribute:random"]
+    for s in extra.values():
+        assert s.config.params["attribute"]["mix"] == ["pretrain"]
+    for s in main.values():
+        assert s.config.params["attribute"]["mix"] == []
+    folder = {r.split(":")[1].split("@")[0]: str(s.folder(tmp_path)) for r, s in extra.items()}
+    methods = {
+        study.methods[int(st.role.split(":")[1])].name: st.spec
+        for st in plan.steps
+        if st.role.startswith("method:")
+    }
+    assert set(methods) == {
+        "ga",
+        "undo_guided",
+        "undo_guided.random",
+        "token_filter",
+        "token_filter.random",
+    }
+    u = methods["undo_guided"].config.unlearn
+    assert u["undo"]["mask"]["scores"].startswith(folder["magic"] + "/")
+    r = methods["undo_guided.random"].config.unlearn
+    assert r["undo"]["mask"]["scores"].startswith(folder["random"] + "/")
+    tf = methods["token_filter"].config.unlearn
+    assert tf["retrain"]["mask"]["scores"] == u["undo"]["mask"]["scores"]
+    # the method's definition (its records) holds the attribution; the others' do not change
+    ms = {m.name: m for m in expand_methods(cfg)}
+    assert ms["ga"].definition_hash() == config_hash(
+        {"label": ms["ga"].label, "unlearn": ms["ga"].unlearn, "tamper": ms["ga"].tamper}
+    )
+    ug = ms["undo_guided"]
+    assert ug.definition_hash() != config_hash(
+        {"label": ug.label, "unlearn": ug.unlearn, "tamper": ug.tamper}
+    )
+
+
+def test_method_attribution_takes_a_named_regime_whole() -> None:
+    cfg = load_study_config("tiny")
+    a = method_attribution(cfg, {"regime": "acquire"})
+    want = resolve_regime("acquire", "tiny")
+    start, mix, traj = a.resolve("tiny")
+    assert (start, mix, traj) == (want["start"], want["mix"], want["trajectory"])
+    assert a.queries == cfg.attribution.queries and a.baselines == cfg.attribution.baselines
+    # the method's own fields still apply on top of the regime
+    b = method_attribution(cfg, {"regime": "acquire", "trajectory": {"steps": 7}})
+    assert b.resolve("tiny")[2] == {**want["trajectory"], "steps": 7}
+    # without a regime the fields merge over the study's section
+    c = method_attribution(cfg, {"mix": ["pretrain"]})
+    assert c.resolve("tiny")[1] == ["pretrain"] and c.trajectory == cfg.attribution.trajectory
+    assert method_attribution(cfg, {}) is cfg.attribution
+
+
+def test_method_attribution_errors_name_the_entry(tmp_path: Path) -> None:
+    def bad(attribution: str, match: str) -> None:
+        p = tmp_path / "s.yaml"
+        p.write_text(
+            "methods:\n  - name: g\n    unlearn: {method: ga, token_weights: "
+            f"['{{scores.magic}}']}}\n    attribution: {attribution}\n"
+        )
+        with pytest.raises(ConfigError, match=match):
+            load_study_config(config=p)
+
+    bad("3", r"methods\[0\]: 'attribution' must be a mapping")
+    bad("{regime: nope}", r"methods\[0\].attribution.regime")
+    bad("{start: middle}", r"methods\[0\].attribution.start must be")
+    bad("{colour: red}", "colour")
 
 
 def test_seed_config_sets_every_seed() -> None:
@@ -415,3 +540,29 @@ def test_tiny_cpu_study_two_seeds_three_methods(tmp_path: Path) -> None:
     assert lb["headline"]["best_guided"] == "magic_rr"
     assert lb["headline"]["sentence"].startswith("Does MAGIC guidance help?")
     print(f"tiny study, 2 seeds x 3 methods: {wall:.0f} s wall")
+
+
+@pytest.mark.slow
+def test_micro_study_runs_every_tamper_resistance_family(tmp_path: Path) -> None:
+    """Every family of the micro preset (UNDO and its guided variant, token filtering, SAM,
+    TAR, the weighted ones) with its unguided and random twins runs through unlearning, the
+    evaluation and the attacks, and lands in the leaderboard (1 seed; about 1 min)."""
+    names = [n for n, _, _ in FAMILIES]
+    res = run_study("micro", tmp_path, seeds=[0], methods=names, twin_kinds=["unguided", "random"])
+    assert not res.failed
+    lb = json.loads(res.leaderboard.read_text())
+    want = names + [f"{n}.random" for n, g, _ in FAMILIES if g == "magic"]
+    assert set(lb["rows"]) == {"filtered", "base", *want}
+    for name in want:
+        row = lb["rows"][name]
+        assert row["n"] == 1 and math.isfinite(row["attack_excess"]["values"][0])
+    runs = tmp_path / "runs" / "unlearn"
+    tf = [p for p in runs.iterdir() if p.name.startswith("s0-MAGIC_token_filtering-")]
+    m = json.loads((tf[0] / "unlearn" / "model" / "metrics.json").read_text())
+    assert m["retrain"]["from_step"] == 3 and m["retrain"]["masked_frac"] == pytest.approx(
+        0.1, abs=0.01
+    )
+    pairs = {(d["guided"], d["twin_kind"]) for d in lb["paired"]}
+    for n, g, unguided in FAMILIES:
+        if g == "magic":
+            assert (n, "random") in pairs and (unguided is None or (n, "unguided") in pairs)

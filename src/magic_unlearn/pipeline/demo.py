@@ -18,7 +18,10 @@ The configuration is a YAML file (``configs/demo_<preset>.yaml``) loaded into
 :class:`DemoConfig`. Method sections may use placeholders filled in at run time:
 ``{scores.magic}``, ``{scores.grad_sim}``, ``{scores.random}``, ``{scores.keyword}`` (score
 artifact folders of the configured baselines), ``{world}``, ``{base}``, ``{filtered}``,
-``{base_curves}``, ``{filtered_curves}`` (folders).
+``{base_curves}``, ``{filtered_curves}`` (folders). A method entry's ``attribution:`` section
+changes, for its placeholders only, the run its score sets come from (e.g. ``{regime: acquire}``:
+scores over the pretraining corpus, which token-level filtering and the guided UNDO mask); every
+entry with the same section shares one set of attribution runs.
 
 :meth:`Demo.plan` lists every step as a run spec before anything runs; ``magic-unlearn study``
 (:mod:`magic_unlearn.pipeline.study`) builds one plan per seed from it.
@@ -41,6 +44,7 @@ from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.regimes import resolve_regime
 from magic_unlearn.config import (
     ConfigError,
+    config_hash,
     deep_merge,
     from_dict,
     load_config,
@@ -66,8 +70,10 @@ logger = logging.getLogger(__name__)
 
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests (hidden from --help)
 BASELINES = ("grad_sim", "random", "keyword")  # attribution baselines next to MAGIC
-# keys of a `methods:` entry; family / guidance are metadata (which twins belong together)
-METHOD_KEYS = ("label", "data", "unlearn", "tamper", "family", "guidance")
+# keys of a `methods:` entry; family / guidance are metadata (which twins belong together);
+# attribution: overrides of the attribution section for the score sets this entry reads
+METHOD_KEYS = ("label", "data", "unlearn", "tamper", "family", "guidance", "attribution")
+SCORE_PLACEHOLDER = re.compile(r"\{scores\.([A-Za-z0-9_]+)\}")  # a score set's placeholder
 
 
 @dataclass
@@ -135,7 +141,9 @@ class DemoConfig:
         methods: one entry per unlearning run: ``{label, data, unlearn: {...}}``, optionally
             ``family`` (the method family, e.g. ``undo``) and ``guidance`` (``magic``,
             ``grad_sim``, ``random``, ``keyword``, ``labels`` or ``none``): metadata that pairs
-            a guided entry with its unguided twins (``configs/methods_tiny.yaml``).
+            a guided entry with its unguided twins (``configs/methods_tiny.yaml``), and
+            ``attribution`` (fields of :class:`AttributionSettings` for the score sets this
+            entry's placeholders read; see :func:`method_attribution`).
     """
 
     name: str = "demo"
@@ -183,15 +191,48 @@ def load_demo_config(
                 f"demo config: methods[{i}] has unknown key(s) {bad}; valid keys "
                 f"are {', '.join(METHOD_KEYS)}"
             )
-    try:
-        start, _, _ = cfg.attribution.resolve(_world_preset(cfg))
-    except ValueError as e:
-        raise ConfigError(f"demo config: attribution.regime: {e}") from None
-    if start not in ("base", "filtered"):
-        raise ConfigError(
-            f"demo config: attribution.start must be 'base' or 'filtered', got {start!r}"
-        )
+    check_attribution(cfg.attribution, cfg, "demo config: attribution")
+    for i, m in enumerate(cfg.methods):
+        if m.get("attribution"):
+            where = f"demo config: methods[{i}].attribution"
+            check_attribution(method_attribution(cfg, m["attribution"], where), cfg, where)
     return cfg
+
+
+def check_attribution(a: AttributionSettings, cfg: DemoConfig, where: str) -> None:
+    """Check that attribution settings resolve (a known regime, a start model that exists).
+
+    Raises:
+        ConfigError: naming ``where`` and the field.
+    """
+    try:
+        start, _, _ = a.resolve(_world_preset(cfg))
+    except ValueError as e:
+        raise ConfigError(f"{where}.regime: {e}") from None
+    if start not in ("base", "filtered"):
+        raise ConfigError(f"{where}.start must be 'base' or 'filtered', got {start!r}")
+
+
+def method_attribution(
+    cfg: DemoConfig, override: dict[str, Any] | None, where: str = "demo config"
+) -> AttributionSettings:
+    """The attribution settings whose score sets a method entry reads: the config's
+    ``attribution`` section with the entry's ``attribution:`` fields on top. An entry that names
+    a ``regime`` takes ``start``, ``mix`` and ``trajectory`` from that regime (the section's own
+    are dropped; the entry's still apply), everything else (queries, baselines, ...) from the
+    section.
+
+    Raises:
+        ConfigError: the override is not a mapping of :class:`AttributionSettings` fields.
+    """
+    if not override:
+        return cfg.attribution
+    if not isinstance(override, dict):
+        raise ConfigError(f"{where} must be a mapping of attribution fields, e.g. {{regime: ...}}")
+    base = to_dict(cfg.attribution)
+    if "regime" in override:
+        base.update(start=None, mix=None, trajectory={})
+    return from_dict(AttributionSettings, deep_merge(base, override), source=where)
 
 
 def _world_preset(cfg: DemoConfig) -> str:
@@ -337,6 +378,16 @@ class Demo:
             dict(stages=["eval", "tamper"], eval=c.eval, tamper=c.tamper),
         ]
         for i, m in enumerate(c.methods):
+            if m.get("attribution"):
+                a = method_attribution(c, m["attribution"], f"demo config: methods[{i}]")
+                check_attribution(a, c, f"demo config: methods[{i}].attribution")
+                checks.append(
+                    dict(
+                        stages=["attribute"],
+                        params={"attribute": self._attribute_section("magic", a)},
+                        name=f"methods[{i}].attribution",
+                    )
+                )
             checks.append(
                 dict(
                     stages=["unlearn", "tamper"],
@@ -364,21 +415,73 @@ class Demo:
                 pretrain_config_from_section(c.pretrain, c.device, "demo config: pretrain")
             ),
         }
-        traj = to_dict(
+        return world, pre, self._trajectory(c.attribution)
+
+    def _trajectory(self, a: AttributionSettings) -> dict[str, Any]:
+        """The attribution run's trajectory with every field (a preset change changes the
+        hash)."""
+        return to_dict(
             from_dict(
                 TrajectoryConfig,
-                c.attribution.resolve(_world_preset(c))[2],
+                a.resolve(_world_preset(self.cfg))[2],
                 source="demo config: attribution.trajectory",
             )
         )
-        return world, pre, traj
+
+    def _attribute_section(self, method: str, a: AttributionSettings) -> dict[str, Any]:
+        """The attribute stage section of score set ``method`` under settings ``a``."""
+        _, mix, _ = a.resolve(_world_preset(self.cfg))
+        section: dict[str, Any] = {
+            "method": method,
+            "corpus": a.corpus,
+            "mix": mix,
+            "queries": a.queries,
+            "fmt": a.fmt,
+            "limit": a.limit,
+            "seed": self.cfg.seed,
+            "trajectory": self._trajectory(a),
+        }
+        if method == "keyword":  # only where it matters: other runs keep their hashes
+            section.update(keywords=a.keywords, keyword_level=a.keyword_level)
+        return section
+
+    def _attribution_steps(
+        self,
+        a: AttributionSettings,
+        world: str,
+        models: dict[str, str],
+        tag: str = "",
+        only: set[str] | None = None,
+    ) -> tuple[list[DemoStep], dict[str, str]]:
+        """The attribution runs of settings ``a`` (MAGIC and every baseline, or those in
+        ``only``) and their score folders; ``tag`` names a method entry's extra set
+        (``attribute:<method>@<tag>``)."""
+        start, _, _ = a.resolve(_world_preset(self.cfg))
+        steps: list[DemoStep] = []
+        scores: dict[str, str] = {}
+        at = f"@{tag}" if tag else ""
+        for method in ["magic", *a.baselines]:
+            if only is not None and method not in only:
+                continue
+            s = self._spec(
+                name=f"{method}-{tag}" if tag else method,
+                kind="attribute",
+                world=world,
+                model=models[start],
+                stages=["attribute"],
+                params={"attribute": self._attribute_section(method, a)},
+            )
+            title = f"attribution: {method}" + (f" ({tag})" if tag else "")
+            steps.append(DemoStep(title, s, f"attribute:{method}{at}", 2))
+            scores[method] = self._artifact(s, "attribute", "scores")
+        return steps, scores
 
     def plan(self) -> DemoPlan:
         """Every step of the demo as a run spec (nothing runs). A step's inputs are the folders
         of earlier steps' runs, known before they exist, so the whole plan is fixed up front."""
         c = self.cfg
         steps: list[DemoStep] = []
-        world_sec, pretrain_sec, traj = self.resolved()
+        world_sec, pretrain_sec, _ = self.resolved()
         ws = self._spec(
             name=f"world-{c.world.get('preset', 'tiny')}",
             kind="world",
@@ -432,32 +535,8 @@ class Demo:
         base_curves = self._artifact(base, "tamper", "tamper")
 
         # attribution: MAGIC + baselines over the same trajectory
-        a = c.attribution
-        start, mix, _ = a.resolve(_world_preset(c))
-        scores: dict[str, str] = {}
-        for method in ["magic", *a.baselines]:
-            section: dict[str, Any] = {
-                "method": method,
-                "corpus": a.corpus,
-                "mix": mix,
-                "queries": a.queries,
-                "fmt": a.fmt,
-                "limit": a.limit,
-                "seed": c.seed,
-                "trajectory": traj,
-            }
-            if method == "keyword":  # only where it matters: other runs keep their hashes
-                section.update(keywords=a.keywords, keyword_level=a.keyword_level)
-            s = self._spec(
-                name=method,
-                kind="attribute",
-                world=world,
-                model=models[start],
-                stages=["attribute"],
-                params={"attribute": section},
-            )
-            steps.append(DemoStep(f"attribution: {method}", s, f"attribute:{method}", 2))
-            scores[method] = self._artifact(s, "attribute", "scores")
+        att_steps, scores = self._attribution_steps(c.attribution, world, models)
+        steps += att_steps
         an = self._spec(
             name="magic",
             kind="analyze",
@@ -476,8 +555,28 @@ class Demo:
             "filtered_curves": filt_curves,
             **{f"scores.{k}": v for k, v in scores.items()},
         }
+        # a method entry's own attribution settings: one extra set of runs per distinct
+        # setting, with the score sets its entries read (the study's set also feeds the analysis)
+        used: dict[str, set[str]] = {}
+        settings: dict[str, AttributionSettings] = {}
         for i, m in enumerate(c.methods):
-            section = _fill(deep_merge(c.unlearn, m["unlearn"]), values)
+            a = method_attribution(c, m.get("attribution"), f"demo config: methods[{i}]")
+            if a != c.attribution:
+                key = config_hash(to_dict(a))
+                settings[key] = a
+                used.setdefault(key, set()).update(SCORE_PLACEHOLDER.findall(repr(m["unlearn"])))
+        extra: dict[str, dict[str, str]] = {}
+        for key, a in settings.items():
+            tag = (a.regime or "attr") + "-" + key[:6]
+            att_steps, extra[key] = self._attribution_steps(a, world, models, tag, used[key])
+            steps += att_steps
+        for i, m in enumerate(c.methods):
+            a = method_attribution(c, m.get("attribution"), f"demo config: methods[{i}]")
+            mvalues = values
+            if a != c.attribution:
+                sets = extra[config_hash(to_dict(a))]
+                mvalues = {**values, **{f"scores.{k}": v for k, v in sets.items()}}
+            section = _fill(deep_merge(c.unlearn, m["unlearn"]), mvalues)
             label = m.get("label") or section.get("method", "method")
             s = self._spec(
                 name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label),
@@ -581,11 +680,14 @@ def run_demo(
 
 __all__ = [
     "BASELINES",
+    "SCORE_PLACEHOLDER",
     "AttributionSettings",
     "Demo",
     "DemoConfig",
     "DemoPlan",
     "DemoStep",
+    "check_attribution",
     "load_demo_config",
+    "method_attribution",
     "run_demo",
 ]

@@ -31,13 +31,28 @@ from pathlib import Path
 from typing import Any
 
 from magic_unlearn.config import ConfigError, config_hash, deep_merge, load_config, to_dict
-from magic_unlearn.pipeline.demo import BASELINES, DemoConfig
+from magic_unlearn.pipeline.demo import (
+    BASELINES,
+    SCORE_PLACEHOLDER,
+    DemoConfig,
+    check_attribution,
+    method_attribution,
+)
 
 TWIN_KINDS = ("unguided", *BASELINES)
 PRESETS = ("tiny", "small")  # "micro" exists too, for tests
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_SCORES = re.compile(r"\{scores\.([A-Za-z0-9_]+)\}")
-_METHOD_KEYS = {"name", "label", "data", "unlearn", "tamper", "family", "twins", "score_twins"}
+_METHOD_KEYS = {
+    "name",
+    "label",
+    "data",
+    "unlearn",
+    "tamper",
+    "family",
+    "twins",
+    "score_twins",
+    "attribution",
+}
 TWIN_LABELS = {
     "unguided": "unguided",
     "grad_sim": "grad-sim scores",
@@ -77,6 +92,9 @@ class StudyMethod:
         twins: twin kind -> method name (given or generated).
         score_twins: baselines to generate score twins for (None: every configured baseline).
         guidance: the score set the unlearn section reads (``magic``, a baseline, or ``none``).
+        attribution: attribution fields for the score sets this method reads (e.g.
+            ``{regime: acquire}``: scores over the pretraining corpus;
+            :func:`magic_unlearn.pipeline.demo.method_attribution`); empty: the study's.
         twin_of / twin_kind: for a generated twin, the guided method and the kind.
     """
 
@@ -89,22 +107,29 @@ class StudyMethod:
     twins: dict[str, str] = field(default_factory=dict)
     score_twins: list[str] | None = None
     guidance: str = "none"
+    attribution: dict[str, Any] = field(default_factory=dict)
     twin_of: str | None = None
     twin_kind: str | None = None
 
     def demo_entry(self) -> dict[str, Any]:
         """The entry of ``DemoConfig.methods`` that runs this method."""
-        return {
+        entry = {
             "label": self.label,
             "data": self.data,
             "unlearn": copy.deepcopy(self.unlearn),
             "tamper": copy.deepcopy(self.tamper),
         }
+        if self.attribution:
+            entry["attribution"] = copy.deepcopy(self.attribution)
+        return entry
 
     def definition_hash(self) -> str:
         """Hash of what determines this method's runs (its record entries are valid while it
         is unchanged)."""
-        return config_hash({"label": self.label, "unlearn": self.unlearn, "tamper": self.tamper})
+        d = {"label": self.label, "unlearn": self.unlearn, "tamper": self.tamper}
+        if self.attribution:  # only when set: the other methods keep their hashes
+            d["attribution"] = self.attribution
+        return config_hash(d)
 
     def info(self) -> dict[str, Any]:
         """What the records and the leaderboard keep about the method."""
@@ -155,7 +180,7 @@ def load_study_config(
 
 
 def _guidance(unlearn: dict[str, Any], where: str) -> str:
-    used = sorted(set(_SCORES.findall(repr(unlearn))))
+    used = sorted(set(SCORE_PLACEHOLDER.findall(repr(unlearn))))
     if len(used) > 1:
         raise ConfigError(
             f"{where}: the unlearn section reads several score sets {used}; a study method is "
@@ -214,6 +239,17 @@ def expand_methods(cfg: StudyConfig, source: str = "study config") -> list[Study
                 f"{where}: reads {{scores.{guidance}}}, which this study does not compute "
                 f"(attribution.baselines: {cfg.attribution.baselines})"
             )
+        attribution = m.get("attribution") or {}
+        if not isinstance(attribution, dict):
+            raise ConfigError(
+                f"{where}: 'attribution' must be a mapping of attribution fields, e.g. "
+                f"{{regime: acquire}}"
+            )
+        check_attribution(
+            method_attribution(cfg, attribution, f"{where}.attribution"),
+            cfg,
+            f"{where}.attribution",
+        )
         if twins and guidance != "magic":
             raise ConfigError(f"{where}: only MAGIC-guided methods ({{scores.magic}}) have twins")
         declared.append(
@@ -227,6 +263,7 @@ def expand_methods(cfg: StudyConfig, source: str = "study config") -> list[Study
                 twins=twins,
                 score_twins=None if score_twins is None else list(score_twins),
                 guidance=guidance,
+                attribution=copy.deepcopy(attribution),
             )
         )
     names = [m.name for m in declared]
@@ -256,6 +293,7 @@ def expand_methods(cfg: StudyConfig, source: str = "study config") -> list[Study
                 tamper=copy.deepcopy(m.tamper),
                 family=m.family,
                 guidance=b,
+                attribution=copy.deepcopy(m.attribution),
                 twin_of=m.name,
                 twin_kind=b,
             )
