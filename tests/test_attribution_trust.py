@@ -350,3 +350,16 @@ def test_cli_strict_exits_3_and_writes_nothing(word_tokenizer, tmp_path: Path, m
     res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert "trust: unreliable" in res.output and (tmp_path / "s").exists()
+
+
+def test_float64_prefix_replaces_fp32_scores_and_only_checks_bf16() -> None:
+    """The prefix replaces the first reverse steps of fp32 runs; float64 runs need none; in bf16
+    runs it only measures precision (replacing made them much worse on the small world)."""
+    from magic_unlearn.attribution.config import TrajectoryConfig
+    from magic_unlearn.attribution.prefix import prefix_steps, replaces_scores
+
+    assert prefix_steps(TrajectoryConfig(steps=5, float64_prefix=2), torch.float32) == 2
+    assert prefix_steps(TrajectoryConfig(steps=1, float64_prefix=2), torch.float32) == 1
+    assert prefix_steps(TrajectoryConfig(steps=5, float64_prefix=2), torch.float64) == 0
+    assert replaces_scores(TrajectoryConfig(precision="fp32"))
+    assert not replaces_scores(TrajectoryConfig(precision="bf16"))

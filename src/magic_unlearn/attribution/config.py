@@ -128,7 +128,9 @@ class TrajectoryConfig:
             float64 and use those (0: off; float64 runs need nothing). AdamW's first steps
             are ill-conditioned: the derivative of g / (sqrt(v) + eps) reaches ~1/(4 eps) where
             |g| ~ eps, so the score of step 0 depends on g_0 to ~1e-10, which fp32 and bf16
-            cannot resolve (``attribution/prefix.py``, docs/benchmarks.md).
+            cannot resolve (``attribution/prefix.py``, docs/benchmarks.md). Under bf16 the
+            float64 steps only measure precision for the trust report (replacing them made bf16
+            scores worse) and the scores are kept.
         trust: the trust report (:class:`TrustConfig`); ``trust.strict`` refuses scores whose
             verdict is not ``reliable``.
     """

@@ -32,7 +32,12 @@ from magic_unlearn.attribution.artifact import PERS, ScoreArtifact, model_hash_a
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.measurements import MeasureFn, queries_info
 from magic_unlearn.attribution.optim import TrajectoryOptimizer, adjoint_dtype, make_optimizer
-from magic_unlearn.attribution.prefix import PrefixRecorder, float64_prefix, prefix_steps
+from magic_unlearn.attribution.prefix import (
+    PrefixRecorder,
+    float64_prefix,
+    prefix_steps,
+    replaces_scores,
+)
 from magic_unlearn.attribution.replay import Replay
 from magic_unlearn.attribution.resume import ReverseCheckpoint, resume_key, work_folder
 from magic_unlearn.attribution.reverse import ReverseState, ReverseStep
@@ -324,7 +329,11 @@ def attribute(
         notes = [prefix_note] if prefix_note else []
         if rec is not None and rec.complete:
             with timings.span("float64_prefix_s", sync=True):
-                scores, precision = float64_prefix(replay, rec, state)
+                s64, precision = float64_prefix(replay, rec, state)
+            if replaces_scores(cfg):
+                scores = s64
+            else:
+                notes.append("bf16 run: the float64 prefix measured precision, scores kept")
         elif rec is not None:
             notes.append("float64 prefix skipped: the run resumed after its first steps")
         with timings.span("trust_s", sync=True):

@@ -44,6 +44,15 @@ def prefix_steps(cfg: TrajectoryConfig, dtype: torch.dtype) -> int:
     return min(cfg.float64_prefix, cfg.steps)
 
 
+def replaces_scores(cfg: TrajectoryConfig) -> bool:
+    """Whether the float64 prefix replaces the run's first reverse steps (fp32 runs) or only
+    measures their precision for the trust report (bf16 runs: there the replacement made the
+    scores much worse, small world on an H200: Pearson against float64 0.07 with it, 0.90
+    without; docs/benchmarks.md, issue 14; a bf16 run's later steps carry errors of their own
+    that exact first steps do not fix)."""
+    return cfg.precision != "bf16"
+
+
 class PrefixRecorder:
     """Copies what the float64 prefix needs out of the run-precision reverse pass.
 
@@ -185,4 +194,4 @@ def float64_prefix(
     return scores, report
 
 
-__all__ = ["PrefixRecorder", "float64_prefix", "prefix_steps"]
+__all__ = ["PrefixRecorder", "float64_prefix", "prefix_steps", "replaces_scores"]
