@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -190,17 +190,12 @@ def test_world_size_one_equals_plain_engine() -> None:
         torch.testing.assert_close(got["a"], ref["a"], rtol=0, atol=1e-12)
 
 
-@pytest.mark.slow
-def test_cli_attribute_under_torchrun(word_tokenizer, tmp_path: Path) -> None:
-    """``torchrun --nproc-per-node 2 -m magic_unlearn.cli attribute``: rank 0 writes the artifact
-    of one process (gloo, float64)."""
+def _cli_setup(word_tokenizer, tmp_path: Path) -> tuple[Callable[[Path], list[str]], str]:
+    """A tiny model folder, corpus, query and float64 trajectory config for ``attribute``.
+
+    Returns ``argv(out)`` (the CLI arguments writing the artifact to ``out``) and the query key.
+    """
     import json
-    import subprocess
-    import sys
-
-    from typer.testing import CliRunner
-
-    from magic_unlearn.cli import app
 
     mdir = tmp_path / "model"
     build_model(TINY, vocab_size=len(word_tokenizer)).save_pretrained(mdir)
@@ -244,9 +239,49 @@ def test_cli_attribute_under_torchrun(word_tokenizer, tmp_path: Path) -> None:
             str(out),
         ]
 
+    return argv, str(qfile)
+
+
+def _launcher_env() -> dict[str, str]:
+    """This environment with one thread per process and this tree's ``src`` on the path."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _check_launched_equals_one_process(
+    cmd: list[str], env: dict[str, str], argv: Callable[[Path], list[str]], q: str, tmp: Path
+) -> None:
+    """Run ``cmd`` (a launcher writing ``tmp/two``), then one in-process ``attribute`` writing
+    ``tmp/one``; the two float64 artifacts hold the same scores (to 1e-10)."""
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from magic_unlearn.cli import app
+
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with _threads(1):
+        res = CliRunner().invoke(app, argv(tmp / "one"))
+    assert res.exit_code == 0, res.output
+    one, two = ScoreArtifact.load(tmp / "one"), ScoreArtifact.load(tmp / "two")
+    # the launcher really started 2 ranks (a silent one-process run would match trivially)
+    assert two.meta["timings"]["world_size"] == 2
+    assert one.meta["model_hash"] == two.meta["model_hash"]
+    assert one.scores[q].dtype == two.scores[q].dtype == torch.float64
+    assert one.scores[q].abs().max() > 0
+    torch.testing.assert_close(two.scores[q], one.scores[q], rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_cli_attribute_under_torchrun(word_tokenizer, tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 -m magic_unlearn.cli attribute``: rank 0 writes the artifact
+    of one process (gloo, float64)."""
+    import sys
+
+    argv, q = _cli_setup(word_tokenizer, tmp_path)
     cmd = [
         sys.executable,
         "-m",
@@ -257,17 +292,42 @@ def test_cli_attribute_under_torchrun(word_tokenizer, tmp_path: Path) -> None:
         "magic_unlearn.cli",
         *argv(tmp_path / "two"),
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    with _threads(1):
-        res = CliRunner().invoke(app, argv(tmp_path / "one"))
-    assert res.exit_code == 0, res.output
-    one, two = ScoreArtifact.load(tmp_path / "one"), ScoreArtifact.load(tmp_path / "two")
-    assert two.meta["timings"]["world_size"] == 2
-    assert one.meta["model_hash"] == two.meta["model_hash"]
-    q = str(qfile)
-    assert one.scores[q].abs().max() > 0
-    torch.testing.assert_close(two.scores[q], one.scores[q], rtol=1e-6, atol=1e-9)
+    _check_launched_equals_one_process(cmd, _launcher_env(), argv, q, tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_attribute_under_accelerate_launch(word_tokenizer, tmp_path: Path) -> None:
+    """``accelerate launch --multi_gpu --num_processes 2 -m magic_unlearn.cli attribute``: rank 0
+    writes the artifact of one process (gloo on the CPU, float64).
+
+    ``--multi_gpu`` is accelerate's multi-process launcher (``torch.distributed.run`` underneath,
+    the documented GPU command); the processes run on the CPU because the CLI is given
+    ``--device cpu``. accelerate's ``--cpu`` flag would start a single process (its multi-CPU
+    launch needs ``mpirun``). No accelerate config from the user's home is read: ``HF_HOME``
+    points to an empty folder and every setting is on the command line.
+    """
+    import sys
+
+    pytest.importorskip("accelerate")
+    argv, q = _cli_setup(word_tokenizer, tmp_path)
+    env = _launcher_env()
+    env["HF_HOME"] = str(tmp_path / "hf_home")
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes=2",
+        "--num_machines=1",
+        "--mixed_precision=no",
+        "--dynamo_backend=no",
+        "--main_process_port=0",
+        "--num_cpu_threads_per_process=1",
+        "-m",
+        "magic_unlearn.cli",
+        *argv(tmp_path / "two"),
+    ]
+    _check_launched_equals_one_process(cmd, env, argv, q, tmp_path)
 
 
 @pytest.mark.gpu
