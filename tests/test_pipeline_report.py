@@ -432,3 +432,37 @@ def test_report_html_renders_in_a_browser(tmp_path: Path) -> None:
     assert dom.count("<table") >= 2 and "Best method" in dom
     imgs = re.findall(r'<img [^>]*src="([^"]+)"', dom)
     assert len(imgs) >= 3 and all(s.startswith("data:image/png;base64,") for s in imgs)
+
+
+def test_wilson_interval_contains_the_estimate_at_the_ends() -> None:
+    """At 0% or 100% the interval's end equals the estimate only up to rounding; an end past it
+    gave the demo's trade-off plot negative error bars, which matplotlib refuses."""
+    from magic_unlearn.intervals import wilson_interval
+
+    for n in range(1, 301):
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k / n, n)
+            assert 0.0 <= lo <= k / n <= hi <= 1.0, (k, n, lo, hi)
+
+
+def test_tradeoff_plot_draws_rows_at_0_and_100_percent(tmp_path: Path) -> None:
+    """Rows with hazard accuracy 0 or 1 (every n) draw their Wilson error bars."""
+    from magic_unlearn.pipeline.report.plots import plot_results_scatter
+    from magic_unlearn.pipeline.store import RunRecord
+
+    rows = [
+        RunRecord(
+            run_id=f"r{i}",
+            kind="tamper",
+            name=f"m{i}",
+            config_hash="h",
+            folder=tmp_path,
+            status="complete",
+            metrics={
+                "summary": {"hazard_acc": h, "general_acc": g, "hazard_n": n, "general_n": n}
+            },
+        )
+        for i, (h, g, n) in enumerate([(0.0, 1.0, 5), (1.0, 0.0, 13), (0.0, 1.0, 60)])
+    ]
+    out = plot_results_scatter(rows, tmp_path)
+    assert out is not None and out.exists() and out.stat().st_size > 0

@@ -42,7 +42,9 @@ def wilson_interval(acc: float, n: int, confidence: float = 0.95) -> tuple[float
     denom = 1.0 + z2 / n
     centre = (acc + z2 / (2 * n)) / denom
     half = z * math.sqrt(acc * (1.0 - acc) / n + z2 / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval contains acc exactly; at acc = 0 or 1 its end equals acc only up to rounding,
+    # and a 1e-17 overshoot made error bars negative (matplotlib refuses them)
+    return min(acc, max(0.0, centre - half)), max(acc, min(1.0, centre + half))
 
 
 def significantly_above(a: float, n_a: int, b: float, n_b: int, confidence: float = 0.95) -> bool:

@@ -210,7 +210,7 @@ def plot_results_scatter(rows: list[RunRecord], assets: Path) -> Path | None:
         for key in ("hazard", "general"):
             acc, n = float(s[f"{key}_acc"]), s.get(f"{key}_n")
             lo, hi = wilson_interval(acc, int(n)) if n else (acc, acc)
-            err.append([[100 * (acc - lo)], [100 * (hi - acc)]])
+            err.append([[max(0.0, 100 * (acc - lo))], [max(0.0, 100 * (hi - acc))]])
             if key == "hazard":
                 xs_all += [100 * lo, 100 * hi]
             else:
