@@ -458,9 +458,7 @@ def test_tradeoff_plot_draws_rows_at_0_and_100_percent(tmp_path: Path) -> None:
             config_hash="h",
             folder=tmp_path,
             status="complete",
-            metrics={
-                "summary": {"hazard_acc": h, "general_acc": g, "hazard_n": n, "general_n": n}
-            },
+            metrics={"summary": {"hazard_acc": h, "general_acc": g, "hazard_n": n, "general_n": n}},
         )
         for i, (h, g, n) in enumerate([(0.0, 1.0, 5), (1.0, 0.0, 13), (0.0, 1.0, 60)])
     ]
