@@ -159,14 +159,19 @@ class DemoConfig:
     methods: list[dict[str, Any]] = field(default_factory=list)
 
 
-def config_path(preset: str) -> Path:
-    """The packaged demo config of a preset (``configs/demo_<preset>.yaml``)."""
-    p = Path(str(resources.files("magic_unlearn") / "configs" / f"demo_{preset}.yaml"))
+def packaged_config(kind: str, preset: str, presets: tuple[str, ...]) -> Path:
+    """The packaged config ``configs/<kind>_<preset>.yaml`` (``kind``: demo or study)."""
+    p = Path(str(resources.files("magic_unlearn") / "configs" / f"{kind}_{preset}.yaml"))
     if not p.exists():
         raise ConfigError(
-            f"unknown demo preset {preset!r}; choose from {list(PRESETS)} (or pass --config FILE)"
+            f"unknown {kind} preset {preset!r}; choose from {list(presets)} (or pass --config FILE)"
         )
     return p
+
+
+def config_path(preset: str) -> Path:
+    """The packaged demo config of a preset (``configs/demo_<preset>.yaml``)."""
+    return packaged_config("demo", preset, PRESETS)
 
 
 def load_demo_config(

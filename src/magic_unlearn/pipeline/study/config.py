@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from magic_unlearn.pipeline.demo import (
     DemoConfig,
     check_attribution,
     method_attribution,
+    packaged_config,
 )
 
 TWIN_KINDS = ("unguided", *BASELINES)
@@ -147,12 +147,7 @@ class StudyMethod:
 
 def config_path(preset: str) -> Path:
     """The packaged study config of a preset (``configs/study_<preset>.yaml``)."""
-    p = Path(str(resources.files("magic_unlearn") / "configs" / f"study_{preset}.yaml"))
-    if not p.exists():
-        raise ConfigError(
-            f"unknown study preset {preset!r}; choose from {list(PRESETS)} (or pass --config FILE)"
-        )
-    return p
+    return packaged_config("study", preset, PRESETS)
 
 
 def load_study_config(
