@@ -905,3 +905,23 @@ def test_fp32_scores_match_float64(model, opt, tol) -> None:
     ).scores["f"]
     rel = float((s32.double() - s64.double()).norm() / s64.double().norm())
     assert s64.abs().max() > 0 and rel < tol, rel
+
+
+def test_attribute_runs_float32_matmuls_without_tf32(model, corpus) -> None:
+    """A caller's TF32 (e.g. pretraining earlier in the same process) must not reach MAGIC:
+    fp32 AdamW scores amplify TF32's ~1e-3 matmul error at the first reverse steps."""
+    seen: list[bool] = []
+
+    def f(m: torch.nn.Module) -> torch.Tensor:
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return f_heldout(m)
+
+    flag = torch.backends.cuda.matmul
+    prev = flag.allow_tf32
+    try:
+        flag.allow_tf32 = True
+        attribute(model, corpus, {"q": f}, cfg_for("sgd"), progress=False)
+        assert seen and not any(seen)  # the measurement ran before and after training
+        assert flag.allow_tf32 is True  # the caller's setting is back
+    finally:
+        flag.allow_tf32 = prev

@@ -135,3 +135,25 @@ def test_layer_helpers_and_roundtrip(tiny_model, word_tokenizer, tmp_path: Path)
     torch.testing.assert_close(m2(input_ids=ids).logits, tiny_model(input_ids=ids).logits)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(tmp_path)
+
+
+def test_matmul_tf32_sets_and_restores_the_global_flag() -> None:
+    from magic_unlearn.models import matmul_tf32
+
+    flag = torch.backends.cuda.matmul
+    prev = flag.allow_tf32
+    try:
+        flag.allow_tf32 = True
+        with pytest.raises(RuntimeError), matmul_tf32(False):
+            assert flag.allow_tf32 is False
+            raise RuntimeError("restored on errors too")
+        assert flag.allow_tf32 is True
+
+        @matmul_tf32(True)
+        def inside() -> bool:
+            return flag.allow_tf32
+
+        flag.allow_tf32 = False
+        assert inside() is True and flag.allow_tf32 is False
+    finally:
+        flag.allow_tf32 = prev

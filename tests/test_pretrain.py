@@ -371,3 +371,30 @@ def test_snapshot_then_continue_equals_the_full_run(world_dir: Path, tmp_path: P
         pretrain_snapshot(world_dir, "base", cfg, 6, progress=False)
     with pytest.raises(FileNotFoundError, match="not a snapshot"):
         pretrain(world_dir, "base", cfg, out=tmp_path / "x", progress=False, init=tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_pretrain_restores_the_callers_tf32_setting(world_dir: Path, tmp_path: Path) -> None:
+    """Pretraining uses TF32 on GPUs for speed and must give the flag back: a later MAGIC run in
+    the same process (benchmarks, the demo) needs float32 to mean float32."""
+    import magic_unlearn.pretrain as pre
+
+    seen: list[bool] = []
+    real = pre._train_and_save
+
+    def spy(*a, **k):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real(*a, **k)
+
+    flag = torch.backends.cuda.matmul
+    prev = flag.allow_tf32
+    try:
+        flag.allow_tf32 = False
+        pre._train_and_save = spy
+        cfg = micro_cfg(steps=2, dtype="float32", checkpoint_every=0, device="cuda")
+        pretrain(world_dir, "base", cfg, out=tmp_path / "m", progress=False)
+        assert seen == [True] and flag.allow_tf32 is False
+    finally:
+        pre._train_and_save = real
+        flag.allow_tf32 = prev

@@ -120,6 +120,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool) -> Iterator[None]:
+    """Set whether CUDA float32 matmuls may use TF32 inside the block, then restore the caller's
+    setting.
+
+    The flag is process-global: a stage that turns TF32 on for speed (pretraining) must not
+    leave it on for a later stage in the same process that needs float32 to mean float32
+    (MAGIC: AdamW's first reverse steps amplify a 1e-3 matmul error into O(1) score errors).
+    """
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)

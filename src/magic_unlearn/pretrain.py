@@ -45,7 +45,13 @@ from magic_unlearn.io import (
     read_json,
     write_manifest,
 )
-from magic_unlearn.models import build_model, quiet_hf_progress, resolve_device, resolve_dtype
+from magic_unlearn.models import (
+    build_model,
+    matmul_tf32,
+    quiet_hf_progress,
+    resolve_device,
+    resolve_dtype,
+)
 from magic_unlearn.schedules import lr_factor
 from magic_unlearn.world import World
 
@@ -498,35 +504,35 @@ def pretrain(
     if start == 0 and init is not None:  # a fresh run continuing a snapshot
         start, history = _load_checkpoint(Path(init), model, opt, device)
         logger.info("pretrain %s: continuing snapshot %s from step %d", variant, init, start)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-
     prev_threads = torch.get_num_threads()
     threads = cpu_threads(cfg)
     if threads is not None:
         torch.set_num_threads(threads)  # the count in the cache key
     try:
-        return _train_and_save(
-            cfg,
-            world,
-            variant,
-            out,
-            work,
-            model,
-            opt,
-            ids,
-            am,
-            lm,
-            total,
-            start,
-            history,
-            device,
-            tok,
-            progress,
-            max_steps,
-            key,
-            extra,
-        )
+        # TF32 for speed on GPUs, restored afterwards: the flag is process-global and later
+        # stages of the same process (attribution) need float32 to mean float32
+        with matmul_tf32(device.type == "cuda"):
+            return _train_and_save(
+                cfg,
+                world,
+                variant,
+                out,
+                work,
+                model,
+                opt,
+                ids,
+                am,
+                lm,
+                total,
+                start,
+                history,
+                device,
+                tok,
+                progress,
+                max_steps,
+                key,
+                extra,
+            )
     except BaseException:
         discard_unless_resumable(work, what="pretraining")  # kept if a checkpoint was saved
         raise

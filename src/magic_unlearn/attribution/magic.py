@@ -47,6 +47,7 @@ from magic_unlearn.attribution.trajectory import Batches, check_corpus, prepare_
 from magic_unlearn.attribution.trust import enforce, run_checks
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
+from magic_unlearn.models import matmul_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -193,6 +194,9 @@ def _package(
     )
 
 
+# float32 means float32: TF32 matmuls (left on by a caller, e.g. pretraining in the same
+# process) put ~1e-3 relative error in every step, which AdamW's first reverse steps amplify
+@matmul_tf32(False)
 def attribute(
     model: nn.Module,
     corpus: TokenizedCorpus,
