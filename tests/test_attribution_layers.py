@@ -36,10 +36,14 @@ def _double_backward(f, inputs, seed=3, which=None):
     out = f(*inputs)
     gen = torch.Generator().manual_seed(seed)
     # drawn in float64 whatever the dtype, so fp32 and float64 runs see the same numbers
-    dy = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype).requires_grad_()
+    dy = (
+        torch.randn(out.shape, generator=gen, dtype=torch.float64)
+        .to(out.device, out.dtype)
+        .requires_grad_()
+    )
     grads = torch.autograd.grad(out, inputs, dy, create_graph=True)
     cot = [
-        torch.randn(g.shape, generator=gen, dtype=torch.float64).to(g.dtype)
+        torch.randn(g.shape, generator=gen, dtype=torch.float64).to(g.device, g.dtype)
         if which is None or i in which
         else None
         for i, g in enumerate(grads)

@@ -333,7 +333,7 @@ def test_cli_attribute_under_accelerate_launch(word_tokenizer, tmp_path: Path) -
 @pytest.mark.gpu
 def test_gpu_world_size_one_equals_plain_engine() -> None:
     """On one GPU: the sharded code path (W = 1) gives the plain engine's scores (fp32, no TF32,
-    CUDA graphs in both) and the same peak memory to within a few percent."""
+    CUDA graphs in both)."""
     from magic_unlearn.attribution.sharded import attribute_sharded
 
     if not torch.cuda.is_available():
@@ -347,7 +347,11 @@ def test_gpu_world_size_one_equals_plain_engine() -> None:
         dict(optimizer="adamw", lr=1e-3, reverse_microbatch=1),
         dict(optimizer="sgd", lr=0.05, precision="bf16", lora=LoraSpec(r=4, alpha=8)),
     ):
-        cfg = TrajectoryConfig(steps=9, batch_size=3, checkpointing="sqrt", storage="cpu", **kw)
+        # float64_prefix=0: the sharded path has no float64 prefix (its trust report is drift
+        # only), so the plain engine runs without one too and both give the same fp32 math
+        cfg = TrajectoryConfig(
+            steps=9, batch_size=3, checkpointing="sqrt", storage="cpu", float64_prefix=0, **kw
+        )
         ref = _raw_scores(lambda cfg=cfg: attribute(model, make_corpus(), q, cfg, progress=False))
         got = _raw_scores(
             lambda cfg=cfg: attribute_sharded(model, make_corpus(), q, cfg, progress=False)
