@@ -27,6 +27,7 @@ from magic_unlearn.pipeline.study import (
     select_methods,
     study_fingerprint,
 )
+from magic_unlearn.pipeline.study.report import methods_table
 
 # ------------------------------------------------------------------------------ config
 
@@ -330,6 +331,21 @@ def test_leaderboard_statistics_on_hand_made_records() -> None:
     assert not go["general"]["met_mean"] and go["general"]["gap"] == pytest.approx(0.03)
     assert not go["attacks"]["met_mean"]  # mean excess 3.3 points
     assert lb["attribution"]["magic:hazard_qa"]["auc_hazard_vs_rest"]["n"] == 3
+    assert rows["a"]["compute_frac"] is None  # hand-made entries carry no compute
+
+
+def test_compute_column_reads_each_runs_unlearning_compute() -> None:
+    seeds = _seeds([0.02, 0.05, 0.03], [0.40, 0.50, 0.45], [0.10, 0.0, 0.20])
+    for s in seeds.values():
+        s["methods"]["a"]["compute_frac"] = 0.125
+        s["methods"]["g"]["compute_frac"] = None  # a record written before the column existed
+    lb = build_leaderboard(seeds, INFO, {"name": "t"})
+    assert lb["rows"]["a"]["compute_frac"]["values"] == [0.125] * 3
+    assert lb["rows"]["g"]["compute_frac"] is None
+    table = methods_table(lb)
+    assert table[0].endswith("| compute (x pretraining) |")
+    cells = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert cells["A"].endswith("| 0.125 |") and cells["G"].endswith("| - |")
 
 
 def test_headline_sentence_claims_only_what_the_interval_supports() -> None:
@@ -437,6 +453,12 @@ def test_micro_study_end_to_end(micro_study: Path) -> None:
             want = [g[d["metric"]]["values"][i] - t[d["metric"]]["values"][i] for i in range(2)]
             assert d["diffs"] == pytest.approx(want)
     assert lb["headline"]["sentence"].startswith("Does MAGIC guidance help?")
+    # unlearning compute: each method's own run (metrics.json of its unlearn stage)
+    for row in lb["rows"].values():
+        if row["kind"] == "reference":
+            assert row["compute_frac"] is None
+        else:
+            assert 0 < row["compute_frac"]["mean"] < 1
     md = (micro_study / "report.md").read_text()
     first_table = md.split("## Headline", 1)[1].split("\n\n")[1]
     assert len(first_table.splitlines()) == 5  # header, separator, three rows

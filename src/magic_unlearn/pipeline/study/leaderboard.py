@@ -170,6 +170,8 @@ def build_row(entries: dict[int, dict[str, Any]], info: dict[str, Any]) -> dict[
             "max_by_budget": max_by_budget(es) if first.get("trains") else None,
         }
     row["attacks"] = attacks
+    compute = [entries[s]["compute_frac"] for s in seeds if entries[s].get("compute_frac")]
+    row["compute_frac"] = ci(compute) if compute else None
     if info.get("kind") == "reference":  # the yardsticks: no verdict of their own
         row["verdicts"] = {}
     else:

@@ -88,6 +88,11 @@ def run_entry(folder: Path, trains: Callable[[str | None], bool]) -> dict[str, A
         "chance": curves.get("chance"),
         "attacks": attacks,
         "seconds": float(sum((metrics.get("seconds") or {}).values())),
+        # unlearning's training tokens as a fraction of the model's pretraining tokens (UNDO's
+        # cost is reported this way); None for runs without an unlearn stage (the references)
+        "compute_frac": (
+            ((metrics.get("stages") or {}).get("unlearn") or {}).get("compute") or {}
+        ).get("frac_of_pretraining"),
     }
 
 

@@ -149,8 +149,8 @@ def goal_table(lb: dict[str, Any]) -> list[str]:
 def methods_table(lb: dict[str, Any]) -> list[str]:
     lines = [
         "| method | guidance | twin of | seeds | hazard acc | general acc | attack excess | "
-        "max hazard acc, strongest attack | verdicts |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "max hazard acc, strongest attack | verdicts | compute (x pretraining) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in lb["rows"].values():
         twin_of = r.get("twin_of") or ""
@@ -160,9 +160,15 @@ def methods_table(lb: dict[str, Any]) -> list[str]:
             f"| {cell(r['label'])} | {r.get('guidance', '-')} | {cell(twin_of or '-')} | "
             f"{r['n']} | {fmt_ci(r['hazard_acc'])} | {fmt_ci(r['general_acc'])} | "
             f"{fmt_ci(r['attack_excess'])} | {fmt_ci(r['worst_max_hazard_acc'])} | "
-            f"{_verdicts(r.get('verdicts', {}))} |"
+            f"{_verdicts(r.get('verdicts', {}))} | {_compute(r.get('compute_frac'))} |"
         )
     return lines
+
+
+def _compute(c: dict[str, Any] | None) -> str:
+    """Unlearning compute as a fraction of pretraining tokens (the mean over seeds; the same on
+    every seed unless a run stopped early); ``-`` where a row has none (references)."""
+    return "-" if not c else f"{c['mean']:.3g}"
 
 
 def attack_names(lb: dict[str, Any]) -> list[str]:
