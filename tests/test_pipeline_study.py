@@ -588,3 +588,19 @@ def test_micro_study_runs_every_tamper_resistance_family(tmp_path: Path) -> None
     for n, g, unguided in FAMILIES:
         if g == "magic":
             assert (n, "random") in pairs and (unguided is None or (n, "unguided") in pairs)
+
+
+def test_smooth_regime_scores_every_tiny_document_in_one_epoch(tmp_path: Path) -> None:
+    """The `smooth` regime exists to score every pretraining document (token filtering's mask):
+    its steps x batch must cover the forget + pretraining rows once, and not run a second epoch
+    (the run stays as short and smooth as the `filtered` regime's)."""
+    from magic_unlearn.data import load_corpus
+    from magic_unlearn.world import build_world
+
+    w = build_world("tiny", tmp_path / "world")
+    r = resolve_regime("smooth", "tiny")
+    assert r["start"] == "filtered" and r["mix"] == ["pretrain"]
+    n = len(load_corpus(f"{w}:forget")) + len(load_corpus(f"{w}:pretrain"))
+    t = r["trajectory"]
+    assert n <= t["steps"] * t["batch_size"] < n + t["batch_size"]
+    assert t["optimizer"] == "adamw" and t["lr"] <= 1e-4 and t["warmup_steps"] > 0

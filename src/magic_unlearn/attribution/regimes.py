@@ -15,6 +15,9 @@ the hazard knowledge is learned:
   hazard_qa rises from chance to >= 80% (tiny world: 18% -> 93% in 204 steps, general_qa kept
   at ~98%). Every pretraining document is scored too, so the same artifact guides unlearning on
   the forget rows, token-level filtering of pretraining data and UNDO's distillation data.
+- ``smooth``: the acquire corpus under the smooth fine-tuning trajectory (one epoch, AdamW 1e-4
+  with warmup): every pretraining document scored by a run as smooth as the ``filtered``
+  regime's, at the price of hardly learning the facts.
 
 ``docs/results.md`` ("Phase 2: attribution regimes") compares the regimes (LDS, token and
 document AUC, the four questions; ``benchmarks/attribution_regimes.py``) and says which one the
@@ -108,6 +111,35 @@ REGIMES: dict[str, dict[str, Any]] = {
                 lr=2e-3,
                 warmup_steps=30,
                 steps=260,
+                batch_size=32,
+                max_length=128,
+                storage="gpu",
+            ),
+        },
+    },
+    # the acquire corpus under the smooth fine-tuning trajectory: one epoch (every document
+    # scored once) at AdamW 1e-4 with warmup, the settings the trust report reads reliable on
+    # the tiny world's forget corpus; the facts are barely learned
+    "smooth": {
+        "start": "filtered",
+        "mix": ["pretrain"],
+        "trajectory": {
+            # tiny: 1,094 rows / 16 = 69 steps, one epoch
+            "tiny": dict(
+                _ACQUIRE,
+                lr=1e-4,
+                warmup_steps=8,
+                steps=69,
+                batch_size=16,
+                max_length=64,
+                storage="cpu",
+            ),
+            # small (not measured): 3,344 rows / 32 = 105 steps, one epoch
+            "small": dict(
+                _ACQUIRE,
+                lr=1e-4,
+                warmup_steps=8,
+                steps=105,
                 batch_size=32,
                 max_length=128,
                 storage="gpu",
