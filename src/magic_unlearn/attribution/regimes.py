@@ -119,7 +119,8 @@ REGIMES: dict[str, dict[str, Any]] = {
     },
     # the acquire corpus under the smooth fine-tuning trajectory: one epoch (every document
     # scored once) at AdamW 1e-4 with warmup, the settings the trust report reads reliable on
-    # the tiny world's forget corpus; the facts are barely learned
+    # the tiny world's forget corpus (on this corpus: doubtful on 1 of 3 seeds, unreliable on
+    # 2; docs/results.md, "Token filtering"); the facts are barely learned
     "smooth": {
         "start": "filtered",
         "mix": ["pretrain"],
