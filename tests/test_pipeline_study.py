@@ -604,3 +604,19 @@ def test_smooth_regime_scores_every_tiny_document_in_one_epoch(tmp_path: Path) -
     t = r["trajectory"]
     assert n <= t["steps"] * t["batch_size"] < n + t["batch_size"]
     assert t["optimizer"] == "adamw" and t["lr"] <= 1e-4 and t["warmup_steps"] > 0
+
+
+def test_headline_answers_for_the_best_guided_method_that_has_twins() -> None:
+    """A guided variant run without twins (lower excess than the twinned one) is the best
+    guided row, but the sentence is about the best guided method that can be compared."""
+    seeds = _seeds([0.20, 0.25, 0.22], [0.40, 0.50, 0.45], [0.10, 0.0, 0.20])
+    info = {**INFO, "g2": {"label": "G2", "guidance": "magic", "twins": {}}}
+    for s in seeds.values():
+        s["methods"]["g2"] = _entry(0.27, 0.97, 0.05)
+    h = build_leaderboard(seeds, info, {"name": "t"})["headline"]
+    assert h["best_guided"] == "g2"
+    assert h["sentence"].startswith("Does MAGIC guidance help?")
+    assert "G against its unguided twin A" in h["sentence"]
+    assert h["sentence"].endswith(
+        "(G2, the best MAGIC-guided method by the same criterion, has no twin in this study.)"
+    )
