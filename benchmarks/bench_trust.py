@@ -6,7 +6,10 @@ the worst first-order error per step size, the parameter sign agreement, the lin
 extent, the precision check and the cost of the checks next to the run. With ``--reference``
 the same trajectory also runs in float64 (the reference) and in fp32 without the float64 prefix
 (and in bf16 with and without it, ``--bf16``): Pearson / Spearman of each against float64 per
-query, the measure of deliverable 2 (target Pearson >= 0.99).
+query, the measure of deliverable 2 (target Pearson >= 0.99). ``--conditioning`` adds float64
+reruns with noise of one fp32 (or float64) rounding added to every weight after every step
+(``NOISE``): how far the float64 scores themselves move under the perturbation that storing the
+weights in fp32 makes, the floor below which no fp32 engine can agree with float64.
 
 Tiny world, CPU (about 5 min on 2 idle cores)::
 
@@ -25,6 +28,7 @@ else ``--work``; prints the tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -41,11 +45,59 @@ TRAJ = {
     "adamw1e-3": dict(optimizer="adamw", lr=1e-3, warmup_steps=0),
     "adamw1e-4": dict(optimizer="adamw", lr=1e-4, warmup_steps=0),
     "adamw1e-4-wu8": dict(optimizer="adamw", lr=1e-4, warmup_steps=8),
+    # the same trajectory better conditioned: AdamW's step derivative peaks at 1 / (4 eps)
+    "adamw1e-4-wu8-eps1e-6": dict(optimizer="adamw", lr=1e-4, warmup_steps=8, eps=1e-6),
+    # the frozen-denominator approximation (no derivative path through v)
+    "adamw1e-4-wu8-frozen": dict(
+        optimizer="adamw", lr=1e-4, warmup_steps=8, adam_denominator="frozen"
+    ),
 }
 DEFAULT_RUNS = (
     "filtered:sgd0.3,filtered:sgd3e-2,filtered:adamw1e-3,filtered:adamw1e-4,"
     "filtered:adamw1e-4-wu8,base:sgd0.3,base:adamw1e-4-wu8"
 )
+# --conditioning: float64 reruns with noise of one rounding on every weight after every step
+# t >= k (theta_{t+1} *= 1 + r u, u ~ U(-1, 1), fixed per step so replays reproduce it): r = 2^-24
+# is what storing the weights in fp32 does, r = 2^-53 what float64 does. The fp32 runs start
+# from exact weights (theta_0 is stored in fp32) and round from theta_1 on (the float64 prefix
+# redoes only the first reverse steps): if the float64 scores move as much under that noise as
+# fp32 scores differ from float64, no engine that keeps the weights in fp32 can agree better,
+# and the limit is the trajectory's conditioning, not the arithmetic. Noise from theta_{k+1} is
+# what a float64 *forward* prefix of k steps (then fp32) would leave
+NOISE = {
+    "float64, fp32-sized noise from theta_1": (2.0**-24, 1),
+    "float64, fp32-sized noise from theta_3": (2.0**-24, 3),
+    "float64, fp32-sized noise from theta_9": (2.0**-24, 9),
+    "float64, float64-sized noise from theta_1": (2.0**-53, 1),
+}
+
+
+def noisy_optimizers(r: float, first: int):
+    """Patch MAGIC's optimiser factory: each step t with t + 1 >= ``first`` adds the noise."""
+    from unittest import mock
+
+    import torch
+
+    from magic_unlearn.attribution import magic
+    from magic_unlearn.attribution.optim import make_optimizer
+
+    def make(cfg):
+        opt = make_optimizer(cfg)
+        step = opt.step
+
+        def noisy(params, bufs, grads, t):
+            step(params, bufs, grads, t)
+            if t + 1 >= first:
+                g = torch.Generator().manual_seed(10_000 + t)
+                with torch.no_grad():
+                    for p in params:
+                        u = torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1
+                        p.mul_(1 + r * u.to(p.device, p.dtype))
+
+        opt.step = noisy
+        return opt
+
+    return mock.patch.object(magic, "make_optimizer", make)
 
 
 def main() -> None:
@@ -55,6 +107,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--reference", action="store_true", help="also float64 and fp32 prefix 0")
     ap.add_argument("--bf16", action="store_true", help="with --reference: bf16 runs too")
+    ap.add_argument(
+        "--conditioning",
+        action="store_true",
+        help="with --reference: float64 reruns from theta_0 perturbed by one rounding",
+    )
     ap.add_argument("--budget-s", type=float, default=0, help="skip runs that start after this")
     args = ap.parse_args()
     t_start = time.time()
@@ -81,11 +138,12 @@ def main() -> None:
     res["runs"], res["precision"], res["errors"] = [], [], []
     log(f"setup {time.time() - t_start:.1f} s (pretraining {S.pretrain_s:.1f} s) on {S.device}")
 
-    def run(variant: str, tname: str, **kw):
+    def run(variant: str, tname: str, noise: tuple[float, int] | None = None, **kw):
         model = load_model(S.models[variant], dtype=kw.get("dtype", "float32"), device=S.device)
         cfg = trajectory(steps=args.steps, max_length=args.max_length, **{**TRAJ[tname], **kw})
         t0 = time.time()
-        art = attribute(model, S.corpus, S.measurements, cfg, progress=False)
+        with noisy_optimizers(*noise) if noise else contextlib.nullcontext():
+            art = attribute(model, S.corpus, S.measurements, cfg, progress=False)
         return art, time.time() - t0
 
     def save() -> None:
@@ -162,6 +220,10 @@ def main() -> None:
                 todo += [
                     ("bf16, prefix 0", None, dict(bf16, float64_prefix=0)),
                     ("bf16, prefix 2", None, bf16),
+                ]
+            if args.conditioning:
+                todo += [
+                    (name, None, dict(dtype="float64", noise=nz)) for name, nz in NOISE.items()
                 ]
             for name, a, kw in todo:
                 try:
