@@ -108,6 +108,14 @@ def main() -> None:
     ap.add_argument("--reference", action="store_true", help="also float64 and fp32 prefix 0")
     ap.add_argument("--bf16", action="store_true", help="with --reference: bf16 runs too")
     ap.add_argument(
+        "--prefixes",
+        default="",
+        help="with --reference: fp32 runs with these float64 prefix lengths too, e.g. 4,8,16",
+    )
+    ap.add_argument(
+        "--tf32", action="store_true", help="with --reference: a precision 'tf32' run too"
+    )
+    ap.add_argument(
         "--conditioning",
         action="store_true",
         help="with --reference: float64 reruns from theta_0 perturbed by one rounding",
@@ -221,6 +229,10 @@ def main() -> None:
                     ("bf16, prefix 0", None, dict(bf16, float64_prefix=0)),
                     ("bf16, prefix 2", None, bf16),
                 ]
+            for k in (int(x) for x in args.prefixes.split(",") if x):
+                todo.append((f"fp32, prefix {k}", None, dict(fp32, float64_prefix=k)))
+            if args.tf32:
+                todo.append(("tf32 (prefix only measures)", None, dict(fp32, precision="tf32")))
             if args.conditioning:
                 todo += [
                     (name, None, dict(dtype="float64", noise=nz)) for name, nz in NOISE.items()

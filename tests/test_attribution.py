@@ -923,5 +923,35 @@ def test_attribute_runs_float32_matmuls_without_tf32(model, corpus) -> None:
         attribute(model, corpus, {"q": f}, cfg_for("sgd"), progress=False)
         assert seen and not any(seen)  # the measurement ran before and after training
         assert flag.allow_tf32 is True  # the caller's setting is back
+        # precision "tf32" asks for them, and the caller's "off" comes back too
+        flag.allow_tf32 = False
+        seen.clear()
+        cfg = TrajectoryConfig(**{**cfg_for("sgd").__dict__, "precision": "tf32"})
+        art = attribute(model, corpus, {"q": f}, cfg, progress=False)
+        assert seen and all(seen) and flag.allow_tf32 is False
+        assert art.meta["trajectory"]["precision"] == "tf32"
+    finally:
+        flag.allow_tf32 = prev
+
+
+def test_train_trajectory_sets_the_matmul_precision_of_its_config(model, corpus) -> None:
+    """Retraining (LDS, finite differences) runs the trajectory's matmuls, not the caller's."""
+    from magic_unlearn.attribution.trajectory import trajectory_matmuls
+
+    seen: list[bool] = []
+
+    @trajectory_matmuls
+    def probe(x: int, cfg: TrajectoryConfig) -> int:
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return x
+
+    flag = torch.backends.cuda.matmul
+    prev = flag.allow_tf32
+    try:
+        flag.allow_tf32 = True
+        assert probe(1, cfg_for("sgd")) == 1
+        assert probe(2, cfg=TrajectoryConfig(**{**cfg_for("sgd").__dict__, "precision": "tf32"}))
+        assert seen == [False, True] and flag.allow_tf32 is True
+        assert getattr(train_trajectory, "__wrapped__", None) is not None  # decorated
     finally:
         flag.allow_tf32 = prev

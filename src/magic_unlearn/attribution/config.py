@@ -14,7 +14,7 @@ from magic_unlearn.schedules import SCHEDULES
 
 CHECKPOINTING = ("auto", "every", "sqrt", "kary")
 STORAGE = ("auto", "gpu", "cpu", "disk")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16")
 TRUST_UNITS = ("doc", "token")
 # fields that change only the reverse pass or the trust report, never the trained trajectory
 # (retraining caches such as LDS ignore them)
@@ -96,7 +96,10 @@ class TrajectoryConfig:
         seed: data order and LoRA init seed.
         max_length: row length used when the CLI tokenizes the corpus.
         dtype: parameter dtype the run uses ("float32", "float64", "bfloat16"; null keeps it).
-        precision: "fp32" or "bf16" (autocast of the model forward; trajectory and reverse alike).
+        precision: "fp32" (true float32 matmuls, whatever the process's TF32 flag), "tf32"
+            (CUDA float32 matmuls on TF32 tensor cores: faster, ~1e-3 relative error per
+            matmul; the same as fp32 on a CPU) or "bf16" (autocast of the model forward);
+            trajectory and reverse alike.
         lora: LoRA adapters, or None for full-parameter training.
         checkpointing: "auto" (sqrt, except that the last steps store every state, as many as
             fit in GPU memory: every state, no replay at all, when the whole run fits; plain
@@ -128,9 +131,10 @@ class TrajectoryConfig:
             float64 and use those (0: off; float64 runs need nothing). AdamW's first steps
             are ill-conditioned: the derivative of g / (sqrt(v) + eps) reaches ~1/(4 eps) where
             |g| ~ eps, so the score of step 0 depends on g_0 to ~1e-10, which fp32 and bf16
-            cannot resolve (``attribution/prefix.py``, docs/benchmarks.md). Under bf16 the
-            float64 steps only measure precision for the trust report (replacing them made bf16
-            scores worse) and the scores are kept.
+            cannot resolve (``attribution/prefix.py``, docs/benchmarks.md). Under bf16 and tf32
+            the float64 steps only measure precision for the trust report (their errors are
+            in every step; replacing the first ones made bf16 scores worse) and the scores are
+            kept.
         trust: the trust report (:class:`TrustConfig`); ``trust.strict`` refuses scores whose
             verdict is not ``reliable``.
     """

@@ -43,11 +43,15 @@ from magic_unlearn.attribution.resume import ReverseCheckpoint, resume_key, work
 from magic_unlearn.attribution.reverse import ReverseState, ReverseStep
 from magic_unlearn.attribution.semantics import score_semantics
 from magic_unlearn.attribution.store import StateStore
-from magic_unlearn.attribution.trajectory import Batches, check_corpus, prepare_model
+from magic_unlearn.attribution.trajectory import (
+    Batches,
+    check_corpus,
+    prepare_model,
+    trajectory_matmuls,
+)
 from magic_unlearn.attribution.trust import enforce, run_checks
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
-from magic_unlearn.models import matmul_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +198,7 @@ def _package(
     )
 
 
-# float32 means float32: TF32 matmuls (left on by a caller, e.g. pretraining in the same
-# process) put ~1e-3 relative error in every step, which AdamW's first reverse steps amplify
-@matmul_tf32(False)
+@trajectory_matmuls
 def attribute(
     model: nn.Module,
     corpus: TokenizedCorpus,
@@ -337,7 +339,9 @@ def attribute(
             if replaces_scores(cfg):
                 scores = s64
             else:
-                notes.append("bf16 run: the float64 prefix measured precision, scores kept")
+                notes.append(
+                    f"{cfg.precision} run: the float64 prefix measured precision, scores kept"
+                )
         elif rec is not None:
             notes.append("float64 prefix skipped: the run resumed after its first steps")
         with timings.span("trust_s", sync=True):

@@ -46,11 +46,12 @@ def prefix_steps(cfg: TrajectoryConfig, dtype: torch.dtype) -> int:
 
 def replaces_scores(cfg: TrajectoryConfig) -> bool:
     """Whether the float64 prefix replaces the run's first reverse steps (fp32 runs) or only
-    measures their precision for the trust report (bf16 runs: there the replacement made the
-    scores much worse, small world on an H200: Pearson against float64 0.07 with it, 0.90
-    without; docs/benchmarks.md, issue 14; a bf16 run's later steps carry errors of their own
-    that exact first steps do not fix)."""
-    return cfg.precision != "bf16"
+    measures their precision for the trust report (bf16 and tf32 runs: there the replacement
+    made the scores much worse, small world on an H200: bf16 Pearson against float64 0.07 with
+    it, 0.90 without; TF32 hazard 0.87 without, 0.73 with it; docs/benchmarks.md, issue 14; a
+    low-precision run's later steps carry errors of their own that exact first steps do not
+    fix)."""
+    return cfg.precision == "fp32"
 
 
 class PrefixRecorder:

@@ -53,11 +53,10 @@ from magic_unlearn.attribution.shard import (
     shard_parameters,
 )
 from magic_unlearn.attribution.store import StateStore
-from magic_unlearn.attribution.trajectory import Batches, prepare_model
+from magic_unlearn.attribution.trajectory import Batches, prepare_model, trajectory_matmuls
 from magic_unlearn.attribution.trust import trust_report
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
-from magic_unlearn.models import matmul_tf32
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +161,7 @@ def _resume_point(
     return ckpt, t_last, state
 
 
-# float32 means float32: TF32 matmuls (left on by a caller, e.g. pretraining in the same
-# process) put ~1e-3 relative error in every step, which AdamW's first reverse steps amplify
-@matmul_tf32(False)
+@trajectory_matmuls
 def attribute_sharded(
     model: nn.Module,
     corpus: TokenizedCorpus,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,7 +31,7 @@ from magic_unlearn.attribution.layers import use_fused_layers
 from magic_unlearn.attribution.optim import TrajectoryOptimizer, make_optimizer
 from magic_unlearn.data import TokenizedCorpus, per_token_nll
 from magic_unlearn.lora import apply_lora
-from magic_unlearn.models import resolve_dtype
+from magic_unlearn.models import matmul_tf32, resolve_dtype
 
 
 def batch_order(n: int, cfg: TrajectoryConfig) -> Tensor:
@@ -182,6 +184,25 @@ def use_exact_attention(model: nn.Module) -> None:
         c = getattr(m, "config", None)
         if c is not None and getattr(c, "_attn_implementation", None) in ("eager", "sdpa"):
             c._attn_implementation = "eager_exact"
+
+
+def trajectory_matmuls(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn(..., cfg, ...)`` with CUDA float32 matmuls as ``cfg.precision`` says: TF32 for
+    "tf32", true float32 otherwise, whatever the caller's process-global flag (restored after).
+
+    float32 must mean float32 in MAGIC: TF32 matmuls (left on by a caller, e.g. pretraining in
+    the same process) put ~1e-3 relative error in every step, which AdamW's first reverse steps
+    amplify (docs/benchmarks.md, "Small world again, after the TF32 fix"); "tf32" asks for them.
+    """
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        cfg = sig.bind_partial(*args, **kwargs).arguments["cfg"]
+        with matmul_tf32(cfg.precision == "tf32"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def autocast_ctx(cfg: TrajectoryConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -416,6 +437,7 @@ def iter_steps(
         yield t, loss
 
 
+@trajectory_matmuls
 def train_trajectory(
     model: nn.Module,
     corpus: TokenizedCorpus,
