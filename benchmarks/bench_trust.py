@@ -1,7 +1,7 @@
 """Issue 14: the trust report of MAGIC runs, trajectory by trajectory, and fp32 / bf16 against float64.
 
 Each trajectory is attributed in fp32 with the default trust settings (2 random drop-directions
-of 10% of the documents, step sizes 0.01 / 0.1 / 1, float64 prefix of 2 steps): the verdict,
+of 10% of the documents, step sizes 0.01 / 0.1 / 1, the default float64 prefix): the verdict,
 the worst first-order error per step size, the parameter sign agreement, the linear regime's
 extent, the precision check and the cost of the checks next to the run. With ``--reference``
 the same trajectory also runs in float64 (the reference) and in fp32 without the float64 prefix
@@ -219,15 +219,16 @@ def main() -> None:
                 save()
                 continue
             fp32 = dict(dtype="float32")
+            pk = "auto" if art is None else art.meta["semantics"]["float64_prefix_steps"]
             bf16 = dict(dtype="float32", precision="bf16")
             todo = [
-                ("fp32, prefix 2", art, fp32),
+                (f"fp32, prefix {pk} (default)", art, fp32),
                 ("fp32, prefix 0", None, dict(fp32, float64_prefix=0)),
             ]
             if args.bf16:
                 todo += [
                     ("bf16, prefix 0", None, dict(bf16, float64_prefix=0)),
-                    ("bf16, prefix 2", None, bf16),
+                    ("bf16, default prefix", None, bf16),
                 ]
             for k in (int(x) for x in args.prefixes.split(",") if x):
                 todo.append((f"fp32, prefix {k}", None, dict(fp32, float64_prefix=k)))

@@ -15,6 +15,8 @@ from magic_unlearn.schedules import SCHEDULES
 CHECKPOINTING = ("auto", "every", "sqrt", "kary")
 STORAGE = ("auto", "gpu", "cpu", "disk")
 PRECISIONS = ("fp32", "tf32", "bf16")
+# the longest default float64 prefix: its cost is a float64 forward and reverse of k steps
+PREFIX_AUTO_MAX = 16
 TRUST_UNITS = ("doc", "token")
 # fields that change only the reverse pass or the trust report, never the trained trajectory
 # (retraining caches such as LDS ignore them)
@@ -128,10 +130,16 @@ class TrajectoryConfig:
             compiling the first time, then loaded from the on-disk cache,
             ``compiled.compile_cache_dir``). Falls back to eager, with a warning.
         float64_prefix: recompute the reverse steps of the first this many training steps in
-            float64 and use those (0: off; float64 runs need nothing). AdamW's first steps
-            are ill-conditioned: the derivative of g / (sqrt(v) + eps) reaches ~1/(4 eps) where
-            |g| ~ eps, so the score of step 0 depends on g_0 to ~1e-10, which fp32 and bf16
-            cannot resolve (``attribution/prefix.py``, docs/benchmarks.md). Under bf16 and tf32
+            float64 and use those (0: off; float64 runs need nothing). None (default): AdamW's
+            warmup (``max(2, warmup_steps)``, at most 16: the cost is a float64 forward and
+            reverse of that many steps), 2 for the other optimisers (there it only
+            measures precision to 1e-5 for the trust report). AdamW is ill-conditioned while
+            its second moment is small: the derivative of g / (sqrt(v) + eps) reaches
+            ~1/(4 eps) where |g| ~ eps, so the scores of those steps depend on g to ~1e-10,
+            which fp32 and bf16 cannot resolve (``attribution/prefix.py``). On the small
+            world's filtered start (AdamW 1e-4, warmup 8, eps 1e-8) fp32 agrees with float64
+            at Pearson 0.92-0.95 with 2 float64 steps, 0.99 with 4, 1.0000 with 8 (the warmup;
+            docs/benchmarks.md, "The float64 prefix through the warmup"). Under bf16 and tf32
             the float64 steps only measure precision for the trust report (their errors are
             in every step; replacing the first ones made bf16 scores worse) and the scores are
             kept.
@@ -165,7 +173,7 @@ class TrajectoryConfig:
     reverse_microbatch: int | None = None
     cuda_graphs: bool = True
     compile_attention: bool = True
-    float64_prefix: int = 2
+    float64_prefix: int | None = None
     trust: TrustConfig = field(default_factory=TrustConfig)
 
     def __post_init__(self) -> None:
@@ -227,14 +235,27 @@ class TrajectoryConfig:
             raise bad("checkpoint_k", self.checkpoint_k, "an integer >= 2 for kary")
         if isinstance(self.lora, dict):
             self.lora = LoraSpec(**self.lora)
-        if self.float64_prefix < 0:
-            raise bad("float64_prefix", self.float64_prefix, "an integer >= 0")
+        if self.float64_prefix is not None and (
+            not isinstance(self.float64_prefix, int) or self.float64_prefix < 0
+        ):
+            raise bad("float64_prefix", self.float64_prefix, "null (auto) or an integer >= 0")
         if isinstance(self.trust, dict):
             self.trust = TrustConfig(**self.trust)
         elif self.trust is None:
             self.trust = TrustConfig(enabled=False)
         if self.lora is not None and self.lora.dropout:
             raise bad("lora.dropout", self.lora.dropout, "0 (a replayed trajectory has no dropout)")
+
+    @property
+    def prefix_len(self) -> int:
+        """Training steps whose reverse steps run in float64 (``float64_prefix`` resolved)."""
+        if self.float64_prefix is not None:
+            k = self.float64_prefix
+        elif self.optimizer == "adamw":
+            k = min(max(2, self.warmup_steps), PREFIX_AUTO_MAX)
+        else:
+            k = 2
+        return min(k, self.steps)
 
     @property
     def drift_limit(self) -> float:

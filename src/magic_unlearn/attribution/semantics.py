@@ -65,7 +65,7 @@ def score_semantics(cfg: TrajectoryConfig) -> dict[str, Any]:
         ),
         "weight_decay": decay,
         "scale": scale,
-        "float64_prefix_steps": cfg.float64_prefix,
+        "float64_prefix_steps": 0 if cfg.dtype == "float64" else cfg.prefix_len,
         "adam_denominator": cfg.adam_denominator if cfg.optimizer == "adamw" else None,
     }
 

@@ -454,9 +454,10 @@ def enforce(report: dict[str, Any], cfg: TrustConfig) -> None:
         "smoothness": f"a first-order error above {LINEAR_TOL} means the scores do not predict "
         "what retraining does at that weight change; smoother trajectories (lower lr, warmup) "
         "give more linear runs",
-        "precision": "the run precision's reverse steps disagree with float64; bf16 errors are "
-        "in every step: run the trajectory in fp32 (the float64 prefix fixes AdamW's step 0) "
-        "or float64",
+        "precision": "the run precision's reverse steps disagree with float64; bf16 and tf32 "
+        "errors are in every step: run the trajectory in fp32 (its float64 prefix covers "
+        "AdamW's warmup; lengthen it with float64_prefix where the steps after it are still "
+        "ill-conditioned, or condition AdamW with eps 1e-6) or float64",
         "drift": "replays drift from the recorded run (nondeterministic kernels); use "
         "checkpointing=every or deterministic attention",
     }
