@@ -110,6 +110,13 @@ def test_verdict_is_the_worst_check_and_unchecked_without_checks() -> None:
     assert tr.trust_report(smooth([3.0, 9.0]), prec_ok, 0.0, 4, 0.05)["verdict"] == "unreliable"
     assert tr.trust_report(smooth([0.05, 0.1]), prec_bad, 0.0, 4, 0.05)["verdict"] == "unreliable"
     assert tr.trust_report(smooth([0.05, 0.1]), None, 0.03, 4, 0.05)["verdict"] == "doubtful"
+    # a longer prefix (AdamW's warmup) is judged on its last two steps, the ones nearest the
+    # steps that keep the run's precision: the replaced first steps' errors do not count
+    long_ok = {"steps": 5, "queries": {"f": {"step_rel_err": [1.0, 0.9, 0.5, 1e-4, 2e-4]}}}
+    long_bad = {"steps": 5, "queries": {"f": {"step_rel_err": [1.0, 0.9, 0.5, 1e-4, 0.4]}}}
+    rep = tr.trust_report(smooth([0.05, 0.1]), long_ok, 0.0, 4, 0.05)
+    assert rep["verdict"] == "reliable" and rep["checks"]["precision"]["per_step_error"] == 2e-4
+    assert tr.trust_report(smooth([0.05, 0.1]), long_bad, 0.0, 4, 0.05)["verdict"] == "unreliable"
     # no replays, no prefix, no smoothness: nothing was checked
     none = tr.trust_report(None, None, 0.0, 0, 0.05)
     assert none["verdict"] == tr.UNCHECKED and none["checks"]["drift"]["status"] is None

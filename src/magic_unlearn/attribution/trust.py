@@ -17,8 +17,8 @@ the measurements they come from):
     of consecutive parameter differences (Def. 2 of the paper), a high-dimensional smoothness
     number. The status comes from the smallest h and the first agreement.
 (b) **precision**: the first reverse steps are recomputed in float64 (``prefix.py``); the run
-    precision's relative error on the recomputed steps after the first (step 0 is AdamW's
-    ill-conditioned one, and is replaced) estimates its error on the steps that are not.
+    precision's relative error on the last two recomputed steps (never step 0, AdamW's worst;
+    the recomputed steps are replaced) estimates its error on the steps that are not.
 (c) **replay drift**: the largest difference between a replayed state and the recorded one,
     in units of a training update (``replay.py``).
 
@@ -234,12 +234,15 @@ def smoothness_status(sm: dict[str, Any]) -> str:
 def precision_status(prec: dict[str, Any] | None) -> tuple[str | None, float | None]:
     """(status, estimated per-step error) from the float64 prefix report (None: not checked).
 
-    The estimate is the largest error of the recomputed steps after step 0; with one
-    recomputed step (no such step) the precision is not checked.
+    The estimate is the largest error of the last two recomputed steps (never step 0): the
+    steps nearest those that keep the run's precision, where AdamW is best conditioned
+    within the prefix (its errors fall as the second moment grows; the earlier steps are
+    replaced). With one recomputed step (no such step) the precision is not checked.
     """
     if prec is None or prec.get("steps", 0) < 2:
         return None, None
-    est = max(max(r["step_rel_err"][1:]) for r in prec["queries"].values())
+    k = prec["steps"]
+    est = max(max(r["step_rel_err"][max(1, k - 2) :]) for r in prec["queries"].values())
     if not math.isfinite(est) or est > PRECISION_DOUBTFUL:
         return "unreliable", est
     return ("reliable" if est <= PRECISION_RELIABLE else "doubtful"), est
