@@ -47,6 +47,20 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--traj",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a trajectory field of every regime, e.g. --traj eps=1e-6 (the run "
+        "folder and the summary key get the suffix)",
+    )
+    ap.add_argument(
+        "--mask-fracs",
+        default="",
+        help="e.g. 0.1,0.2: the token-filtering masks of each score set at these fractions "
+        "(unlearn.masks.corpus_mask): share of hazard-fact / general-fact tokens masked",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,11 +112,22 @@ def main() -> None:
         with torch.no_grad():
             return {q: evaluate(model, tok, t, fmt="cloze").acc for q, t in tasks.items()}
 
+    import yaml
+
+    over = {}
+    for kv in args.traj:
+        k, _, v = kv.partition("=")
+        over[k] = yaml.safe_load(v)
+    suffix = "".join(f"-{k}{v}" for k, v in over.items())
+    out_json = work / f"summary{suffix}.json"
     summary: dict = {"world_seed": args.world_seed, "preset": args.preset, "regimes": {}}
+    if out_json.exists():
+        summary = json.loads(out_json.read_text())
     for regime in args.regimes.split(","):
         rr = resolve_regime(regime, args.preset)
+        rr["trajectory"].update(over)
         cfg = TrajectoryConfig(**{**rr["trajectory"], "storage": "cpu"})
-        run = work / regime
+        run = work / f"{regime}{suffix}"
         run.mkdir(exist_ok=True)
         docs = load_corpus(f"{world_dir}:forget")
         for m in rr["mix"]:
@@ -131,6 +156,37 @@ def main() -> None:
             atomic_write_json(acc_path, {"before": accs(start), "after": accs(trained)})
             del trained
         acc = json.loads(acc_path.read_text())
+        masks = {}
+        for frac in (float(x) for x in args.mask_fracs.split(",") if x):
+            from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
+
+            for m in arts:
+                _, info = corpus_mask(
+                    MaskConfig(source="scores", frac=frac),
+                    docs,
+                    corpus,
+                    tok,
+                    str(run / f"scores_{m}"),
+                )
+                masks[f"{m}@{frac:g}"] = {
+                    k: info.get(k) for k in ("hazard_fact_masked_frac", "general_fact_masked_frac")
+                }
+            print(f"[{regime}{suffix}] masks: {masks}", flush=True)
+        if args.subsets == 0:
+            summary["regimes"][regime + suffix] = {
+                "trajectory": rr["trajectory"],
+                "accuracy": acc,
+                "masks": masks,
+                "token_auc_all": {
+                    k: v["auc_hazard_vs_rest"]
+                    for k, v in ground_truth(list(arts.values()))["per_score_set"].items()
+                    if "hazard" in k
+                },
+                "trust": arts["magic"].meta.get("trust", {}).get("verdict"),
+                "timings": timings,
+            }
+            atomic_write_json(out_json, summary)
+            continue
         t0 = time.time()
         res = lds(
             start,
@@ -153,7 +209,8 @@ def main() -> None:
             analyze(forget_arts, an_dir, tokenizer=tok, is_world=True)
         an = json.loads((an_dir / "metrics.json").read_text())
         q2 = an["q2_quadrants"]
-        summary["regimes"][regime] = {
+        summary["regimes"][regime + suffix] = {
+            "masks": masks,
             "start": rr["start"],
             "mix": rr["mix"],
             "trajectory": {k: rr["trajectory"][k] for k in ("lr", "steps", "batch_size")},
@@ -184,8 +241,8 @@ def main() -> None:
             },
             "timings": timings,
         }
-        atomic_write_json(work / "summary.json", summary)
-        s = summary["regimes"][regime]
+        atomic_write_json(out_json, summary)
+        s = summary["regimes"][regime + suffix]
         print(
             f"[{regime}] acc {acc['before']} -> {acc['after']}; LDS hazard "
             f"magic {s['lds']['magic:hazard_qa']['spearman']:.3f} grad_sim "
