@@ -117,7 +117,13 @@ def main() -> None:
     over = {}
     for kv in args.traj:
         k, _, v = kv.partition("=")
-        over[k] = yaml.safe_load(v)
+        val = yaml.safe_load(v)
+        if isinstance(val, str):  # YAML 1.1 reads 1e-6 as a string
+            try:
+                val = float(val)
+            except ValueError:
+                pass
+        over[k] = val
     suffix = "".join(f"-{k}{v}" for k, v in over.items())
     out_json = work / f"summary{suffix}.json"
     summary: dict = {"world_seed": args.world_seed, "preset": args.preset, "regimes": {}}
