@@ -18,6 +18,12 @@ interrupted run resumes. Usage (CPU, tiny world; ~40 min for acquire on a quiet 
     PYTHONPATH=src python benchmarks/attribution_regimes.py --work runs/regimes \\
         --world-seed 0 --regimes seed,filtered,acquire
 
+Mask quality only (no LDS retrains), the smooth regime with AdamW eps 1e-6: what share of the
+hazard-fact / general-fact tokens each score set's top 10% / 20% token-filtering mask catches::
+
+    PYTHONPATH=src python benchmarks/attribution_regimes.py --work runs/regimes --world-seed 0 \
+        --regimes smooth --subsets 0 --mask-fracs 0.1,0.2 --traj eps=1e-6
+
 GPU (small world; one H200)::
 
     python benchmarks/attribution_regimes.py --work $OUT/regimes --preset small --device cuda \\
