@@ -27,7 +27,7 @@ from magic_unlearn.pipeline.study import (
     select_methods,
     study_fingerprint,
 )
-from magic_unlearn.pipeline.study.report import methods_table
+from magic_unlearn.pipeline.study.report import attribution_table, methods_table
 
 # ------------------------------------------------------------------------------ config
 
@@ -332,6 +332,23 @@ def test_leaderboard_statistics_on_hand_made_records() -> None:
     assert not go["attacks"]["met_mean"]  # mean excess 3.3 points
     assert lb["attribution"]["magic:hazard_qa"]["auc_hazard_vs_rest"]["n"] == 3
     assert rows["a"]["compute_frac"] is None  # hand-made entries carry no compute
+    assert lb["trust"] == {}  # records without trust verdicts (written before they existed)
+
+
+def test_trust_verdicts_per_seed_reach_leaderboard_and_report() -> None:
+    seeds = _seeds([0.02, 0.05, 0.03], [0.40, 0.50, 0.45], [0.10, 0.0, 0.20])
+    verdicts = ["reliable", "doubtful", "reliable"]
+    for s, v in zip(seeds.values(), verdicts, strict=True):
+        s["trust"] = {"magic": v, "magic@smooth-abc": "unreliable"}
+    lb = build_leaderboard(seeds, INFO, {"name": "t"})
+    assert lb["trust"]["magic"] == {
+        "seeds": {"0": "reliable", "1": "doubtful", "2": "reliable"},
+        "counts": {"reliable": 2, "doubtful": 1},
+    }
+    assert lb["trust"]["magic@smooth-abc"]["counts"] == {"unreliable": 3}
+    lines = attribution_table(lb)
+    assert "| magic | reliable | doubtful | reliable |" in lines
+    assert "| magic@smooth-abc | unreliable | unreliable | unreliable |" in lines
 
 
 def test_compute_column_reads_each_runs_unlearning_compute() -> None:
@@ -468,6 +485,16 @@ def test_micro_study_end_to_end(micro_study: Path) -> None:
     assert "## Paired comparisons" in md and "### standard" in md
     html = (micro_study / "report.html").read_text()
     assert "data:image/png;base64," in html
+    # each seed's MAGIC trust verdict, read from its attribute run, reaches the report
+    run_verdicts = {}
+    for m in (micro_study / "runs" / "attribute").glob("s*-magic-*/metrics.json"):
+        t = json.loads(m.read_text())["stages"]["attribute"]["trust"]
+        run_verdicts[m.parent.name.split("-")[0][1:]] = t["verdict"]
+    seeds_v = lb["trust"]["magic"]["seeds"]
+    assert seeds_v == run_verdicts
+    assert set(seeds_v.values()) <= {"reliable", "doubtful", "unreliable", "unchecked"}
+    assert sum(lb["trust"]["magic"]["counts"].values()) == 2
+    assert "Trust verdicts of the MAGIC scores" in md
 
 
 def test_micro_study_resumes_and_merges(micro_study: Path, tmp_path: Path) -> None:

@@ -422,6 +422,14 @@ def build_leaderboard(
             for k, x in m.items():
                 if x is not None and not (isinstance(x, float) and math.isnan(x)):
                     attribution.setdefault(set_name, {}).setdefault(k, []).append(float(x))
+    # per MAGIC attribution run (the study's, or a regime's: "magic@<regime>"), the trust
+    # verdict of each seed's scores: is the guidance above built on scores one can trust?
+    trust: dict[str, dict[str, Any]] = {}
+    for seed, v in sorted(seeds.items()):
+        for set_name, verdict in (v.get("trust") or {}).items():
+            t = trust.setdefault(set_name, {"seeds": {}, "counts": {}})
+            t["seeds"][str(seed)] = verdict
+            t["counts"][str(verdict)] = t["counts"].get(str(verdict), 0) + 1
     return {
         "version": LEADERBOARD_VERSION,
         "study": dict(study),
@@ -447,6 +455,7 @@ def build_leaderboard(
             "sentence": sentence,
         },
         "attribution": {k: {m: ci(v) for m, v in d.items()} for k, d in attribution.items()},
+        "trust": trust,
         "seconds": {str(s): v.get("seconds", {}) for s, v in seeds.items()},
         "records": {str(s): v.get("records", []) for s, v in seeds.items()},
         "timing": _timing(seeds),

@@ -105,6 +105,13 @@ def analysis_entry(folder: Path) -> dict[str, Any]:
     return {name: {k: v.get(k) for k in keep} for name, v in per.items()}
 
 
+def trust_entry(folder: Path) -> str | None:
+    """The trust verdict of a complete MAGIC attribute run folder (None: no report)."""
+    m = read_json(folder / "metrics.json")
+    trust = ((m.get("stages") or {}).get("attribute") or {}).get("trust")
+    return trust.get("verdict") if isinstance(trust, dict) else None
+
+
 def record_tag(method_names: list[str]) -> str:
     """The file tag of a record covering ``method_names``."""
     return config_hash({"methods": sorted(method_names)})[:8]
@@ -139,6 +146,7 @@ def new_record(study: dict[str, Any], seed: int) -> dict[str, Any]:
         "references": {},
         "methods": {},
         "attribution": {},
+        "trust": {},
         "seconds": {},
         "failed": {},
     }
@@ -175,7 +183,7 @@ def merge_records(
             not in it, or defined differently, are left out (None: keep every method).
 
     Returns:
-        ``({seed: {"references", "methods", "attribution", "seconds", "records",
+        ``({seed: {"references", "methods", "attribution", "trust", "seconds", "records",
         "missing"}}, notes)``: ``missing`` lists the roles (``method:<name>``, ...) no record of
         the seed completed; notes say what was left out and why.
     """
@@ -195,6 +203,7 @@ def merge_records(
                 "references": {},
                 "methods": {},
                 "attribution": {},
+                "trust": {},
                 "seconds": {},
                 "records": [],
                 "missing": [],
@@ -206,6 +215,8 @@ def merge_records(
             s["references"].setdefault(role, e)  # the earliest record's references
         for k, v in r.get("attribution", {}).items():
             s["attribution"].setdefault(k, v)
+        for k, v in (r.get("trust") or {}).items():  # absent in records of earlier versions
+            s["trust"].setdefault(k, v)
         for name, e in r.get("methods", {}).items():
             if definitions is not None:
                 if name not in definitions:
@@ -238,5 +249,6 @@ __all__ = [
     "record_path",
     "record_tag",
     "run_entry",
+    "trust_entry",
     "write_record",
 ]

@@ -263,18 +263,31 @@ def paired_attack_table(lb: dict[str, Any]) -> list[str]:
 
 def attribution_table(lb: dict[str, Any]) -> list[str]:
     att = lb.get("attribution") or {}
-    if not att:
-        return []
-    lines = [
-        "| score set | AUC hazard-fact vs rest | AUC hazard vs general fact | P@R hazard |",
-        "|---|---|---|---|",
-    ]
-    for name, m in att.items():
-        lines.append(
-            f"| {cell(name)} | {fmt_ci(m.get('auc_hazard_vs_rest'), 1.0, 3)} | "
-            f"{fmt_ci(m.get('auc_hazard_vs_general'), 1.0, 3)} | "
-            f"{fmt_ci(m.get('p@R_hazard'), 1.0, 3)} |"
-        )
+    lines: list[str] = []
+    if att:
+        lines += [
+            "| score set | AUC hazard-fact vs rest | AUC hazard vs general fact | P@R hazard |",
+            "|---|---|---|---|",
+        ]
+        for name, m in att.items():
+            lines.append(
+                f"| {cell(name)} | {fmt_ci(m.get('auc_hazard_vs_rest'), 1.0, 3)} | "
+                f"{fmt_ci(m.get('auc_hazard_vs_general'), 1.0, 3)} | "
+                f"{fmt_ci(m.get('p@R_hazard'), 1.0, 3)} |"
+            )
+    trust = lb.get("trust") or {}
+    if trust:
+        lines += [
+            "",
+            "Trust verdicts of the MAGIC scores the guided methods used, per seed "
+            "(`reliable` / `doubtful` / `unreliable`: README, 'Trusting the scores'):",
+            "",
+            "| MAGIC run | " + " | ".join(f"seed {s}" for s in lb["seeds"]) + " |",
+            "|---|" + "---|" * len(lb["seeds"]),
+        ]
+        for name, t in trust.items():
+            cells = [str(t["seeds"].get(str(s), "-")) for s in lb["seeds"]]
+            lines.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -43,6 +43,7 @@ from magic_unlearn.pipeline.study.records import (
     merge_records,
     new_record,
     run_entry,
+    trust_entry,
     write_record,
 )
 from magic_unlearn.pipeline.study.report import write_report
@@ -252,6 +253,9 @@ class Study:
                 rec["methods"][m.name] = {**run_entry(folder, _trains), **m.info()}
             elif kind == "analyze":
                 rec["attribution"] = analysis_entry(folder)
+            elif kind == "attribute" and key.split("@")[0] == "magic":
+                # whether the guidance ran on scores the trust report vouches for
+                rec["trust"][key] = trust_entry(folder)
         return rec
 
     # ------------------------------------------------------------------ report
