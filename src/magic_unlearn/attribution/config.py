@@ -131,22 +131,21 @@ class TrajectoryConfig:
             compiling the first time, then loaded from the on-disk cache,
             ``compiled.compile_cache_dir``). Falls back to eager, with a warning.
         float64_prefix: recompute the reverse steps of the first this many training steps in
-            float64 and use those (0: off; float64 runs need nothing). None (default): for AdamW
-            its warmup, at least 8 and at most 16 steps (the cost is a float64 forward and
-            reverse of that many steps), and never more than ``steps``; 2 for the other
-            optimisers (there it only
-            measures precision to 1e-5 for the trust report). AdamW is ill-conditioned while
-            its second moment is small: the derivative of g / (sqrt(v) + eps) reaches
-            ~1/(4 eps) where |g| ~ eps, so the scores of those steps depend on g to ~1e-10,
-            which fp32 and bf16 cannot resolve (``attribution/prefix.py``). On the small
-            world's filtered start (AdamW 1e-4, warmup 8, eps 1e-8) fp32 agrees with float64
-            at Pearson 0.92-0.95 with 2 float64 steps, 0.99 with 4, 1.0000 with 8; on the tiny
-            world without warmup (AdamW 1e-3) the relative error falls from 1.1e-2 (2 steps)
-            to 1.2e-3 (8) and 9e-5 (16) (docs/benchmarks.md, "The filtered start's fp32
-            error found, and fixed"). Under bf16 and tf32
-            the float64 steps only measure precision for the trust report (their errors are
-            in every step; replacing the first ones made bf16 scores worse) and the scores are
-            kept.
+            float64 and use those (0: off; float64 runs need nothing). None (default): for
+            AdamW its warmup, at least 8 and at most 16 steps (the cost is a float64 forward
+            and reverse of that many steps), never more than ``steps``; 2 for the other
+            optimisers (there it only measures precision, to ~1e-5, for the trust report).
+            AdamW is ill-conditioned while its second moment is small: the derivative of
+            g / (sqrt(v) + eps) reaches ~1/(4 eps) where |g| ~ eps, so the scores of those
+            steps depend on g to ~1e-10, which fp32 and bf16 cannot resolve
+            (``attribution/prefix.py``). On the small world's filtered start (AdamW 1e-4,
+            warmup 8, eps 1e-8) fp32 agrees with float64 at Pearson 0.92-0.95 with 2 float64
+            steps, 0.99 with 4, 1.0000 with 8; on the tiny world without warmup (AdamW 1e-3)
+            the relative error falls from 1.1e-2 (2 steps) to 1.2e-3 (8) and 9e-5 (16)
+            (docs/benchmarks.md, "The filtered start's fp32 error found, and fixed"). Under
+            bf16 and tf32 the float64 steps only measure precision for the trust report (their
+            errors are in every step; replacing the first ones made bf16 scores worse) and the
+            scores are kept.
         trust: the trust report (:class:`TrustConfig`); ``trust.strict`` refuses scores whose
             verdict is not ``reliable``.
     """
