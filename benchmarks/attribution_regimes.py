@@ -82,11 +82,13 @@ def main() -> None:
         train_trajectory,
     )
     from magic_unlearn.attribution.regimes import resolve_regime
+    from magic_unlearn.config import apply_overrides, from_dict
     from magic_unlearn.data import load_corpus, tokenize_corpus
     from magic_unlearn.evaluation import evaluate, load_task
     from magic_unlearn.io import atomic_write_json
     from magic_unlearn.models import load_model
     from magic_unlearn.pretrain import pretrain
+    from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
     from magic_unlearn.world import World, build_world
 
     work = Path(args.work) / f"seed{args.world_seed}"
@@ -118,18 +120,10 @@ def main() -> None:
         with torch.no_grad():
             return {q: evaluate(model, tok, t, fmt="cloze").acc for q, t in tasks.items()}
 
-    import yaml
-
-    over = {}
-    for kv in args.traj:
-        k, _, v = kv.partition("=")
-        val = yaml.safe_load(v)
-        if isinstance(val, str):  # YAML 1.1 reads 1e-6 as a string
-            try:
-                val = float(val)
-            except ValueError:
-                pass
-        over[k] = val
+    # KEY=VALUE as the CLI's --set parses it, typed by the config (YAML reads 1e-6 as a string)
+    over = apply_overrides({}, args.traj)
+    typed = from_dict(TrajectoryConfig, over, source="--traj")
+    over = {k: getattr(typed, k) for k in over}
     suffix = "".join(f"-{k}{v}" for k, v in over.items())
     out_json = work / f"summary{suffix}.json"
     summary: dict = {"world_seed": args.world_seed, "preset": args.preset, "regimes": {}}
@@ -170,8 +164,6 @@ def main() -> None:
         acc = json.loads(acc_path.read_text())
         masks = {}
         for frac in (float(x) for x in args.mask_fracs.split(",") if x):
-            from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
-
             for m in arts:
                 _, info = corpus_mask(
                     MaskConfig(source="scores", frac=frac),
@@ -184,15 +176,14 @@ def main() -> None:
                     k: info.get(k) for k in ("hazard_fact_masked_frac", "general_fact_masked_frac")
                 }
             print(f"[{regime}{suffix}] masks: {masks}", flush=True)
+        gt_all = ground_truth(list(arts.values()))["per_score_set"]
         if args.subsets == 0:
             summary["regimes"][regime + suffix] = {
                 "trajectory": rr["trajectory"],
                 "accuracy": acc,
                 "masks": masks,
                 "token_auc_all": {
-                    k: v["auc_hazard_vs_rest"]
-                    for k, v in ground_truth(list(arts.values()))["per_score_set"].items()
-                    if "hazard" in k
+                    k: v["auc_hazard_vs_rest"] for k, v in gt_all.items() if "hazard" in k
                 },
                 "trust": arts["magic"].meta.get("trust", {}).get("verdict"),
                 "timings": timings,
@@ -213,7 +204,6 @@ def main() -> None:
             progress=False,
         )
         timings["lds_s"] = time.time() - t0
-        gt_all = ground_truth(list(arts.values()))["per_score_set"]
         forget_arts = [a.select_docs(forget_ids) for a in arts.values()]
         gt_forget = ground_truth(forget_arts)["per_score_set"]
         an_dir = run / "analysis_forget"

@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument(
         "--conditioning",
         action="store_true",
-        help="with --reference: float64 reruns from theta_0 perturbed by one rounding",
+        help="with --reference: float64 reruns with one rounding's noise after every step (NOISE)",
     )
     ap.add_argument("--budget-s", type=float, default=0, help="skip runs that start after this")
     args = ap.parse_args()
