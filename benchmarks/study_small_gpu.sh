@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU small-world study (issue 13), one seed per device call. On the device:
-#   SEED=0 [METHODS=name,...] [TWINS=unguided,random] [WORKERS=4] [BUDGET_S=510] OUT=/some/dir \
+#   SEED=0 [METHODS=name,...] [TWINS=unguided,random] [WORKERS=4] [BUDGET_S=510] [SET=key=value] \
+#     OUT=/some/dir \
 #     bash benchmarks/study_small_gpu.sh
 # (PRESET=micro DEVICE=cpu DIR=/tmp/x [PYTHON=...] checks the same logic on a CPU.)
 # Runs or resumes seed $SEED of `magic-unlearn study --preset small --device cuda` in
@@ -18,6 +19,7 @@ args=(study --preset "${PRESET:-small}" --device "${DEVICE:-cuda}" --seeds "$SEE
       --workers "${WORKERS:-4}")
 [ -n "${METHODS:-}" ] && args+=(--methods "$METHODS")
 [ -n "${TWINS:-}" ] && args+=(--twins "$TWINS")
+[ -n "${SET:-}" ] && args+=(--set "$SET")  # one config override, e.g. attribution.trajectory.eps=1.0e-6
 t0=$(date +%s)
 # SIGINT first (the study marks its unfinished runs and exits; a rerun resumes them), KILL later
 timeout --signal=INT --kill-after=20 "${BUDGET_S:-510}" \
