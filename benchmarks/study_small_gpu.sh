@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU small-world study (issue 13), one seed per device call. On the device:
-#   SEED=0 [METHODS=name,...] [TWINS=unguided,random] [WORKERS=4] [BUDGET_S=510] [SET=key=value] \
+#   SEED=0 [METHODS=name,...] [TWINS=unguided,random] [WORKERS=4] [BUDGET_S=510] [SET="key=value ..."] \
 #     OUT=/some/dir \
 #     bash benchmarks/study_small_gpu.sh
 # (PRESET=micro DEVICE=cpu DIR=/tmp/x [PYTHON=...] checks the same logic on a CPU.)
@@ -19,7 +19,8 @@ args=(study --preset "${PRESET:-small}" --device "${DEVICE:-cuda}" --seeds "$SEE
       --workers "${WORKERS:-4}")
 [ -n "${METHODS:-}" ] && args+=(--methods "$METHODS")
 [ -n "${TWINS:-}" ] && args+=(--twins "$TWINS")
-[ -n "${SET:-}" ] && args+=(--set "$SET")  # one config override, e.g. attribution.trajectory.eps=1.0e-6
+# config overrides, space-separated, e.g. SET="attribution.trajectory.eps=1.0e-6 attribution.trajectory.lr=1.0e-4"
+for kv in ${SET:-}; do args+=(--set "$kv"); done
 t0=$(date +%s)
 # SIGINT first (the study marks its unfinished runs and exits; a rerun resumes them), KILL later
 timeout --signal=INT --kill-after=20 "${BUDGET_S:-510}" \
