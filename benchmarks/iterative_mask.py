@@ -38,6 +38,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    from mask_anatomy import regime_corpus, top_mask  # benchmarks/mask_anatomy.py
+
     from magic_unlearn.attribution import (
         ScoreArtifact,
         TrajectoryConfig,
@@ -45,24 +47,16 @@ def main() -> None:
         build_measurements,
         grad_similarity,
     )
-    from magic_unlearn.attribution.regimes import resolve_regime
-    from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD, load_corpus, tokenize_corpus
+    from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD
     from magic_unlearn.models import load_model
     from magic_unlearn.unlearn.weights import load_score_pair
-    from magic_unlearn.world import World
 
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         root = Path(args.work) / f"seed{seed}"
         wd = root / "world"
-        world = World.load(wd)
-        tok = world.tokenizer
-        rr = resolve_regime("smooth", args.preset)
+        tok, _, corpus, rr = regime_corpus(wd, "smooth", args.preset)
         cfg = TrajectoryConfig(**{**rr["trajectory"], "storage": "cpu"})
-        docs = load_corpus(f"{wd}:forget")
-        for m in rr["mix"]:
-            docs += load_corpus(f"{wd}:{m}")
-        corpus = tokenize_corpus(docs, tok, max_length=cfg.max_length)
         lm = corpus.loss_mask > 0
         haz = (corpus.labels == LABEL_HAZARD) & lm
         gen = (corpus.labels == LABEL_GENERAL) & lm
@@ -72,11 +66,11 @@ def main() -> None:
         tasks = ["hazard_qa", "general_qa"]
         meas = build_measurements(tok, tasks, world=str(wd), model=start, device="cpu")
 
-        def priority(art: ScoreArtifact, c, tok=tok) -> torch.Tensor:
+        def hazard_scores(art: ScoreArtifact, c, tok=tok) -> torch.Tensor:
             if list(art.meta.get("doc_ids") or []) != c.doc_ids:
                 art = art.select_docs(c.doc_ids)
             h, _, _ = load_score_pair([art], c, tok, None, None, need_general=False)
-            return -h.double()
+            return h
 
         for method in args.methods.split(","):
             masked = torch.zeros_like(lm)
@@ -102,23 +96,15 @@ def main() -> None:
                             attribute(start, c, meas, cfg, out=path, tokenizer=tok, progress=False)
                         else:
                             grad_similarity(start, c, meas, cfg, out=path, tokenizer=tok)
-                prio = priority(ScoreArtifact.load(path), c)
-                cand = lm & ~masked
-                v = torch.where(cand, prio, torch.full_like(prio, -torch.inf)).flatten()
-                take = torch.argsort(v, descending=True, stable=True)[:k]
-                new = torch.zeros(v.numel(), dtype=torch.bool)
-                new[take] = True
-                masked |= new.view_as(lm)
+                # masked tokens have loss weight 0 in c, so top_mask never takes them again
+                masked |= top_mask(hazard_scores(ScoreArtifact.load(path), c), c.loss_mask, k)
                 per_round.append(
                     f"{float((masked & haz).sum()) / int(haz.sum()):.2f} / "
                     f"{float((masked & gen).sum()) / int(gen.sum()):.2f}"
                 )
             # one round at the whole budget, from the round-1 scores
-            prio0 = priority(ScoreArtifact.load(root / "smooth" / f"scores_{method}"), corpus)
-            v = torch.where(lm, prio0, torch.full_like(prio0, -torch.inf)).flatten()
-            one = torch.zeros(v.numel(), dtype=torch.bool)
-            one[torch.argsort(v, descending=True, stable=True)[:k_total]] = True
-            one = one.view_as(lm)
+            h0 = hazard_scores(ScoreArtifact.load(root / "smooth" / f"scores_{method}"), corpus)
+            one = top_mask(h0, corpus.loss_mask, k_total)
             row = {
                 "seed": seed,
                 "method": method,

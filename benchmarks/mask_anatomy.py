@@ -53,12 +53,28 @@ def sentence_ids(docs: list[dict], corpus, tok) -> torch.Tensor:
     return sid
 
 
-def top_mask(prio: torch.Tensor, lm: torch.Tensor, k: int) -> torch.Tensor:
-    """The k target tokens of highest priority."""
-    v = torch.where(lm, prio, torch.full_like(prio, -torch.inf)).flatten()
-    drop = torch.zeros(v.numel(), dtype=torch.bool)
-    drop[torch.argsort(v, descending=True, stable=True)[:k]] = True
-    return drop.view_as(lm)
+def regime_corpus(world_dir: Path, regime: str, preset: str) -> tuple:
+    """``(tokenizer, docs, corpus, regime)``: the rows a regime's run trained on and scored."""
+    from magic_unlearn.attribution.regimes import resolve_regime
+    from magic_unlearn.data import load_corpus, tokenize_corpus
+    from magic_unlearn.world import World
+
+    tok = World.load(world_dir).tokenizer
+    rr = resolve_regime(regime, preset)
+    docs = load_corpus(f"{world_dir}:forget")
+    for m in rr["mix"]:
+        docs += load_corpus(f"{world_dir}:{m}")
+    return tok, docs, tokenize_corpus(docs, tok, max_length=rr["trajectory"]["max_length"]), rr
+
+
+def top_mask(scores: torch.Tensor, loss_mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The study's mask (``unlearn.masks``, ``source: scores``): the k target tokens that teach
+    the hazard query most (``-score``; tokens with ``loss_mask`` 0 are never taken)."""
+    from magic_unlearn.unlearn.weights import WeightConfig, transform_scores
+
+    cfg = WeightConfig(select="hazard_proponent", top_k=k)  # as MaskConfig's defaults
+    w, _ = transform_scores(scores, loss_mask, None, cfg)
+    return (w != 0) & (loss_mask > 0)
 
 
 def sentence_mask(prio: torch.Tensor, lm: torch.Tensor, sid: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,12 +102,10 @@ def main() -> None:
 
     from magic_unlearn.attribution.artifact import ScoreArtifact
     from magic_unlearn.attribution.config import TrajectoryConfig
-    from magic_unlearn.attribution.regimes import resolve_regime
     from magic_unlearn.attribution.trajectory import batch_order
     from magic_unlearn.config import from_dict
-    from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD, load_corpus, tokenize_corpus
+    from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD
     from magic_unlearn.unlearn.weights import load_score_pair
-    from magic_unlearn.world import World
 
     def share(sel: torch.Tensor, of: torch.Tensor) -> str:
         return f"{float((sel & of).sum()) / max(1, int(of.sum())):.2f}"
@@ -106,14 +120,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         root = Path(args.work) / f"seed{seed}"
         wd = root / "world"
-        world = World.load(wd)
-        tok = world.tokenizer
         facts = [json.loads(line) for line in (wd / "facts.jsonl").open()]
-        rr = resolve_regime(args.regime.split("-")[0], args.preset)
-        docs = load_corpus(f"{wd}:forget")
-        for m in rr["mix"]:
-            docs += load_corpus(f"{wd}:{m}")
-        corpus = tokenize_corpus(docs, tok, max_length=rr["trajectory"]["max_length"])
+        tok, docs, corpus, _ = regime_corpus(wd, args.regime.split("-")[0], args.preset)
         lm = corpus.loss_mask > 0
         haz = (corpus.labels == LABEL_HAZARD) & lm
         gen = (corpus.labels == LABEL_GENERAL) & lm
@@ -144,7 +152,7 @@ def main() -> None:
                 art = art.select_docs(corpus.doc_ids)
             h, _, _ = load_score_pair([art], corpus, tok, None, None, need_general=False)
             prio = -h.double()
-            drop = top_mask(prio, lm, k)
+            drop = top_mask(h, corpus.loss_mask, k)
             cov = []
             for f in evaluated:
                 sel = (fid == f) & haz & ~forget
@@ -160,7 +168,7 @@ def main() -> None:
                 if s_t.any():
                     x = prio[s_t]
                     z[s_t] = (x - x.mean()) / x.std().clamp(min=1e-30)
-            zmask = top_mask(z, lm, k)
+            zmask = top_mask(-z, corpus.loss_mask, k)
             print(
                 f"| {seed} | {m} | {share(drop, haz)} | {share(drop, ev)} / "
                 f"{share(drop, haz & ~ev)} | {share(drop, haz & forget)} / "
