@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from magic_unlearn.attribution import ScoreArtifact
+from magic_unlearn.attribution.baselines import keyword_scores
 from magic_unlearn.data import LABEL_HAZARD, tokenize_corpus
 from magic_unlearn.models import load_model
 from magic_unlearn.pretrain import PretrainConfig, pretrain
 from magic_unlearn.unlearn.api import load_unlearn_config, unlearn
 from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
+from magic_unlearn.unlearn.weights import sentence_pattern
 from magic_unlearn.world import World, build_world
 from test_pretrain import MICRO_MODEL, MICRO_WORLD
 from test_unlearn_api import MAXLEN, setup  # noqa: F401 - the fixture
@@ -192,3 +194,53 @@ def test_retrain_needs_a_world_and_a_pretraining_config(setup: Path) -> None:  #
     with pytest.raises(Exception, match="retrain needs the world"):
         unlearn(cfg, setup / "x", progress=False)
     assert not (setup / "x").exists()
+
+
+def test_corpus_mask_blocklist_first(micro: dict[str, Path], tmp_path: Path) -> None:
+    """``blocklist`` masks the matching sentences first; the source's budget is spent on the
+    tokens left (scores, random), and a score set that selects only blocklisted tokens adds
+    nothing."""
+    w = World.load(micro["world"])
+    docs = w.corpus("pretrain")
+    c = tokenize_corpus(docs, w.tokenizer, max_length=48)
+    lm = c.loss_mask > 0
+    kws = w.hazard_keywords()
+    sent, _ = corpus_mask(
+        MaskConfig(source="keyword", keywords=[sentence_pattern(kws)]), docs, c, w.tokenizer
+    )
+    first = (sent == 0) & lm
+    assert 0 < int(first.sum()) < int(lm.sum())
+    frac = 0.05
+    k = round(frac * int(lm.sum()))
+    keep_r, info_r = corpus_mask(
+        MaskConfig(source="random", frac=frac, blocklist="world"),
+        docs,
+        c,
+        w.tokenizer,
+        world_keywords=kws,
+    )
+    dropped = (keep_r == 0) & lm
+    assert bool(dropped[first].all()) and int((dropped & ~first).sum()) == k
+    assert info_r["blocklist_masked_frac"] == pytest.approx(int(first.sum()) / int(lm.sum()))
+    # scores: the top-k among the tokens the blocklist left, by the same priority as without it
+    keep_s, _ = corpus_mask(
+        MaskConfig(frac=frac, blocklist=kws), docs, c, w.tokenizer, scores=str(micro["scores"])
+    )
+    extra = (keep_s == 0) & lm & ~first
+    assert bool(((keep_s == 0) & lm)[first].all()) and 0 < int(extra.sum()) <= k
+    # a keyword-score twin selects nothing beyond the blocklist: the mask is the blocklist
+    keyword_scores(
+        docs, c, ["hazard_qa", "general_qa"], kws, tokenizer=w.tokenizer, out=tmp_path / "kw"
+    )
+    keep_k, _ = corpus_mask(
+        MaskConfig(frac=frac, blocklist="world", scores=str(tmp_path / "kw")),
+        docs,
+        c,
+        w.tokenizer,
+        world_keywords=kws,
+    )
+    assert torch.equal((keep_k == 0) & lm, first)
+    with pytest.raises(ValueError, match="hazard keywords"):
+        corpus_mask(MaskConfig(source="random", frac=frac, blocklist="world"), docs, c, w.tokenizer)
+    with pytest.raises(ValueError, match="blocklist"):
+        MaskConfig(blocklist="mine")

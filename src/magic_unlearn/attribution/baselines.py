@@ -34,7 +34,7 @@ from magic_unlearn.attribution.trajectory import (
 )
 from magic_unlearn.config import to_dict
 from magic_unlearn.data import TokenizedCorpus
-from magic_unlearn.unlearn.weights import keyword_mask
+from magic_unlearn.unlearn.weights import keyword_mask, sentence_pattern
 
 KEYWORD_LEVELS = ("token", "sentence", "example")
 
@@ -146,15 +146,6 @@ def random_scores(
     if out is not None:
         art.save(out, overwrite=overwrite)
     return art
-
-
-def sentence_pattern(patterns: list[str]) -> str:
-    """One regex matching every whole sentence (text between ``.``, ``!``, ``?`` or a newline)
-    that contains a match of any of ``patterns``."""
-    if not patterns:
-        raise ValueError("keyword scores need at least one keyword pattern")
-    alt = "|".join(f"(?:{p})" for p in patterns)
-    return rf"[^.!?\n]*(?:{alt})[^.!?\n]*[.!?]?"
 
 
 def keyword_scores(

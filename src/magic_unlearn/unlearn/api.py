@@ -744,6 +744,7 @@ def retrain_with_mask(
         corpus,
         world.tokenizer,
         scores=cfg.token_weights[0] if cfg.token_weights else None,
+        world_keywords=world.hazard_keywords(),
     )
     init = (
         pretrain_snapshot(world_dir, rc.variant, pcfg, rc.from_step, progress=progress)

@@ -127,6 +127,18 @@ def _eligible(select: str, s_h: torch.Tensor, s_g: torch.Tensor | None) -> torch
     }[select]
 
 
+def transform_eligible(
+    hazard: torch.Tensor,
+    general: torch.Tensor | None,
+    loss_mask: torch.Tensor,
+    cfg: WeightConfig,
+) -> torch.Tensor:
+    """(N, L) bool: the target tokens ``transform_scores`` may select (``cfg.select``), before
+    its threshold and top-k."""
+    s_g = general.double() if general is not None else None
+    return (loss_mask > 0) & _eligible(cfg.select, hazard.double(), s_g)
+
+
 def _top(values: torch.Tensor, cfg: WeightConfig) -> torch.Tensor:
     """Boolean mask over a 1-D tensor of candidate priorities: threshold, then top-k/frac."""
     keep = torch.ones_like(values, dtype=torch.bool)
@@ -374,6 +386,15 @@ def weights_from_artifacts(
 
 # ---------------------------------------------------------------------------------------------
 # keyword (regex blocklist) masks
+
+
+def sentence_pattern(patterns: list[str]) -> str:
+    """One regex matching every whole sentence (text between ``.``, ``!``, ``?`` or a newline)
+    that contains a match of any of ``patterns``."""
+    if not patterns:
+        raise ValueError("keyword scores need at least one keyword pattern")
+    alt = "|".join(f"(?:{p})" for p in patterns)
+    return rf"[^.!?\n]*(?:{alt})[^.!?\n]*[.!?]?"
 
 
 def keyword_mask(
