@@ -196,7 +196,7 @@ def transform_scores(
     t_h = -s_h
     t_g = -s_g if s_g is not None else torch.zeros_like(s_h)
     prio = t_h - cfg.alpha * t_g  # (N, L)
-    elig = m & _eligible(cfg.select, s_h, s_g)
+    elig = transform_eligible(hazard, general, loss_mask, cfg)
 
     if cfg.level == "token":
         keep = torch.zeros_like(elig)
