@@ -117,6 +117,18 @@ def test_verdict_is_the_worst_check_and_unchecked_without_checks() -> None:
     rep = tr.trust_report(smooth([0.05, 0.1]), long_ok, 0.0, 4, 0.05)
     assert rep["verdict"] == "reliable" and rep["checks"]["precision"]["per_step_error"] == 2e-4
     assert tr.trust_report(smooth([0.05, 0.1]), long_bad, 0.0, 4, 0.05)["verdict"] == "unreliable"
+    # later steps sampled after the prefix count too: a good prefix end with a bad later step
+    # (the small world's AdamW 1e-3 without warmup: 9e-4 at step 7, 0.075 later) is doubtful
+    q_ok = {**long_ok["queries"]["f"], "total_rel_change": 0.1, "total_pearson": 1.0}
+    smp = {"steps": [9, 20], "queries": {"f": {"step_rel_err": [1e-3, 0.075]}}}
+    later = {"steps": 5, "queries": {"f": q_ok}, "samples": smp}
+    rep = tr.trust_report(smooth([0.05, 0.1]), later, 0.0, 4, 0.05)
+    assert rep["verdict"] == "doubtful" and rep["checks"]["precision"]["per_step_error"] == 0.075
+    assert "Later steps 9, 20" in "\n".join(tr.trust_markdown(rep))
+    # samples alone (a one-step prefix) are a precision check of their own
+    one = {"steps": 1, "queries": {"f": {"step_rel_err": [0.9]}}}
+    assert tr.precision_status(one) == (None, None)
+    assert tr.precision_status({**one, "samples": smp}) == ("doubtful", 0.075)
     # no replays, no prefix, no smoothness: nothing was checked
     none = tr.trust_report(None, None, 0.0, 0, 0.05)
     assert none["verdict"] == tr.UNCHECKED and none["checks"]["drift"]["status"] is None
@@ -207,6 +219,10 @@ def test_float64_prefix_fixes_adamw_fp32_scores(model) -> None:
         pears[k] = float(torch.corrcoef(torch.stack([a, b]))[0, 1])
     prec = art.meta["trust"]["checks"]["precision"]
     assert prec["steps"] == 2 and prec["status"] == "reliable"
+    # the later steps 2..5 recomputed in float64 from the run's states: fp32-sized errors
+    smp = prec["samples"]
+    assert smp["steps"] == [2, 3, 4, 5]
+    assert all(1e-12 < e < 1e-3 for e in smp["queries"]["f"]["step_rel_err"]), smp
     step_err = prec["queries"]["f"]["step_rel_err"]
     # measured: total error 5.3e-2 -> 1.2e-4, 1 - Pearson 3.5e-8 -> 2e-13; the optimiser
     # VJP in float64 alone leaves 5.3e-2 (docs/benchmarks.md, Issue 14)
@@ -216,6 +232,30 @@ def test_float64_prefix_fixes_adamw_fp32_scores(model) -> None:
     # scale error (Pearson 0.99999 before the prefix), so the distance to 1 is what shrinks
     assert pears[2] >= 0.99 and 1 - pears[2] < 1e-2 * max(1 - pears[0], 1e-10), pears
     assert prec["queries"]["f"]["total_rel_change"] == pytest.approx(errs[0], rel=0.1)
+
+
+def test_sampled_steps_reproduce_the_run_in_float64(model, monkeypatch) -> None:
+    """A float64 run with the prefix forced on: the later steps recomputed from the run's own
+    states and adjoints reproduce the run's own steps to float64 rounding (a wrong state or
+    adjoint, off by one step, would differ by O(1)), and so do the prefix steps."""
+    from magic_unlearn.attribution import magic as magic_mod
+    from magic_unlearn.attribution.prefix import sample_steps
+
+    assert sample_steps(48, 8, 4) == [13, 23, 33, 43]
+    assert sample_steps(6, 2, 4) == [2, 3, 4, 5] and sample_steps(10, 2, 1) == [6]
+    assert sample_steps(8, 8, 4) == [] and sample_steps(48, 8, 0) == []
+    corpus = make_corpus()
+    monkeypatch.setattr(magic_mod, "prefix_steps", lambda cfg, dtype: 2)
+    cfg = cfg_for("adamw", steps=7, checkpointing="sqrt", storage="cpu", eps=1e-8)
+    cfg.trust.precision_samples = 3
+    art = attribute(model, corpus, {"f": f_heldout, "g": f_heldout}, cfg, progress=False)
+    prec = art.meta["trust"]["checks"]["precision"]
+    assert prec["samples"]["steps"] == sample_steps(7, 2, 3) == [2, 4, 6]
+    for q in ("f", "g"):
+        assert max(prec["samples"]["queries"][q]["step_rel_err"]) < 1e-10, prec["samples"]
+        assert max(prec["queries"][q]["step_rel_err"]) < 1e-10
+    with pytest.raises(ValueError, match="precision_samples"):
+        TrustConfig(precision_samples=-1)
 
 
 def test_default_float64_prefix_covers_adamw_warmup(model) -> None:

@@ -47,6 +47,9 @@ class TrustConfig:
         seed: seed of the directions.
         strict: refuse (raise ``UntrustworthyScoresError``, write nothing) unless the verdict is
             ``reliable``. CLI: ``magic-unlearn attribute --strict``.
+        precision_samples: reverse steps after the float64 prefix (evenly spread) that are also
+            recomputed in float64, from the run's own state, for the precision check (each
+            costs one float64 reverse step; 0: the prefix's last steps only).
     """
 
     enabled: bool = True
@@ -56,8 +59,13 @@ class TrustConfig:
     unit: str = "doc"
     seed: int = 0
     strict: bool = False
+    precision_samples: int = 4
 
     def __post_init__(self) -> None:
+        if not isinstance(self.precision_samples, int) or self.precision_samples < 0:
+            raise ValueError(
+                f"TrustConfig.precision_samples={self.precision_samples!r}: use an integer >= 0"
+            )
         if self.directions < 1:
             raise ValueError(f"TrustConfig.directions={self.directions!r}: use an integer >= 1")
         self.step_sizes = [float(h) for h in self.step_sizes]

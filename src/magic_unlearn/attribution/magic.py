@@ -37,6 +37,7 @@ from magic_unlearn.attribution.prefix import (
     float64_prefix,
     prefix_steps,
     replaces_scores,
+    sample_steps,
 )
 from magic_unlearn.attribution.replay import Replay
 from magic_unlearn.attribution.resume import ReverseCheckpoint, resume_key, work_folder
@@ -307,7 +308,9 @@ def attribute(
             if need > torch.cuda.mem_get_info(device)[0]:
                 k, prefix_note = 0, f"float64 prefix skipped: needs ~{need / 2**30:.0f} GiB"
                 logger.warning("%s of free GPU memory", prefix_note)
-        rec = PrefixRecorder(k) if k else None
+        # the float64 prefix, and a few later reverse steps recomputed in float64 (measured)
+        samples = sample_steps(cfg.steps, k, cfg.trust.precision_samples)
+        rec = PrefixRecorder(k, replay, samples) if k else None
         with timings.span("reverse_s", sync=True):
             _reverse(replay, state, t_next, ckpt, progress, rec.before_step if rec else None)
         timings.update(

@@ -24,6 +24,15 @@ is at theta_0: it is copied in float64, the first k training steps are rerun in 
 reversed in float64 from the recorded adjoints (upcast). The scores of steps >= k are the run's;
 those of steps < k are float64. Each recomputed step also measures the run precision's error on
 that step, the precision check of the trust report (``trust.py``).
+
+Later steps, sampled. The prefix only sees the first k steps, and a run can be worse later: on
+the small world's AdamW 1e-3 trajectory without warmup (H200, 48 steps) the per-step error is
+9e-4 at step 7 but 0.075 around steps 16-31, and fp32 scores are 45% off float64 in magnitude
+with prefix 8 or 16 (8% with 32, 0.08% with 48; Pearson 1.0000 throughout: a scale error that
+rankings do not see). So ``TrustConfig.precision_samples`` reverse steps spread over the
+steps >= k are also recomputed in float64, each from the run's own state s_t and adjoint at
+t+1 (upcast) while the reverse pass is there (:func:`sample_step`); their errors join the
+precision estimate. They measure only: the run's scores of those steps are kept.
 """
 
 from __future__ import annotations
@@ -53,6 +62,13 @@ def prefix_steps(cfg: TrajectoryConfig, dtype: torch.dtype) -> int:
     return cfg.prefix_len
 
 
+def sample_steps(T: int, k: int, n: int) -> list[int]:
+    """``n`` reverse steps in [k, T), evenly spread (the precision check's later samples)."""
+    if n <= 0 or T <= k:
+        return []
+    return sorted({k + (T - k) * (2 * i + 1) // (2 * n) for i in range(n)})
+
+
 def replaces_scores(cfg: TrajectoryConfig) -> bool:
     """Whether the float64 prefix replaces the run's first reverse steps (fp32 runs) or only
     measures their precision for the trust report (bf16 and tf32 runs: there the replacement
@@ -64,7 +80,8 @@ def replaces_scores(cfg: TrajectoryConfig) -> bool:
 
 
 class PrefixRecorder:
-    """Copies what the float64 prefix needs out of the run-precision reverse pass.
+    """Copies what the float64 prefix needs out of the run-precision reverse pass, and
+    recomputes the sampled later steps in float64 as the pass reaches them.
 
     Pass :meth:`before_step` to the reverse loop; it runs before reverse step t.
 
@@ -72,15 +89,35 @@ class PrefixRecorder:
         k: number of first training steps to recompute.
         adj_params, adj_buffers: per query, the adjoints of theta_k and of the buffers at k.
         before: t -> per query, the (N, L) score table before reverse step t (t < k).
+        samples: later steps (>= k) recomputed in float64 by :func:`sample_step`.
+        sampled: t -> per query, the float64 score increment of step t.
     """
 
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, replay: Replay | None = None, samples: list[int] = ()) -> None:
         self.k = k
+        self.replay = replay
+        self.samples = sorted(t for t in samples if t >= k) if replay is not None else []
         self.adj_params: dict[str, list[Tensor]] | None = None
         self.adj_buffers: dict[str, list[list[Tensor]]] | None = None
         self.before: dict[int, dict[str, Tensor]] = {}
+        self.sampled: dict[int, dict[str, Tensor]] = {}
+        self._pending: tuple[int, dict[str, Tensor]] | None = None  # (t, scores before t)
+        self.sample_err: dict[int, dict[str, tuple[float, float]]] = {}  # t -> q -> (rel, r)
 
     def before_step(self, t: int, state: ReverseState) -> None:
+        if self._pending is not None and self._pending[0] == t + 1:  # step t+1 is done
+            t1, prev = self._pending
+            mask = self.replay.batches.corpus.loss_mask.to(prev[state.queries[0]].device) > 0
+            self.sample_err[t1] = {
+                q: _masked_stats(
+                    state.scores[q].double() - prev[q].double(), self.sampled[t1][q], mask
+                )
+                for q in state.queries
+            }
+            self._pending = None
+        if t in self.samples and self.replay is not None:
+            self.sampled[t] = sample_step(self.replay, t, state)
+            self._pending = (t, {q: s.clone() for q, s in state.scores.items()})
         if t >= self.k:
             return
         if t == self.k - 1:
@@ -118,6 +155,56 @@ def _float64_copy(replay: Replay) -> tuple[torch.nn.Module, list[Tensor]]:
     return m64, [by_name[names[id(p)]] for p in replay.params]
 
 
+def _cfg64(cfg: TrajectoryConfig) -> TrajectoryConfig:
+    """The float64 recomputation's config: the run's trajectory, plain ops, every state kept."""
+    return dataclasses.replace(
+        cfg,
+        dtype="float64",
+        precision="fp32",
+        checkpointing="every",
+        storage="gpu",
+        cuda_graphs=False,
+        compile_attention=False,
+        float64_prefix=0,
+        trust=TrustConfig(enabled=False),
+    )
+
+
+def sample_step(replay: Replay, t: int, state: ReverseState) -> dict[str, Tensor]:
+    """Reverse step t in float64 from the live run state s_t and the adjoints at t+1 (upcast).
+
+    Called before the run's own reverse step t (the live state is s_t then); changes nothing
+    of the run. Returns per query the (N, L) float64 score increment of step t.
+    """
+    cfg64 = _cfg64(replay.cfg)
+    device = replay.params[0].device
+    m64, p64 = _float64_copy(replay)
+    with StateStore("gpu", device, None) as store:
+        rp = Replay(
+            m64,
+            p64,
+            make_optimizer(cfg64),
+            Batches(replay.batches.corpus, cfg64, device, torch.float64),
+            cfg64,
+            store,
+        )
+        with torch.no_grad():  # the optimiser state at t, upcast
+            for bl64, bl in zip(rp.bufs, replay.bufs, strict=True):
+                for b64, b in zip(bl64, bl, strict=True):
+                    b64.copy_(b)
+        queries = state.queries
+        s64 = ReverseState(
+            {q: [a.to(torch.float64, copy=True) for a in state.adj_params[q]] for q in queries},
+            {
+                q: [[a.to(torch.float64, copy=True) for a in bl] for bl in state.adj_buffers[q]]
+                for q in queries
+            },
+            {q: torch.zeros_like(state.scores[q], dtype=torch.float64) for q in queries},
+        )
+        ReverseStep(rp)(t, s64)
+    return s64.scores
+
+
 def float64_prefix(
     replay: Replay, rec: PrefixRecorder, state: ReverseState
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -139,17 +226,7 @@ def float64_prefix(
     if not rec.complete or rec.adj_params is None or rec.adj_buffers is None:
         raise RuntimeError("float64 prefix: the reverse pass did not record the prefix state")
     device = replay.params[0].device
-    cfg64 = dataclasses.replace(
-        cfg,
-        dtype="float64",
-        precision="fp32",
-        checkpointing="every",
-        storage="gpu",
-        cuda_graphs=False,
-        compile_attention=False,
-        float64_prefix=0,
-        trust=TrustConfig(enabled=False),
-    )
+    cfg64 = _cfg64(cfg)
     m64, p64 = _float64_copy(replay)
     corpus = replay.batches.corpus
     mask = corpus.loss_mask.to(device) > 0
@@ -201,7 +278,26 @@ def float64_prefix(
             "total_pearson": tp,
         }
         logger.debug("float64 prefix %s: step errors %s, total change %.3g", q, rels, tr)
+    if rec.sample_err:  # the later steps recomputed during the reverse pass (measured only)
+        ts = sorted(rec.sample_err)
+        report["samples"] = {
+            "steps": ts,
+            "queries": {
+                q: {
+                    "step_rel_err": [rec.sample_err[t][q][0] for t in ts],
+                    "step_pearson": [rec.sample_err[t][q][1] for t in ts],
+                }
+                for q in queries
+            },
+        }
     return scores, report
 
 
-__all__ = ["PrefixRecorder", "float64_prefix", "prefix_steps", "replaces_scores"]
+__all__ = [
+    "PrefixRecorder",
+    "float64_prefix",
+    "prefix_steps",
+    "replaces_scores",
+    "sample_step",
+    "sample_steps",
+]

@@ -16,9 +16,11 @@ the measurements they come from):
     With the final parameters of those runs it also gives the movement-weighted sign agreement
     of consecutive parameter differences (Def. 2 of the paper), a high-dimensional smoothness
     number. The status comes from the smallest h and the first agreement.
-(b) **precision**: the first reverse steps are recomputed in float64 (``prefix.py``); the run
-    precision's relative error on the last two recomputed steps (never step 0, AdamW's worst;
-    the recomputed steps are replaced) estimates its error on the steps that are not.
+(b) **precision**: the first reverse steps are recomputed in float64 (``prefix.py``), and a few
+    later ones (``TrustConfig.precision_samples``, from the run's own states); the run
+    precision's largest relative error on the last two prefix steps (never step 0, AdamW's
+    worst; the prefix steps are replaced) and on the sampled later steps estimates its error
+    on the steps that keep the run's precision.
 (c) **replay drift**: the largest difference between a replayed state and the recorded one,
     in units of a training update (``replay.py``).
 
@@ -237,12 +239,23 @@ def precision_status(prec: dict[str, Any] | None) -> tuple[str | None, float | N
     The estimate is the largest error of the last two recomputed steps (never step 0): the
     steps nearest those that keep the run's precision, where AdamW is best conditioned
     within the prefix (its errors fall as the second moment grows; the earlier steps are
-    replaced). With one recomputed step (no such step) the precision is not checked.
+    replaced), and the sampled later steps (``prec["samples"]``: a run can be worse after the
+    prefix than at its end). With one recomputed step and no samples the precision is not
+    checked.
     """
-    if prec is None or prec.get("steps", 0) < 2:
+    if prec is None:
         return None, None
-    k = prec["steps"]
-    est = max(max(r["step_rel_err"][max(1, k - 2) :]) for r in prec["queries"].values())
+    k = prec.get("steps", 0)
+    errs = [e for r in prec["queries"].values() for e in r["step_rel_err"][max(1, k - 2) :]]
+    errs = errs if k >= 2 else []
+    errs += [
+        e
+        for r in (prec.get("samples") or {}).get("queries", {}).values()
+        for e in r["step_rel_err"]
+    ]
+    if not errs:
+        return None, None
+    est = max(errs)
     if not math.isfinite(est) or est > PRECISION_DOUBTFUL:
         return "unreliable", est
     return ("reliable" if est <= PRECISION_RELIABLE else "doubtful"), est
@@ -372,6 +385,15 @@ def trust_markdown(report: dict[str, Any] | None, name: str = "scores") -> list[
                 for q, r in pr["queries"].items()
             )
         )
+        smp = pr.get("samples")
+        if smp:
+            lines.append(
+                f"Later steps {', '.join(str(t) for t in smp['steps'])} recomputed in float64: "
+                + "; ".join(
+                    f"{q}: step errors {', '.join(_g(e) for e in r['step_rel_err'])}"
+                    for q, r in smp["queries"].items()
+                )
+            )
         lines.append("")
     for n in report.get("notes") or []:
         lines.append(f"- {n}")
