@@ -212,6 +212,7 @@ def test_float64_prefix_fixes_adamw_fp32_scores(model) -> None:
     mask = corpus.loss_mask > 0
     for k in (0, 2):
         cfg = cfg_for("adamw", dtype="float32", float64_prefix=k, **kw)
+        cfg.trust = TrustConfig(directions=1, step_sizes=[1.0])  # with the sampled later steps
         art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
         assert art.scores["f"].dtype == torch.float32
         a, b = art.scores["f"].double()[mask], s64.scores["f"][mask]
@@ -247,7 +248,7 @@ def test_sampled_steps_reproduce_the_run_in_float64(model, monkeypatch) -> None:
     corpus = make_corpus()
     monkeypatch.setattr(magic_mod, "prefix_steps", lambda cfg, dtype: 2)
     cfg = cfg_for("adamw", steps=7, checkpointing="sqrt", storage="cpu", eps=1e-8)
-    cfg.trust.precision_samples = 3
+    cfg.trust = TrustConfig(directions=1, step_sizes=[1.0], precision_samples=3)
     art = attribute(model, corpus, {"f": f_heldout, "g": f_heldout}, cfg, progress=False)
     prec = art.meta["trust"]["checks"]["precision"]
     assert prec["samples"]["steps"] == sample_steps(7, 2, 3) == [2, 4, 6]
@@ -256,6 +257,10 @@ def test_sampled_steps_reproduce_the_run_in_float64(model, monkeypatch) -> None:
         assert max(prec["queries"][q]["step_rel_err"]) < 1e-10
     with pytest.raises(ValueError, match="precision_samples"):
         TrustConfig(precision_samples=-1)
+    # the samples belong to the trust report: none without it
+    cfg.trust = TrustConfig(enabled=False)
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    assert "samples" not in art.meta["trust"]["checks"]["precision"]
 
 
 def test_default_float64_prefix_covers_adamw_warmup(model) -> None:

@@ -49,7 +49,7 @@ class TrustConfig:
             ``reliable``. CLI: ``magic-unlearn attribute --strict``.
         precision_samples: reverse steps after the float64 prefix (evenly spread) that are also
             recomputed in float64, from the run's own state, for the precision check (each
-            costs one float64 reverse step; 0: the prefix's last steps only).
+            costs one float64 reverse step; 0, or the report off: the prefix's last steps only).
     """
 
     enabled: bool = True

@@ -309,7 +309,9 @@ def attribute(
                 k, prefix_note = 0, f"float64 prefix skipped: needs ~{need / 2**30:.0f} GiB"
                 logger.warning("%s of free GPU memory", prefix_note)
         # the float64 prefix, and a few later reverse steps recomputed in float64 (measured)
-        samples = sample_steps(cfg.steps, k, cfg.trust.precision_samples)
+        # (the samples are part of the trust report: off with it)
+        n_samples = cfg.trust.precision_samples if cfg.trust.enabled else 0
+        samples = sample_steps(cfg.steps, k, n_samples)
         rec = PrefixRecorder(k, replay, samples) if k else None
         with timings.span("reverse_s", sync=True):
             _reverse(replay, state, t_next, ckpt, progress, rec.before_step if rec else None)
