@@ -6,7 +6,9 @@ local: a fact taught by many occurrences spreads its effect over all of them, an
 takes 2/3 of them. Conditional scores rerun the attribution with the blocklisted tokens' loss
 weight at 0 (as the retraining will have them), so the occurrences left carry the whole effect.
 Compared here by what each top-up catches (the world's labels; counts only, no text), for
-MAGIC and its grad-sim twin, no retraining.
+MAGIC and its grad-sim twin, no retraining. ``--expand-ngrams 2,3,4`` also measures growing the
+study's top-up to every occurrence of the n-grams (the token and the n-1 before it) that end at
+its tokens: a fact is repeated, so its other occurrences may share the flagged n-gram.
 
 Reads a study folder (``magic-unlearn study --preset tiny ... --methods
 token_filter_scratch_blocklist``): per seed the world, the filtered model and the smooth
@@ -43,6 +45,17 @@ def find_artifact(study: Path, seed: int, method: str, regime: str) -> Path:
     return runs[-1]
 
 
+def ngram_matches(ids: torch.Tensor, sel: torch.Tensor, n: int) -> torch.Tensor:
+    """(N, L) bool: positions whose n-gram (the token and the n-1 before it, -1 past a row's
+    start) is one of those ending at a ``sel`` position."""
+    g = torch.full((*ids.shape, n), -1, dtype=torch.long)  # (N, L, n)
+    for j in range(n):
+        g[:, j:, n - 1 - j] = ids[:, : ids.shape[1] - j]
+    keys = {tuple(x) for x in g[sel].tolist()}
+    flat = [tuple(x) in keys for x in g.reshape(-1, n).tolist()]
+    return torch.tensor(flat, dtype=torch.bool).reshape(ids.shape)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", required=True, help="a study's --out folder")
@@ -53,6 +66,9 @@ def main() -> None:
     ap.add_argument("--frac", type=float, default=0.05, help="top-up, share of target tokens")
     ap.add_argument("--methods", default="magic,grad_sim")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--expand-ngrams", default="", help="e.g. 2,3,4: n-gram expansion of the top-up"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -129,6 +145,9 @@ def main() -> None:
                 "conditional": caught(blocked | sel_c),
                 "trust": (art_c.meta.get("trust") or {}).get("verdict"),
             }
+            for n in (int(x) for x in args.expand_ngrams.split(",") if x):
+                grown = ngram_matches(corpus.input_ids, sel_u, n) & lm
+                row["top_up"][method][f"unconditional+{n}gram"] = caught(blocked | sel_u | grown)
         rows.append(row)
         print(json.dumps(row), flush=True)
     work.mkdir(parents=True, exist_ok=True)
