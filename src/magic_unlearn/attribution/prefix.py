@@ -90,7 +90,7 @@ class PrefixRecorder:
         adj_params, adj_buffers: per query, the adjoints of theta_k and of the buffers at k.
         before: t -> per query, the (N, L) score table before reverse step t (t < k).
         samples: later steps (>= k) recomputed in float64 by :func:`sample_step`.
-        sampled: t -> per query, the float64 score increment of step t.
+        sample_err: t -> per query, the run's (relative L2 error, Pearson) on sampled step t.
     """
 
     def __init__(self, k: int, replay: Replay | None = None, samples: list[int] = ()) -> None:
@@ -100,24 +100,22 @@ class PrefixRecorder:
         self.adj_params: dict[str, list[Tensor]] | None = None
         self.adj_buffers: dict[str, list[list[Tensor]]] | None = None
         self.before: dict[int, dict[str, Tensor]] = {}
-        self.sampled: dict[int, dict[str, Tensor]] = {}
-        self._pending: tuple[int, dict[str, Tensor]] | None = None  # (t, scores before t)
-        self.sample_err: dict[int, dict[str, tuple[float, float]]] = {}  # t -> q -> (rel, r)
+        # (t, the run's scores before step t, float64 increments of step t) until t is done
+        self._pending: tuple[int, dict[str, Tensor], dict[str, Tensor]] | None = None
+        self.sample_err: dict[int, dict[str, tuple[float, float]]] = {}
 
     def before_step(self, t: int, state: ReverseState) -> None:
         if self._pending is not None and self._pending[0] == t + 1:  # step t+1 is done
-            t1, prev = self._pending
+            t1, prev, inc64 = self._pending
             mask = self.replay.batches.corpus.loss_mask.to(prev[state.queries[0]].device) > 0
             self.sample_err[t1] = {
-                q: _masked_stats(
-                    state.scores[q].double() - prev[q].double(), self.sampled[t1][q], mask
-                )
+                q: _masked_stats(state.scores[q].double() - prev[q].double(), inc64[q], mask)
                 for q in state.queries
             }
             self._pending = None
-        if t in self.samples and self.replay is not None:
-            self.sampled[t] = sample_step(self.replay, t, state)
-            self._pending = (t, {q: s.clone() for q, s in state.scores.items()})
+        if t in self.samples:
+            inc64 = sample_step(self.replay, t, state)
+            self._pending = (t, {q: s.clone() for q, s in state.scores.items()}, inc64)
         if t >= self.k:
             return
         if t == self.k - 1:

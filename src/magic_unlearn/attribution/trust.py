@@ -246,8 +246,11 @@ def precision_status(prec: dict[str, Any] | None) -> tuple[str | None, float | N
     if prec is None:
         return None, None
     k = prec.get("steps", 0)
-    errs = [e for r in prec["queries"].values() for e in r["step_rel_err"][max(1, k - 2) :]]
-    errs = errs if k >= 2 else []
+    errs = (
+        [e for r in prec["queries"].values() for e in r["step_rel_err"][max(1, k - 2) :]]
+        if k >= 2
+        else []
+    )
     errs += [
         e
         for r in (prec.get("samples") or {}).get("queries", {}).values()
