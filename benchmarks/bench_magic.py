@@ -215,9 +215,11 @@ def magic_row(
         "pin_s",
         "precompiled",
         "precompile_s",
+        "precompile_wait_s",
         "max_replay_drift",
     )
     out = {"wall_s": wall, "peak_gb": peak_gb(dev), **{k: tm[k] for k in keep if k in tm}}
+    out.update({k: v for k, v in tm.items() if k.startswith("precompile_") and k not in out})
     out["_scores"] = art.scores
     return out
 

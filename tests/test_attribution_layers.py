@@ -215,8 +215,10 @@ def test_precompile_signatures_match_the_reverse_step(monkeypatch):
         g, _ = weighted_grads(model, params, ids, None, lm, lm.sum(), w, cfg, create_graph=True)
     torch.autograd.grad(g, [*params, w], [torch.randn_like(x) for x in g])
     phase["now"] = "pre"
-    n = compiled.precompile(rows=None, device_types=("cpu",))
+    sec: dict[str, float] = {}
+    n = compiled.precompile(rows=None, device_types=("cpu",), seconds=sec)
     assert n == 3  # attention, layer_norm, gelu
+    assert set(sec) == {"attention", "layer_norm", "gelu"} and min(sec.values()) > 0
     assert {s[0] for s in seen["real"]} == {"attention", "layer_norm", "gelu"}
     assert seen["pre"] == seen["real"]
 

@@ -173,12 +173,17 @@ def _materialise(spec: Any, rows: int | None) -> Any:
     return torch.zeros(shape, dtype=spec.dtype, device=spec.device)
 
 
-def precompile(rows: int | None = None, device_types: tuple[str, ...] = ("cuda",)) -> int:
+def precompile(
+    rows: int | None = None,
+    device_types: tuple[str, ...] = ("cuda",),
+    seconds: dict[str, float] | None = None,
+) -> int:
     """Compile (or load from the disk cache) every noted double backward; returns how many.
 
     Runs each once on zeros, in no-grad mode as autograd runs them (on a side stream on a GPU).
     ``rows``: the reverse pass's micro-batch size (noted shapes are the training step's).
     ``device_types``: which noted devices to compile for (only GPUs compile; tests pass "cpu").
+    ``seconds``: filled with each node's compile (or load) time, by name (issue 15's cold start).
     """
     with _LOCK:
         todo = list(_NOTED.values())
@@ -189,12 +194,15 @@ def precompile(rows: int | None = None, device_types: tuple[str, ...] = ("cuda",
         dev = next(s.device for s in specs if isinstance(s, TensorSpec))
         if dev.type not in device_types:
             continue
+        t0 = time.perf_counter()
         side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         with torch.no_grad(), torch.cuda.stream(side) if side else contextlib.nullcontext():
             args = tuple(_materialise(s, rows) for s in specs)
             run_double_backward(name, fn, True, *args)
         if side is not None:
             side.synchronize()
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
         n += 1
     return n
 
@@ -211,6 +219,7 @@ class Precompile:
     def __init__(self, rows: int | None) -> None:
         self.n = 0
         self.seconds = 0.0
+        self.per_node: dict[str, float] = {}  # compile (or load) seconds by node name
         self.error: str | None = None
         self.thread = threading.Thread(target=self._run, args=(rows,), daemon=True)
         self.thread.start()
@@ -218,7 +227,7 @@ class Precompile:
     def _run(self, rows: int | None) -> None:
         t0 = time.perf_counter()
         try:
-            self.n = precompile(rows)
+            self.n = precompile(rows, seconds=self.per_node)
         except Exception as e:  # noqa: BLE001 - an optimisation only
             self.error = f"{type(e).__name__}: {str(e)[:300]}"
             logger.debug("precompiling the double backwards failed: %s", self.error)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 
 import torch
@@ -268,8 +269,14 @@ class Replay:
             if t + 1 in top:
                 self.top.append((t + 1, self.store.put(self.live)))
         if pre is not None:
-            pre.join()
-            self.plan.update(precompiled=pre.n, precompile_s=pre.seconds)
+            t_wait = time.perf_counter()
+            pre.join()  # what the precompile adds to the forward (issue 15's cold start)
+            self.plan.update(
+                precompiled=pre.n,
+                precompile_s=pre.seconds,
+                precompile_wait_s=time.perf_counter() - t_wait,
+                **{f"precompile_{k}_s": v for k, v in pre.per_node.items()},
+            )
         logger.debug("forward pass: %d steps, %d stored states", n, len(self.top))
 
     def _drift(self, t: int) -> Tensor:
