@@ -125,7 +125,24 @@ def main() -> None:
                 float((sel & gen).sum()) / int(gen.sum()),
             )
 
-        row = {"seed": seed, "blocklist": caught(blocked), "top_up": {}}
+        # where the misses are: facts hazard_qa asks (evaluated) or not (transfer), in forget
+        # rows or pretraining rows
+        facts = [json.loads(line) for line in (wd / "facts.jsonl").open()]
+        asked = torch.tensor([f["fact_id"] for f in facts if f["evaluated"]])
+        ev = torch.isin(corpus.fact_ids, asked) & haz
+        fgt = torch.tensor([d.startswith("forget-") for d in corpus.doc_ids])[:, None]
+        parts = {
+            "evaluated, forget rows": ev & fgt,
+            "evaluated, pretraining rows": ev & ~fgt,
+            "transfer": haz & ~ev,
+        }
+
+        def split(sel: torch.Tensor, parts=parts) -> dict[str, float]:
+            """Share of each part's hazard-fact tokens in ``sel``."""
+            return {n: float((sel & m).sum()) / max(1, int(m.sum())) for n, m in parts.items()}
+
+        row = {"seed": seed, "blocklist": caught(blocked), "top_up": {}, "split": {}}
+        row["split"]["blocklist"] = split(blocked)
         for method in args.methods.split(","):
             uncond = ScoreArtifact.load(
                 find_artifact(study, seed, method, args.regime) / "attribute" / "scores"
@@ -145,6 +162,8 @@ def main() -> None:
                 "conditional": caught(blocked | sel_c),
                 "trust": (art_c.meta.get("trust") or {}).get("verdict"),
             }
+            row["split"][f"+ {method}"] = split(blocked | sel_u)
+            row["split"][f"+ {method} given the blocklist"] = split(blocked | sel_c)
             for n in (int(x) for x in args.expand_ngrams.split(",") if x):
                 grown = ngram_matches(corpus.input_ids, sel_u, n) & lm
                 row["top_up"][method][f"unconditional+{n}gram"] = caught(blocked | sel_u | grown)
@@ -176,6 +195,13 @@ def main() -> None:
             )
             + " |"
         )
+    print("\nShare of the hazard-fact tokens masked, by where they are\n")
+    names = list(rows[0]["split"]["blocklist"])
+    print("| seed | mask | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for r in rows:
+        for mask, sh in r["split"].items():
+            print(f"| {r['seed']} | {mask} | " + " | ".join(f"{sh[n]:.3f}" for n in names) + " |")
 
 
 if __name__ == "__main__":
