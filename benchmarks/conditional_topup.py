@@ -9,6 +9,9 @@ Compared here by what each top-up catches (the world's labels; counts only, no t
 MAGIC and its grad-sim twin, no retraining. ``--expand-ngrams 2,3,4`` also measures growing the
 study's top-up to every occurrence of the n-grams (the token and the n-1 before it) that end at
 its tokens: a fact is repeated, so its other occurrences may share the flagged n-gram.
+``--cooccurrence 0.7,0.6,0.5`` measures a text-only twin with no scores: the blocklist grown by
+every sentence holding a word (seen >= 3 times) whose share of occurrences inside blocklisted
+sentences is at least the threshold (a practitioner's blocklist expanded by co-occurrence).
 
 Reads a study folder (``magic-unlearn study --preset tiny ... --methods
 token_filter_scratch_blocklist``): per seed the world, the filtered model and the smooth
@@ -69,10 +72,11 @@ def main() -> None:
     ap.add_argument(
         "--expand-ngrams", default="", help="e.g. 2,3,4: n-gram expansion of the top-up"
     )
+    ap.add_argument("--cooccurrence", default="", help="e.g. 0.7,0.6,0.5: blocklist expansion")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mask_anatomy import regime_corpus, top_mask  # benchmarks/mask_anatomy.py
+    from mask_anatomy import regime_corpus, sentence_ids, top_mask  # benchmarks/mask_anatomy.py
 
     from magic_unlearn.attribution import (
         ScoreArtifact,
@@ -143,6 +147,21 @@ def main() -> None:
 
         row = {"seed": seed, "blocklist": caught(blocked), "top_up": {}, "split": {}}
         row["split"]["blocklist"] = split(blocked)
+        if args.cooccurrence:
+            row["cooccurrence"] = {}
+            sid = sentence_ids(docs, corpus, tok)  # (N, L), -1 outside the text
+            ids, valid = corpus.input_ids, sid >= 0
+            vocab = int(ids.max()) + 1
+            c_in = torch.bincount(ids[blocked & valid], minlength=vocab).double()
+            c_all = torch.bincount(ids[valid], minlength=vocab).double()
+            for thr in (float(x) for x in args.cooccurrence.split(",")):
+                words = (c_in / c_all.clamp(min=1) >= thr) & (c_all >= 3)
+                sents = torch.unique(sid[words[ids] & valid])
+                grown = blocked | (torch.isin(sid, sents) & lm)
+                row["cooccurrence"][f"{thr:g}"] = {
+                    "words": int(words.sum()),
+                    "caught": caught(grown),
+                }
         for method in args.methods.split(","):
             uncond = ScoreArtifact.load(
                 find_artifact(study, seed, method, args.regime) / "attribute" / "scores"
@@ -195,6 +214,19 @@ def main() -> None:
             )
             + " |"
         )
+    if args.cooccurrence:
+        print(
+            "\nThe blocklist grown by co-occurrence (no scores): words, hazard / general caught\n"
+        )
+        thrs = list(rows[0]["cooccurrence"])
+        print("| seed | " + " | ".join(f"share >= {t}" for t in thrs) + " |")
+        print("|---|" + "---|" * len(thrs))
+        for r in rows:
+            cells = [
+                f"{c['words']}: {c['caught'][0]:.3f} / {c['caught'][1]:.3f}"
+                for c in r["cooccurrence"].values()
+            ]
+            print(f"| {r['seed']} | " + " | ".join(cells) + " |")
     print("\nShare of the hazard-fact tokens masked, by where they are\n")
     names = list(rows[0]["split"]["blocklist"])
     print("| seed | mask | " + " | ".join(names) + " |")
