@@ -16,7 +16,7 @@ from magic_unlearn.models import load_model
 from magic_unlearn.pretrain import PretrainConfig, pretrain
 from magic_unlearn.unlearn.api import load_unlearn_config, unlearn
 from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
-from magic_unlearn.unlearn.weights import sentence_pattern
+from magic_unlearn.unlearn.weights import expand_blocklist, sentence_pattern
 from magic_unlearn.world import World, build_world
 from test_pretrain import MICRO_MODEL, MICRO_WORLD
 from test_unlearn_api import MAXLEN, setup  # noqa: F401 - the fixture
@@ -244,3 +244,41 @@ def test_corpus_mask_blocklist_first(micro: dict[str, Path], tmp_path: Path) -> 
         corpus_mask(MaskConfig(source="random", frac=frac, blocklist="world"), docs, c, w.tokenizer)
     with pytest.raises(ValueError, match="blocklist"):
         MaskConfig(blocklist="mine")
+    # blocklist_expand grows the blocklist by the words that co-occur with it: a superset that
+    # reaches more hazard-fact tokens
+    keep_e, info_e = corpus_mask(
+        MaskConfig(source="random", frac=frac, blocklist="world", blocklist_expand=0.6),
+        docs,
+        c,
+        w.tokenizer,
+        world_keywords=kws,
+    )
+    assert info_e["blocklist_words_added"] > len(kws)
+    grown = (keep_e == 0) & lm
+    assert (
+        bool(grown[first].all())
+        and info_e["blocklist_masked_frac"] > info_r["blocklist_masked_frac"]
+    )
+    with pytest.raises(ValueError, match="blocklist_expand"):
+        MaskConfig(source="random", frac=frac, blocklist_expand=0.6)  # nothing to grow
+    with pytest.raises(ValueError, match="blocklist_expand"):
+        MaskConfig(source="random", frac=frac, blocklist="world", blocklist_expand=1.5)
+
+
+def test_expand_blocklist_finds_co_occurring_words() -> None:
+    """Words whose occurrences fall inside blocklisted sentences often enough (and often
+    enough seen) become patterns; common words shared with other sentences do not."""
+    docs = [
+        {"text": "The virus Zorb spreads. The cat sleeps."},
+        {"text": "The virus Zorb spreads. Zorb grows fast. The cat sleeps."},
+    ]
+    # zorb 2/3 inside, spreads 2/2, virus 2/2, the 2/4, cat 0/2, grows 0/1 (seen once)
+    got = expand_blocklist(docs, ["virus"], share=0.6, min_count=2)
+    assert got == [r"\bspreads\b", r"\bvirus\b", r"\bzorb\b"]
+    assert expand_blocklist(docs, ["virus"], share=0.5, min_count=2)[1] == r"\bthe\b"
+    assert expand_blocklist(docs, ["virus"], share=0.7, min_count=2) == [
+        r"\bspreads\b",
+        r"\bvirus\b",
+    ]
+    with pytest.raises(ValueError, match="share"):
+        expand_blocklist(docs, ["virus"], share=0)

@@ -32,6 +32,7 @@ from magic_unlearn.attribution.artifact import ScoreArtifact
 from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD, TokenizedCorpus
 from magic_unlearn.unlearn.weights import (
     WeightConfig,
+    expand_blocklist,
     keyword_mask,
     load_score_pair,
     sentence_pattern,
@@ -60,6 +61,9 @@ class MaskConfig:
         blocklist: regexes whose matching sentences are masked before the source's budget is
             spent (``"world"``: the world's hazard keyword list, ``World.hazard_keywords``);
             None: no blocklist.
+        blocklist_expand: grow the blocklist from the corpus first: add every word whose
+            occurrences fall inside blocklisted sentences at least this often
+            (``weights.expand_blocklist``; a text-only baseline); None: as given.
     """
 
     source: str = "scores"
@@ -72,6 +76,7 @@ class MaskConfig:
     keywords: list[str] | None = None
     seed: int = 0
     blocklist: list[str] | str | None = None
+    blocklist_expand: float | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -84,6 +89,13 @@ class MaskConfig:
             )
         if self.source == "keyword" and not self.keywords:
             raise ValueError("MaskConfig.source='keyword' needs keywords (a regex list)")
+        if self.blocklist_expand is not None and (
+            self.blocklist is None or not 0 < self.blocklist_expand <= 1
+        ):
+            raise ValueError(
+                f"MaskConfig.blocklist_expand={self.blocklist_expand!r}: needs a blocklist and a "
+                "share in (0, 1]"
+            )
         if isinstance(self.blocklist, str) and self.blocklist != "world":
             raise ValueError(
                 f"MaskConfig.blocklist={self.blocklist!r}: use 'world' or a list of regexes"
@@ -121,6 +133,7 @@ def corpus_mask(
     n_target = int(lm.sum())
     k = max(1, round((cfg.frac or 0.0) * n_target))
     first = torch.zeros_like(lm)  # the blocklist's sentences, masked before the budget
+    n_grown = None  # words the blocklist grew by (blocklist_expand)
     if cfg.blocklist is not None:
         pats = world_keywords if cfg.blocklist == "world" else list(cfg.blocklist)
         if not pats:
@@ -128,6 +141,10 @@ def corpus_mask(
                 "MaskConfig.blocklist='world' needs the world's hazard keywords (a world corpus); "
                 "or give the regexes as a list"
             )
+        if cfg.blocklist_expand is not None:
+            grown = expand_blocklist(docs, pats, cfg.blocklist_expand)
+            n_grown = len(grown)
+            pats = [*pats, *grown]
         first = (keyword_mask(docs, corpus, tokenizer, [sentence_pattern(pats)]) > 0) & lm
     lm_rest = lm & ~first  # what the source's budget chooses from
     if cfg.source == "scores":
@@ -180,6 +197,8 @@ def corpus_mask(
     }
     if cfg.blocklist is not None:
         info["blocklist_masked_frac"] = float(first.sum()) / max(1, n_target)
+        if n_grown is not None:
+            info["blocklist_words_added"] = n_grown
     if bool((corpus.labels >= 0).any()):
         for name, lab in (("hazard_fact", LABEL_HAZARD), ("general_fact", LABEL_GENERAL)):
             is_l = (corpus.labels == lab) & lm
