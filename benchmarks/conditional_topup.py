@@ -76,7 +76,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mask_anatomy import regime_corpus, sentence_ids, top_mask  # benchmarks/mask_anatomy.py
+    from mask_anatomy import (
+        hazard_scores,
+        regime_corpus,
+        sentence_ids,
+        top_mask,
+    )  # benchmarks/mask_anatomy.py
 
     from magic_unlearn.attribution import (
         ScoreArtifact,
@@ -88,7 +93,7 @@ def main() -> None:
     from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD
     from magic_unlearn.models import load_model
     from magic_unlearn.unlearn.masks import MaskConfig, corpus_mask
-    from magic_unlearn.unlearn.weights import load_score_pair, sentence_pattern
+    from magic_unlearn.unlearn.weights import sentence_pattern
     from magic_unlearn.world import World
 
     study, work = Path(args.study), Path(args.work)
@@ -115,12 +120,6 @@ def main() -> None:
         meas = build_measurements(
             tok, conf["params"]["attribute"]["queries"], world=str(wd), model=start, device="cpu"
         )
-
-        def hazard_scores(art: ScoreArtifact, c, tok=tok) -> torch.Tensor:
-            if list(art.meta.get("doc_ids") or []) != c.doc_ids:
-                art = art.select_docs(c.doc_ids)
-            h, _, _ = load_score_pair([art], c, tok, None, None, need_general=False)
-            return h
 
         def caught(sel: torch.Tensor, haz=haz, gen=gen) -> tuple[float, float]:
             """Shares of the hazard-fact and general-fact tokens in ``sel``."""
@@ -167,7 +166,7 @@ def main() -> None:
                 find_artifact(study, seed, method, args.regime) / "attribute" / "scores"
             )
             # the study's top-up: unconditional scores, blocked tokens never taken
-            sel_u = top_mask(hazard_scores(uncond, corpus), cond.loss_mask, k)
+            sel_u = top_mask(hazard_scores(uncond, corpus, tok), cond.loss_mask, k)
             path = work / f"seed{seed}" / f"scores_{method}_given_blocklist"
             if not path.exists():
                 if method == "magic":
@@ -175,7 +174,7 @@ def main() -> None:
                 else:
                     grad_similarity(start, cond, meas, cfg, out=path, tokenizer=tok)
             art_c = ScoreArtifact.load(path)
-            sel_c = top_mask(hazard_scores(art_c, cond), cond.loss_mask, k)
+            sel_c = top_mask(hazard_scores(art_c, cond, tok), cond.loss_mask, k)
             row["top_up"][method] = {
                 "unconditional": caught(blocked | sel_u),
                 "conditional": caught(blocked | sel_c),

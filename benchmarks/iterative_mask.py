@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from mask_anatomy import regime_corpus, top_mask  # benchmarks/mask_anatomy.py
+    from mask_anatomy import hazard_scores, regime_corpus, top_mask  # benchmarks/mask_anatomy.py
 
     from magic_unlearn.attribution import (
         ScoreArtifact,
@@ -49,7 +49,6 @@ def main() -> None:
     )
     from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD
     from magic_unlearn.models import load_model
-    from magic_unlearn.unlearn.weights import load_score_pair
 
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -65,12 +64,6 @@ def main() -> None:
         start = load_model(start_dir, dtype=cfg.dtype, device=torch.device("cpu"))
         tasks = ["hazard_qa", "general_qa"]
         meas = build_measurements(tok, tasks, world=str(wd), model=start, device="cpu")
-
-        def hazard_scores(art: ScoreArtifact, c, tok=tok) -> torch.Tensor:
-            if list(art.meta.get("doc_ids") or []) != c.doc_ids:
-                art = art.select_docs(c.doc_ids)
-            h, _, _ = load_score_pair([art], c, tok, None, None, need_general=False)
-            return h
 
         for method in args.methods.split(","):
             masked = torch.zeros_like(lm)
@@ -97,13 +90,15 @@ def main() -> None:
                         else:
                             grad_similarity(start, c, meas, cfg, out=path, tokenizer=tok)
                 # masked tokens have loss weight 0 in c, so top_mask never takes them again
-                masked |= top_mask(hazard_scores(ScoreArtifact.load(path), c), c.loss_mask, k)
+                masked |= top_mask(hazard_scores(ScoreArtifact.load(path), c, tok), c.loss_mask, k)
                 per_round.append(
                     f"{float((masked & haz).sum()) / int(haz.sum()):.2f} / "
                     f"{float((masked & gen).sum()) / int(gen.sum()):.2f}"
                 )
             # one round at the whole budget, from the round-1 scores
-            h0 = hazard_scores(ScoreArtifact.load(root / "smooth" / f"scores_{method}"), corpus)
+            h0 = hazard_scores(
+                ScoreArtifact.load(root / "smooth" / f"scores_{method}"), corpus, tok
+            )
             one = top_mask(h0, corpus.loss_mask, k_total)
             row = {
                 "seed": seed,

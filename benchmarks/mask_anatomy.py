@@ -67,6 +67,16 @@ def regime_corpus(world_dir: Path, regime: str, preset: str) -> tuple:
     return tok, docs, tokenize_corpus(docs, tok, max_length=rr["trajectory"]["max_length"]), rr
 
 
+def hazard_scores(art, corpus, tok) -> torch.Tensor:
+    """(N, L) hazard-query scores of a score artifact on ``corpus``'s rows (documents aligned)."""
+    from magic_unlearn.unlearn.weights import load_score_pair
+
+    if list(art.meta.get("doc_ids") or []) != corpus.doc_ids:
+        art = art.select_docs(corpus.doc_ids)
+    h, _, _ = load_score_pair([art], corpus, tok, None, None, need_general=False)
+    return h
+
+
 def top_mask(scores: torch.Tensor, loss_mask: torch.Tensor, k: int) -> torch.Tensor:
     """The study's mask (``unlearn.masks``, ``source: scores``): the k target tokens that teach
     the hazard query most (``-score``; tokens with ``loss_mask`` 0 are never taken)."""
@@ -105,7 +115,6 @@ def main() -> None:
     from magic_unlearn.attribution.trajectory import batch_order
     from magic_unlearn.config import from_dict
     from magic_unlearn.data import LABEL_GENERAL, LABEL_HAZARD
-    from magic_unlearn.unlearn.weights import load_score_pair
 
     def share(sel: torch.Tensor, of: torch.Tensor) -> str:
         return f"{float((sel & of).sum()) / max(1, int(of.sum())):.2f}"
@@ -147,10 +156,7 @@ def main() -> None:
         st = row_step[:, None].expand_as(lm)
         thirds = [(i * n_steps // 3, (i + 1) * n_steps // 3) for i in range(3)]
         for m in args.methods.split(","):
-            art = ScoreArtifact.load(root / args.regime / f"scores_{m}")
-            if list(art.meta.get("doc_ids") or []) != corpus.doc_ids:
-                art = art.select_docs(corpus.doc_ids)
-            h, _, _ = load_score_pair([art], corpus, tok, None, None, need_general=False)
+            h = hazard_scores(ScoreArtifact.load(root / args.regime / f"scores_{m}"), corpus, tok)
             prio = -h.double()
             drop = top_mask(h, corpus.loss_mask, k)
             cov = []

@@ -153,10 +153,11 @@ def _float64_copy(replay: Replay) -> tuple[torch.nn.Module, list[Tensor]]:
     return m64, [by_name[names[id(p)]] for p in replay.params]
 
 
-def _cfg64(cfg: TrajectoryConfig) -> TrajectoryConfig:
-    """The float64 recomputation's config: the run's trajectory, plain ops, every state kept."""
-    return dataclasses.replace(
-        cfg,
+def _replay64(replay: Replay, store: StateStore) -> Replay:
+    """A float64 replay of the run's trajectory from the live model (plain ops, every state
+    kept in ``store``); its optimiser state starts empty."""
+    cfg64 = dataclasses.replace(
+        replay.cfg,
         dtype="float64",
         precision="fp32",
         checkpointing="every",
@@ -166,6 +167,10 @@ def _cfg64(cfg: TrajectoryConfig) -> TrajectoryConfig:
         float64_prefix=0,
         trust=TrustConfig(enabled=False),
     )
+    m64, p64 = _float64_copy(replay)
+    device = replay.params[0].device
+    batches = Batches(replay.batches.corpus, cfg64, device, torch.float64)
+    return Replay(m64, p64, make_optimizer(cfg64), batches, cfg64, store)
 
 
 def sample_step(replay: Replay, t: int, state: ReverseState) -> dict[str, Tensor]:
@@ -174,18 +179,8 @@ def sample_step(replay: Replay, t: int, state: ReverseState) -> dict[str, Tensor
     Called before the run's own reverse step t (the live state is s_t then); changes nothing
     of the run. Returns per query the (N, L) float64 score increment of step t.
     """
-    cfg64 = _cfg64(replay.cfg)
-    device = replay.params[0].device
-    m64, p64 = _float64_copy(replay)
-    with StateStore("gpu", device, None) as store:
-        rp = Replay(
-            m64,
-            p64,
-            make_optimizer(cfg64),
-            Batches(replay.batches.corpus, cfg64, device, torch.float64),
-            cfg64,
-            store,
-        )
+    with StateStore("gpu", replay.params[0].device, None) as store:
+        rp = _replay64(replay, store)
         with torch.no_grad():  # the optimiser state at t, upcast
             for bl64, bl in zip(rp.bufs, replay.bufs, strict=True):
                 for b64, b in zip(bl64, bl, strict=True):
@@ -220,24 +215,14 @@ def float64_prefix(
         ``step_pearson``), and how much the replacement changed the total scores
         (``total_rel_change``, ``total_pearson``).
     """
-    k, cfg = rec.k, replay.cfg
+    k = rec.k
     if not rec.complete or rec.adj_params is None or rec.adj_buffers is None:
         raise RuntimeError("float64 prefix: the reverse pass did not record the prefix state")
     device = replay.params[0].device
-    cfg64 = _cfg64(cfg)
-    m64, p64 = _float64_copy(replay)
-    corpus = replay.batches.corpus
-    mask = corpus.loss_mask.to(device) > 0
+    mask = replay.batches.corpus.loss_mask.to(device) > 0
     queries = state.queries
     with StateStore("gpu", device, None) as store:
-        rp = Replay(
-            m64,
-            p64,
-            make_optimizer(cfg64),
-            Batches(corpus, cfg64, device, torch.float64),
-            cfg64,
-            store,
-        )
+        rp = _replay64(replay, store)
         rp.forward(progress=False, stop=k)
         s64 = ReverseState(
             {q: [a.to(torch.float64) for a in rec.adj_params[q]] for q in queries},
@@ -249,7 +234,7 @@ def float64_prefix(
         for t in rp.reverse_states(k - 1):
             before64[t] = {q: s.clone() for q, s in s64.scores.items()}
             step(t, s64)
-    del m64, p64, rp, step
+    del rp, step
 
     def inc(before: dict[int, dict[str, Tensor]], final: dict[str, Tensor], t: int, q: str):
         after = before[t - 1][q] if t > 0 else final[q]
