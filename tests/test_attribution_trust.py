@@ -254,6 +254,8 @@ def test_sampled_steps_reproduce_the_run_in_float64(model, monkeypatch) -> None:
     assert prec["samples"]["steps"] == sample_steps(7, 2, 3) == [2, 4, 6]
     for q in ("f", "g"):
         assert max(prec["samples"]["queries"][q]["step_rel_err"]) < 1e-10, prec["samples"]
+        # the float64 trajectory is the run's own here: the same steps again
+        assert max(prec["samples"]["queries"][q]["trajectory_rel_err"]) < 1e-10
         assert max(prec["queries"][q]["step_rel_err"]) < 1e-10
     with pytest.raises(ValueError, match="precision_samples"):
         TrustConfig(precision_samples=-1)
@@ -261,6 +263,33 @@ def test_sampled_steps_reproduce_the_run_in_float64(model, monkeypatch) -> None:
     cfg.trust = TrustConfig(enabled=False)
     art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
     assert "samples" not in art.meta["trust"]["checks"]["precision"]
+
+
+def test_trajectory_samples_see_what_the_run_states_hide(model, monkeypatch) -> None:
+    """AdamW lr 0.1, eps 1e-8, no warmup, fp32: each of the run's reverse steps is exact to
+    fp32 rounding from its own states, yet its scores are ~190x off float64's (measured; 0.15
+    at lr 0.03): the rounded trajectory has moved where the steps are ill-conditioned. Only the
+    samples recomputed from the float64 trajectory's states see it, and the verdict follows."""
+    from magic_unlearn.attribution import magic as magic_mod
+
+    corpus = make_corpus()
+    monkeypatch.setattr(magic_mod, "prefix_steps", lambda cfg, dtype: 2)
+    kw = dict(steps=30, checkpointing="sqrt", storage="cpu", eps=1e-8, lr=0.1, warmup_steps=0)
+    kw["schedule"] = "constant"
+    s64 = attribute(model, corpus, {"f": f_heldout}, cfg_for("adamw", **kw), progress=False)
+    cfg = cfg_for("adamw", dtype="float32", **kw)
+    cfg.trust = TrustConfig(directions=1, step_sizes=[1.0], precision_samples=3)
+    art = attribute(model, corpus, {"f": f_heldout}, cfg, progress=False)
+    mask = corpus.loss_mask > 0
+    a, b = art.scores["f"].double()[mask], s64.scores["f"].double()[mask]
+    assert float((a - b).norm() / b.norm()) > 1  # measured 189
+    prec = art.meta["trust"]["checks"]["precision"]
+    smp = prec["samples"]["queries"]["f"]
+    assert max(smp["step_rel_err"]) < 1e-4, smp  # measured <= 3.6e-6
+    assert max(smp["trajectory_rel_err"]) > tr.PRECISION_DOUBTFUL, smp  # measured 2.7
+    assert prec["status"] == "unreliable"
+    md = "\n".join(tr.trust_markdown(art.meta["trust"]))
+    assert "from the float64 trajectory's" in md
 
 
 def test_default_float64_prefix_covers_adamw_warmup(model) -> None:

@@ -48,8 +48,10 @@ class TrustConfig:
         strict: refuse (raise ``UntrustworthyScoresError``, write nothing) unless the verdict is
             ``reliable``. CLI: ``magic-unlearn attribute --strict``.
         precision_samples: reverse steps after the float64 prefix (evenly spread) that are also
-            recomputed in float64, from the run's own state, for the precision check (each
-            costs one float64 reverse step; 0, or the report off: the prefix's last steps only).
+            recomputed in float64 for the precision check, from the run's own state and from
+            the float64 trajectory's (costs two float64 reverse steps each, the float64 forward
+            up to the last sample, and a host copy of the adjoints at each sample; 0, or the
+            report off: the prefix's last steps only).
     """
 
     enabled: bool = True

@@ -30,9 +30,17 @@ the small world's AdamW 1e-3 trajectory without warmup (H200, 48 steps) the per-
 9e-4 at step 7 but 0.075 around steps 16-31, and fp32 scores are 45% off float64 in magnitude
 with prefix 8 or 16 (8% with 32, 0.08% with 48; Pearson 1.0000 throughout: a scale error that
 rankings do not see). So ``TrustConfig.precision_samples`` reverse steps spread over the
-steps >= k are also recomputed in float64, each from the run's own state s_t and adjoint at
-t+1 (upcast) while the reverse pass is there (:func:`sample_step`); their errors join the
-precision estimate. They measure only: the run's scores of those steps are kept.
+steps >= k are also recomputed in float64, two ways, and their errors join the precision
+estimate (they measure only: the run's scores of those steps are kept):
+
+- from the run's own state s_t and adjoint at t+1 (upcast), while the reverse pass is there
+  (:func:`sample_step`): the error of one step's arithmetic;
+- from the float64 trajectory's state at t (the float64 forward of the prefix, continued to
+  the last sample) and the same adjoint: that error plus what the run's own states, rounded
+  for t steps, change in the step. On the AdamW 1e-3 run the first reads 1e-5 and the second
+  0.075 (docs/benchmarks.md): the rounded trajectory, not the arithmetic, is where the error
+  comes from, so only the second can see it. It costs the float64 forward up to the last
+  sample, and the adjoints at the sampled steps are kept in host memory until then.
 """
 
 from __future__ import annotations
@@ -103,17 +111,30 @@ class PrefixRecorder:
         # (t, the run's scores before step t, float64 increments of step t) until t is done
         self._pending: tuple[int, dict[str, Tensor], dict[str, Tensor]] | None = None
         self.sample_err: dict[int, dict[str, tuple[float, float]]] = {}
+        # t -> the adjoints at t+1 (host copies) and the run's score increment of step t, for
+        # the same step recomputed from the float64 trajectory after the reverse pass
+        self.sample_adj: dict[int, tuple[dict[str, list[Tensor]], dict[str, list[list[Tensor]]]]]
+        self.sample_adj = {}
+        self.sample_inc: dict[int, dict[str, Tensor]] = {}
 
     def before_step(self, t: int, state: ReverseState) -> None:
         if self._pending is not None and self._pending[0] == t + 1:  # step t+1 is done
             t1, prev, inc64 = self._pending
             mask = self.replay.batches.corpus.loss_mask.to(prev[state.queries[0]].device) > 0
+            run_inc = {q: state.scores[q].double() - prev[q].double() for q in state.queries}
             self.sample_err[t1] = {
-                q: _masked_stats(state.scores[q].double() - prev[q].double(), inc64[q], mask)
-                for q in state.queries
+                q: _masked_stats(run_inc[q], inc64[q], mask) for q in state.queries
             }
+            self.sample_inc[t1] = {q: v.cpu() for q, v in run_inc.items()}
             self._pending = None
         if t in self.samples:
+            self.sample_adj[t] = (
+                {q: [a.to("cpu", copy=True) for a in v] for q, v in state.adj_params.items()},
+                {
+                    q: [[a.to("cpu", copy=True) for a in bl] for bl in v]
+                    for q, v in state.adj_buffers.items()
+                },
+            )
             inc64 = sample_step(self.replay, t, state)
             self._pending = (t, {q: s.clone() for q, s in state.scores.items()}, inc64)
         if t >= self.k:
@@ -221,15 +242,41 @@ def float64_prefix(
     device = replay.params[0].device
     mask = replay.batches.corpus.loss_mask.to(device) > 0
     queries = state.queries
+    traj_err: dict[int, dict[str, tuple[float, float]]] = {}
     with StateStore("gpu", device, None) as store:
         rp = _replay64(replay, store)
-        rp.forward(progress=False, stop=k)
+        rp.forward(progress=False, stop=k)  # the live state is s_k now, s_0..s_k stored
+        step = ReverseStep(rp)
+        todo = sorted(t for t in rec.sample_inc if t in rec.sample_adj)
+        if todo:  # the float64 trajectory continued to the samples (not stored: the prefix's
+            # reverse below reloads its own states)
+
+            def at_sample(t: int) -> None:
+                adj_p, adj_b = rec.sample_adj[t]
+                st = ReverseState(
+                    {q: [a.to(device, torch.float64) for a in adj_p[q]] for q in queries},
+                    {
+                        q: [[a.to(device, torch.float64) for a in bl] for bl in adj_b[q]]
+                        for q in queries
+                    },
+                    {q: torch.zeros_like(state.scores[q], dtype=torch.float64) for q in queries},
+                )
+                step(t, st)
+                traj_err[t] = {
+                    q: _masked_stats(rec.sample_inc[t][q].to(device), st.scores[q], mask)
+                    for q in queries
+                }
+
+            if todo[0] == k:
+                at_sample(k)
+            for t, _ in rp._steps(k, todo[-1]):
+                if t + 1 in rec.sample_inc:
+                    at_sample(t + 1)
         s64 = ReverseState(
             {q: [a.to(torch.float64) for a in rec.adj_params[q]] for q in queries},
             {q: [[a.to(torch.float64) for a in bl] for bl in rec.adj_buffers[q]] for q in queries},
             {q: torch.zeros_like(state.scores[q], dtype=torch.float64) for q in queries},
         )
-        step = ReverseStep(rp)
         before64: dict[int, dict[str, Tensor]] = {}
         for t in rp.reverse_states(k - 1):
             before64[t] = {q: s.clone() for q, s in s64.scores.items()}
@@ -269,6 +316,13 @@ def float64_prefix(
                 q: {
                     "step_rel_err": [rec.sample_err[t][q][0] for t in ts],
                     "step_pearson": [rec.sample_err[t][q][1] for t in ts],
+                    # from the float64 trajectory's states (nan: not recomputed)
+                    "trajectory_rel_err": [
+                        traj_err[t][q][0] if t in traj_err else float("nan") for t in ts
+                    ],
+                    "trajectory_pearson": [
+                        traj_err[t][q][1] if t in traj_err else float("nan") for t in ts
+                    ],
                 }
                 for q in queries
             },

@@ -17,7 +17,8 @@ the measurements they come from):
     of consecutive parameter differences (Def. 2 of the paper), a high-dimensional smoothness
     number. The status comes from the smallest h and the first agreement.
 (b) **precision**: the first reverse steps are recomputed in float64 (``prefix.py``), and a few
-    later ones (``TrustConfig.precision_samples``, from the run's own states); the run
+    later ones (``TrustConfig.precision_samples``, from the run's own states and from the
+    float64 trajectory's, which also sees the error of the run's rounded states); the run
     precision's largest relative error on the last two prefix steps (never step 0, AdamW's
     worst; the prefix steps are replaced) and on the sampled later steps estimates its error
     on the steps that keep the run's precision.
@@ -240,7 +241,7 @@ def precision_status(prec: dict[str, Any] | None) -> tuple[str | None, float | N
     steps nearest those that keep the run's precision, where AdamW is best conditioned
     within the prefix (its errors fall as the second moment grows; the earlier steps are
     replaced), and the sampled later steps (``prec["samples"]``: a run can be worse after the
-    prefix than at its end). With one recomputed step and no samples the precision is not
+    prefix than at its end), from the run's own states and from the float64 trajectory's. With one recomputed step and no samples the precision is not
     checked.
     """
     if prec is None:
@@ -254,7 +255,8 @@ def precision_status(prec: dict[str, Any] | None) -> tuple[str | None, float | N
     errs += [
         e
         for r in (prec.get("samples") or {}).get("queries", {}).values()
-        for e in r["step_rel_err"]
+        for e in r["step_rel_err"] + r.get("trajectory_rel_err", [])
+        if not math.isnan(e)
     ]
     if not errs:
         return None, None
@@ -393,7 +395,14 @@ def trust_markdown(report: dict[str, Any] | None, name: str = "scores") -> list[
             lines.append(
                 f"Later steps {', '.join(str(t) for t in smp['steps'])} recomputed in float64: "
                 + "; ".join(
-                    f"{q}: step errors {', '.join(_g(e) for e in r['step_rel_err'])}"
+                    f"{q}: step errors {', '.join(_g(e) for e in r['step_rel_err'])} from the "
+                    "run's states"
+                    + (
+                        f", {', '.join(_g(e) for e in r['trajectory_rel_err'])} from the float64 "
+                        "trajectory's"
+                        if r.get("trajectory_rel_err")
+                        else ""
+                    )
                     for q, r in smp["queries"].items()
                 )
             )
