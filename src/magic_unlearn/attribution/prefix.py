@@ -251,7 +251,7 @@ def float64_prefix(
         if todo:  # the float64 trajectory continued to the samples (not stored: the prefix's
             # reverse below reloads its own states)
 
-            def at_sample(t: int) -> None:
+            def at_sample(t: int, step: ReverseStep = step) -> None:
                 adj_p, adj_b = rec.sample_adj[t]
                 st = ReverseState(
                     {q: [a.to(device, torch.float64) for a in adj_p[q]] for q in queries},
