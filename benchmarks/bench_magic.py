@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from magic_unlearn.attribution import LoraSpec, TrajectoryConfig, attribute, per_token_loss
+from magic_unlearn.attribution.compiled import warm_compiler
 from magic_unlearn.attribution.config import TrustConfig
 from magic_unlearn.attribution.trajectory import batch_order, prepare_model
 from magic_unlearn.data import TokenizedCorpus
@@ -293,6 +294,8 @@ def cold_child(args: Any) -> None:
     """The child process: build the model, time the first ``attribute`` of the process."""
     # interpreter start and imports, from the parent's spawn
     t_imported = time.time() - float(os.environ.get("MAGIC_BENCH_SPAWN", time.time()))
+    if os.environ.get("MAGIC_BENCH_WARM") == "1":
+        warm_compiler()  # as `magic-unlearn attribute` does before it loads data and model
     dev, corpus, qs, cfg = setup(args)
     model = build_model(args.preset, args.vocab, seed=0, attn_implementation="sdpa").to(dev)
     sync(dev)
@@ -303,10 +306,16 @@ def cold_child(args: Any) -> None:
     print("COLD_RESULT " + json.dumps(row), flush=True)
 
 
-def run_cold(args: Any, cache: str) -> dict:
-    """MAGIC's first call in a fresh process (a child with the same arguments and cache)."""
+def run_cold(args: Any, cache: str, warm: bool = True) -> dict:
+    """MAGIC's first call in a fresh process (a child with the same arguments and cache);
+    ``warm``: the child starts the compiler's imports first, as the CLI does."""
     cmd = [sys.executable, os.path.abspath(__file__), "--cold-child", *sys.argv[1:]]
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "MAGIC_BENCH_SPAWN": str(time.time())}
+    env = {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": cache,
+        "MAGIC_BENCH_SPAWN": str(time.time()),
+        "MAGIC_BENCH_WARM": "1" if warm else "0",
+    }
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.cold_timeout)
     total = time.perf_counter() - t0
@@ -346,6 +355,11 @@ def main() -> None:
     ap.add_argument("--skip-bergson", action="store_true")
     ap.add_argument("--skip-cold", action="store_true")
     ap.add_argument("--cold-timeout", type=float, default=300.0)
+    ap.add_argument(
+        "--cold-no-warm",
+        action="store_true",
+        help="also a cold child that does not start the compiler's imports early",
+    )
     ap.add_argument(
         "--compile-cache",
         default=None,
@@ -431,6 +445,10 @@ def main() -> None:
         key = "MAGIC bf16, first call in a fresh process"
         rows[key] = guarded(run_cold, args, cache)
         show(key)
+        if args.cold_no_warm:
+            key = "MAGIC bf16, first call, no compiler warm-up"
+            rows[key] = guarded(run_cold, args, cache, False)
+            show(key)
     # ---- warm MAGIC rows in this process
     key = "MAGIC bf16, warm"
     rows[key] = guarded(magic_row, dev, model, corpus, cfg, q1, args.progress)

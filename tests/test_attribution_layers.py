@@ -274,3 +274,21 @@ def test_compile_cache_folder_is_persistent_unless_the_user_chose_one(monkeypatc
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compiled.use_persistent_compile_cache() == tmp_path / "mine"
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_warm_compiler_imports_once_and_never_on_a_cpu(monkeypatch, tmp_path):
+    """The compiler warm-up (issue 15's cold start): nothing without a GPU; with one, a single
+    worker thread per process that imports dynamo and inductor, and the first compile waits
+    for it (two threads importing inductor at once is not safe)."""
+    import sys
+
+    monkeypatch.setattr(compiled, "_WARM", [])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compiled.warm_compiler() is None and compiled._WARM == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    th = compiled.warm_compiler()
+    assert th is not None and compiled.warm_compiler() is th  # once per process
+    compiled._wait_warm()
+    assert not th.is_alive()
+    assert "torch._inductor.compile_fx" in sys.modules

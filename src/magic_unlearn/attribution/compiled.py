@@ -104,6 +104,7 @@ def _pick(name: str, fn: Callable[..., Any], cuda: bool, want: bool) -> Callable
     if not (cuda and want) or "failed" in _COMPILED:
         return fn
     if name not in _COMPILED:
+        _wait_warm()  # two threads importing inductor at once is not safe
         use_persistent_compile_cache()
         _COMPILED[name] = torch.compile(fn, dynamic=False)
     return _COMPILED[name]
@@ -207,6 +208,50 @@ def precompile(
     return n
 
 
+_WARM: list[threading.Thread] = []  # the warm_compiler thread of this process, once started
+
+
+def _warm() -> None:
+    t0 = time.perf_counter()
+    try:
+        use_persistent_compile_cache()
+        # import-time work only: no CUDA call, so a CUDA graph captured meanwhile on the main
+        # thread (capture_error_mode "global") cannot be disturbed
+        import torch._dynamo  # noqa: F401
+        import torch._inductor.codecache  # noqa: F401
+        import torch._inductor.compile_fx  # noqa: F401
+        import torch._inductor.lowering  # noqa: F401
+
+        with contextlib.suppress(ImportError):
+            import triton  # noqa: F401
+            import triton.compiler  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - an optimisation only
+        logger.debug("warming the compiler failed: %s", e)
+    logger.debug("compiler imports warmed in %.1f s", time.perf_counter() - t0)
+
+
+def warm_compiler() -> threading.Thread | None:
+    """Import ``torch.compile``'s machinery (dynamo, inductor, Triton) on a worker thread.
+
+    A fresh process pays seconds for these imports on its first compile (issue 15's cold
+    start); started while the caller still loads its data and model, they are paid off the
+    critical path. Only on a machine with a GPU (CPUs never compile); started once per process.
+    ``precompile`` and the first compiled call wait for it.
+    """
+    if not torch.cuda.is_available():
+        return None
+    with _LOCK:
+        if not _WARM:
+            _WARM.append(threading.Thread(target=_warm, daemon=True, name="warm-compiler"))
+            _WARM[0].start()
+    return _WARM[0]
+
+
+def _wait_warm() -> None:
+    if _WARM and _WARM[0] is not threading.current_thread():
+        _WARM[0].join()
+
+
 class Precompile:
     """``precompile`` on a worker thread, overlapping the forward trajectory.
 
@@ -250,4 +295,5 @@ __all__ = [
     "precompile",
     "run_double_backward",
     "use_persistent_compile_cache",
+    "warm_compiler",
 ]

@@ -24,6 +24,7 @@ from magic_unlearn.attribution.baselines import (
     keyword_scores,
     random_scores,
 )
+from magic_unlearn.attribution.compiled import warm_compiler
 from magic_unlearn.attribution.config import TrajectoryConfig
 from magic_unlearn.attribution.magic import attribute
 from magic_unlearn.attribution.measurements import build_measurements
@@ -292,6 +293,8 @@ def run_attribution(job: AttributionJob) -> ScoreArtifact:
 
 
 def _run(job: AttributionJob) -> ScoreArtifact:
+    if job.method == "magic" and job.device != "cpu" and job.trajectory.compile_attention:
+        warm_compiler()  # the compiler's imports, while the data and the model load
     tok = resolve_tokenizer(job.model, job.tokenizer, job.world)
     corpus = tokenize_corpus(job_documents(job), tok, max_length=job.trajectory.max_length)
     logger.info(
